@@ -1,0 +1,37 @@
+# The README's quick start: `make run`, then `make test`. Both build the environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hdap-installed
+
+.PHONY: venv run test bench compile clean store-down
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the embedded object store, simulate a demo fleet and run the pipeline locally
+run: $(STAMP)
+	$(BIN)/hdap demo
+
+## test: the whole test suite (starts and stops its own object store)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## bench: the figures quoted in the README (slow; writes bench/results/)
+bench: $(STAMP)
+	$(BIN)/python bench/fleet_scale.py
+
+compile: $(STAMP)
+	$(BIN)/hdap compile --output hdap-pipeline.yaml
+
+store-down: $(STAMP)
+	$(BIN)/hdap store down
+
+clean:
+	-$(BIN)/hdap store down
+	rm -rf $(VENV) .hdap local_outputs hdap-pipeline.yaml

@@ -1,0 +1,3 @@
+from components.cluster.component import cluster
+
+__all__ = ["cluster"]

@@ -1,0 +1,28 @@
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from components import STEP_IMAGE
+
+
+@dsl.component(base_image=STEP_IMAGE, install_kfp_package=False)
+def cluster(
+    features: Input[Dataset],
+    k: int,
+    k_min: int,
+    k_max: int,
+    seed: int,
+    output_uri: str,
+    run_name: str,
+    assignments: Output[Dataset],
+    clusters: Output[Artifact],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+):
+    """k-means over the devices' performance features (k=0: chosen by silhouette); a representative per cluster."""
+    from hdap.steps import cluster_step
+
+    results = cluster_step(
+        features.path, k, k_min, k_max, seed, output_uri, run_name, assignments.path, clusters.path, report.path
+    )
+    for name, value in results.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,23 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Output
+
+from components import STEP_IMAGE
+
+
+@dsl.component(base_image=STEP_IMAGE, install_kfp_package=False)
+def ingest(
+    telemetry_uri: str,
+    sku: str,
+    as_of: str,
+    output_uri: str,
+    run_name: str,
+    features: Output[Dataset],
+    quarantine: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Validate every telemetry object under telemetry_uri; per-device features, bad rows quarantined with reasons."""
+    from hdap.steps import ingest_step
+
+    results = ingest_step(telemetry_uri, sku, as_of, output_uri, run_name, features.path, quarantine.path)
+    for name, value in results.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,59 @@
+"""The hdap pipeline: store -> ingest -> cluster (-> surrogate -> search -> fine-tune -> build)."""
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact
+
+from components.cluster import cluster
+from components.ingest import ingest
+
+# The Kubernetes secret holding the object store's settings (see manifests/).
+STORE_SECRET = "hdap-s3"
+STORE_SECRET_KEYS = {
+    "endpoint": "HDAP_S3_ENDPOINT",
+    "accesskey": "HDAP_S3_ACCESS_KEY",
+    "secretkey": "HDAP_S3_SECRET_KEY",
+    "secure": "HDAP_S3_SECURE",
+}
+
+
+def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    return kubernetes.use_secret_as_env(task, secret_name=STORE_SECRET, secret_key_to_env=STORE_SECRET_KEYS)
+
+
+@dsl.pipeline(
+    name="hdap",
+    description="Compress a DNN for a fleet of identical edge devices: ingest fleet telemetry and cluster the devices.",
+)
+def hdap_pipeline(
+    telemetry_uri: str = "s3://hdap/telemetry/jetson-xavier-nx",
+    sku: str = "jetson-xavier-nx",
+    k: int = 0,
+    k_min: int = 2,
+    k_max: int = 8,
+    seed: int = 0,
+    output_uri: str = "s3://hdap/runs",
+    as_of: str = "",
+) -> Artifact:
+    """k=0 chooses the number of clusters in [k_min, k_max]; as_of (ISO time) fixes "now" for the
+    future-timestamp check, empty means the clock. Outputs go to <output_uri>/<run name>/."""
+    ingest_task = with_store_credentials(
+        ingest(
+            telemetry_uri=telemetry_uri,
+            sku=sku,
+            as_of=as_of,
+            output_uri=output_uri,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+    ).set_display_name("ingest telemetry")
+    cluster_task = with_store_credentials(
+        cluster(
+            features=ingest_task.outputs["features"],
+            k=k,
+            k_min=k_min,
+            k_max=k_max,
+            seed=seed,
+            output_uri=output_uri,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+    ).set_display_name("cluster devices")
+    return cluster_task.outputs["clusters"]

@@ -1,0 +1,274 @@
+"""The `hdap` command.
+
+The library does the work; this module parses options, prints what happened, and turns an
+expected failure (HdapError) into one red line and exit code 1. Only `compile` and `run`
+touch Kubeflow, through the `pipelines` package, imported when they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from hdap.config import home_dir
+from hdap.errors import HdapError
+
+console = Console(stderr=False)
+app = typer.Typer(
+    help=(
+        "hdap compresses a DNN for a fleet of identical edge devices that no longer perform alike.\n\n"
+        "Quick start: `hdap demo` starts the embedded object store, simulates a fleet and runs the "
+        "pipeline locally. Object store settings come from HDAP_S3_ENDPOINT, HDAP_S3_ACCESS_KEY, "
+        "HDAP_S3_SECRET_KEY and HDAP_S3_SECURE (or a [store] table in ./hdap.toml); with none set, "
+        "the embedded store (`hdap store up`) is used."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals would print credentials
+    rich_markup_mode="markdown",
+)
+store_app = typer.Typer(help="The embedded object store (SeaweedFS on 127.0.0.1, data in .hdap/store).", no_args_is_help=True)
+fleet_app = typer.Typer(help="Fleet telemetry: simulate a fleet of devices.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+app.add_typer(fleet_app, name="fleet")
+
+DEFAULT_SKU = "jetson-xavier-nx"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # the store's retries are ours to report
+
+
+# -- store -------------------------------------------------------------------------------------
+@store_app.command("up")
+def store_up(port: Annotated[Optional[int], typer.Option(help="S3 port; default 8333, or a free one if taken.")] = None) -> None:
+    """Start the embedded store (or report the running one). Data survives restarts."""
+    from hdap.embedded_store import EmbeddedStore
+
+    store = EmbeddedStore.default()
+    config = store.up(s3_port=port)
+    console.print(f"object store: [bold]http://{config.endpoint}[/] (data in {store.data_dir})")
+    console.print(f"  access key {config.access_key}; the secret is in {store.credentials_file}")
+
+
+@store_app.command("down")
+def store_down() -> None:
+    """Stop the embedded store; its data stays in .hdap/store."""
+    from hdap.embedded_store import EmbeddedStore
+
+    stopped = EmbeddedStore.default().down()
+    console.print("object store stopped" if stopped else "the embedded object store was not running")
+
+
+@store_app.command("status")
+def store_status() -> None:
+    """Say whether the embedded store runs, where, and how much data it holds."""
+    from hdap.embedded_store import EmbeddedStore
+
+    status = EmbeddedStore.default().status()
+    state = f"[green]running[/] at http://{status.endpoint} (pid {status.pid})" if status.running else "[yellow]stopped[/]"
+    console.print(f"embedded object store: {state}; data {status.data_bytes / 1e6:.1f} MB in {status.data_dir}")
+    if os.environ.get("HDAP_S3_ENDPOINT"):
+        console.print(f"note: HDAP_S3_ENDPOINT={os.environ['HDAP_S3_ENDPOINT']} is set, so hdap uses that store instead")
+
+
+# -- fleet -------------------------------------------------------------------------------------
+@fleet_app.command("simulate")
+def fleet_simulate(
+    sku: Annotated[str, typer.Option(help="Hardware SKU: jetson-nano, jetson-xavier-nx, jetson-orin-nano.")] = DEFAULT_SKU,
+    devices: Annotated[int, typer.Option(help="Number of devices in the fleet.")] = 1000,
+    days: Annotated[int, typer.Option(help="Days of daily reports per device.")] = 7,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same fleet.")] = 0,
+    telemetry_uri: Annotated[Optional[str], typer.Option(help="Where to write telemetry; default s3://hdap/telemetry/<sku>.")] = None,
+    truth_uri: Annotated[Optional[str], typer.Option(help="Where to write the hidden ground truth; default s3://hdap/ground-truth/<sku>.")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Time of the newest report, ISO 8601; default now.")] = None,
+) -> None:
+    """Write a realistic fleet's telemetry (power modes, throttling, bins, aging, load) to the store."""
+    from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+    from hdap.store import ObjectStore
+
+    _setup_logging()
+    config = SimulationConfig(
+        sku=sku,
+        devices=devices,
+        days=days,
+        seed=seed,
+        telemetry_uri=telemetry_uri or f"s3://hdap/telemetry/{sku}",
+        truth_uri=truth_uri or f"s3://hdap/ground-truth/{sku}",
+        end=datetime.fromisoformat(end) if end else datetime.now(timezone.utc),
+    )
+    from hdap.fleet.sku import get_sku
+
+    get_sku(sku)
+    result = simulate_fleet(ObjectStore.from_environment(), config)
+    console.print(
+        f"wrote {result.reports:,} reports from {result.devices:,} devices in {len(result.telemetry_objects)} objects "
+        f"under [bold]{config.telemetry_uri}[/]; ground truth under {config.truth_uri}"
+    )
+
+
+# -- pipeline ----------------------------------------------------------------------------------
+@app.command("compile")
+def compile_command(
+    output: Annotated[Path, typer.Option(help="Where to write the pipeline's IR YAML.")] = Path("hdap-pipeline.yaml"),
+    image: Annotated[Optional[str], typer.Option(help="Step image the components run in on a cluster (sets HDAP_STEP_IMAGE).")] = None,
+) -> None:
+    """Compile the pipeline to Kubeflow IR YAML, to upload in the Kubeflow UI or submit with the kfp client."""
+    if image:
+        os.environ["HDAP_STEP_IMAGE"] = image
+    from pipelines.compile import compile_pipeline
+
+    compile_pipeline(output)
+    console.print(f"pipeline written to [bold]{output}[/] (step image {os.environ.get('HDAP_STEP_IMAGE', 'hdap-step:0.1.0')})")
+
+
+def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Check what can be checked up front, then run every step with kfp.local."""
+    from hdap.fleet.sku import get_sku
+    from hdap.store import ObjectStore, StoreConfig
+
+    get_sku(arguments["sku"])
+    config = StoreConfig.resolve()
+    store = ObjectStore(config)
+    store.check()
+    if not store.list(arguments["telemetry_uri"]):
+        raise HdapError(
+            f"there is no telemetry under {arguments['telemetry_uri']}: upload device reports there "
+            "(or `hdap fleet simulate`), or fix --telemetry-uri."
+        )
+    os.environ.update(config.as_environment())  # the steps are subprocesses: they inherit these
+    from pipelines.local import PipelineFailed, run_locally
+
+    with tempfile.NamedTemporaryFile(prefix="hdap-failure-", delete=False) as handle:
+        failure_file = Path(handle.name)
+    os.environ["HDAP_FAILURE_FILE"] = str(failure_file)
+    try:
+        summary = run_locally(arguments, home_dir() / "local_outputs")
+    except PipelineFailed as err:
+        reason = failure_file.read_text().strip()
+        raise HdapError(f"the pipeline stopped in step {reason}" if reason else f"the pipeline failed: {err}") from None
+    finally:
+        failure_file.unlink(missing_ok=True)
+        os.environ.pop("HDAP_FAILURE_FILE", None)
+    _setup_logging()  # kfp.local replaced the handlers
+    ingest_summary = store.get_json(summary["store_prefix"].rsplit("/", 1)[0] + "/ingest/summary.json")
+    report = home_dir() / "runs" / summary["run_name"] / "fleet-report.html"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    store.get_file(summary["store_prefix"] + "/report.html", report)
+    summary["ingest"] = ingest_summary
+    summary["report_path"] = str(report)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    ingest = summary["ingest"]
+    console.rule("[bold]hdap run summary")
+    console.print(
+        f"telemetry: {ingest['rows_read']:,} reports from {ingest['objects_read']} objects -> "
+        f"[bold]{ingest['devices']:,} devices[/] ingested, {ingest['rows_quarantined']:,} rows quarantined"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in ingest['quarantine_reasons'].items())})" if ingest["rows_quarantined"] else "")
+    )
+    if ingest.get("unreadable_objects"):
+        console.print(f"[yellow]unreadable objects:[/] {', '.join(ingest['unreadable_objects'])}")
+    console.print(f"clusters: {summary['k']} ({summary['selection']})")
+    table = Table(show_edge=False)
+    for column in ("cluster", "devices", "share", "representative", "conv3x3 fp16 ms", "launch ms"):
+        table.add_column(column, justify="left" if column == "representative" else "right")
+    for c in summary["clusters"]:
+        centroid = c["centroid"]
+        table.add_row(
+            str(c["id"]),
+            f"{c['size']:,}",
+            f"{100 * c['weight']:.1f}%",
+            c["representative"],
+            f"{centroid.get('probe_conv3x3_fp16_median_ms', float('nan')):.4f}",
+            f"{centroid.get('probe_launch_median_ms', float('nan')):.4f}",
+        )
+    console.print(table)
+    console.print(f"outputs in the store: [bold]{summary['store_prefix'].rsplit('/', 1)[0]}/[/]")
+    console.print(f"report: [bold]{summary['report_path']}[/]")
+
+
+@app.command("run")
+def run_command(
+    telemetry_uri: Annotated[str, typer.Option(help="Prefix holding the fleet's telemetry objects.")] = f"s3://hdap/telemetry/{DEFAULT_SKU}",
+    sku: Annotated[str, typer.Option(help="The fleet's hardware SKU.")] = DEFAULT_SKU,
+    k: Annotated[int, typer.Option(help="Number of clusters; 0 chooses it by silhouette within [k-min, k-max].")] = 0,
+    k_min: Annotated[int, typer.Option(help="Smallest k to consider when choosing.")] = 2,
+    k_max: Annotated[int, typer.Option(help="Largest k to consider when choosing.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed for clustering.")] = 0,
+    output_uri: Annotated[str, typer.Option(help="Where runs write their outputs: <output-uri>/<run name>/.")] = "s3://hdap/runs",
+    as_of: Annotated[str, typer.Option(help="ISO time taken as 'now' when rejecting future timestamps; default the clock.")] = "",
+) -> None:
+    """Run the pipeline on this machine with kfp.local (no Kubernetes, no Docker) and print a summary."""
+    _setup_logging()
+    summary = run_pipeline_locally(
+        dict(telemetry_uri=telemetry_uri, sku=sku, k=k, k_min=k_min, k_max=k_max, seed=seed, output_uri=output_uri, as_of=as_of)
+    )
+    print_summary(summary)
+
+
+@app.command("demo")
+def demo_command(
+    devices: Annotated[int, typer.Option(help="Devices in the simulated fleet.")] = 5000,
+    days: Annotated[int, typer.Option(help="Days of daily reports.")] = 7,
+    sku: Annotated[str, typer.Option(help="Hardware SKU of the simulated fleet.")] = DEFAULT_SKU,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet.")] = 0,
+) -> None:
+    """The whole demo: start the embedded store if no store is configured, simulate a fleet, run the pipeline."""
+    from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+    from hdap.store import ObjectStore, StoreConfig
+
+    _setup_logging()
+    if not (os.environ.get("HDAP_S3_ENDPOINT") or Path("hdap.toml").is_file() or os.environ.get("HDAP_CONFIG")):
+        from hdap.embedded_store import EmbeddedStore
+
+        embedded = EmbeddedStore.default()
+        config = embedded.up()
+        console.print(f"embedded object store at http://{config.endpoint} (data in {embedded.data_dir}; stop it with `hdap store down`)")
+    store = ObjectStore(StoreConfig.resolve())
+    today = datetime.now(timezone.utc).date()
+    # The prefix names the fleet and the day, so re-running the demo reuses it instead of rewriting.
+    fleet_uri = f"s3://hdap/demo/{sku}/{devices}x{days}d-seed{seed}/{today.isoformat()}"
+    telemetry_uri = f"{fleet_uri}/telemetry"
+    if store.exists(f"{telemetry_uri}/date={today.isoformat()}/part-00000.parquet"):
+        console.print(f"reusing today's simulated fleet under {telemetry_uri}")
+    else:
+        simulation = SimulationConfig(
+            sku=sku, devices=devices, days=days, seed=seed,
+            telemetry_uri=telemetry_uri, truth_uri=f"{fleet_uri}/ground-truth",
+        )
+        result = simulate_fleet(store, simulation)
+        console.print(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {telemetry_uri}")
+    summary = run_pipeline_locally(
+        dict(telemetry_uri=telemetry_uri, sku=sku, k=0, k_min=2, k_max=8, seed=seed, output_uri="s3://hdap/runs", as_of="")
+    )
+    print_summary(summary)
+
+
+def main() -> None:
+    try:
+        app()
+    except HdapError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Cluster: partition the fleet into performance clusters, each with a representative device.
+
+Features are the logarithms of the devices' median probe latencies and memory bandwidth
+(ratios, not absolute gaps, separate a throttled device from a cool one), standardised.
+k-means (scikit-learn; mini-batch above a fleet size) groups them. k is fixed, or chosen
+within bounds by the silhouette score on a sample. Each cluster's representative is the real
+device nearest its centroid: the one device later profiled on behalf of the whole cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import StandardScaler
+
+from hdap.errors import HdapError
+from hdap.fleet.ingest import feature_columns
+
+log = logging.getLogger("hdap")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    k: int = 0  # 0: choose automatically within [k_min, k_max]
+    k_min: int = 2
+    k_max: int = 8
+    seed: int = 0
+    selection_sample: int = 20_000  # devices used to score each candidate k
+    minibatch_above: int = 50_000  # fleets larger than this use mini-batch k-means
+
+
+@dataclass
+class Cluster:
+    id: int
+    size: int
+    weight: float  # share of the fleet
+    representative: str  # device id
+    centroid: dict[str, float]  # feature -> the cluster's median, in its own unit (ms, GB/s)
+    representative_features: dict[str, float]
+
+
+@dataclass
+class Clustering:
+    k: int
+    selection: str  # how k was chosen, in words
+    scores: dict[int, float]  # silhouette per candidate k (empty when k was fixed)
+    features: list[str]
+    clusters: list[Cluster]
+    assignments: pa.Table  # device_id, cluster, distance (standardised units)
+    algorithm: str
+    projection: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 2)))  # 2-D view for plots
+    projection_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, dtype=int))
+
+    def summary(self) -> dict:
+        return {
+            "k": self.k,
+            "selection": self.selection,
+            "silhouette_scores": {str(k): s for k, s in self.scores.items()},
+            "features": self.features,
+            "algorithm": self.algorithm,
+            "devices": int(sum(c.size for c in self.clusters)),
+            "clusters": [asdict(c) for c in self.clusters],
+        }
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"k": self.k, "k_chosen_automatically": 1.0 if self.scores else 0.0}
+        out.update({f"silhouette_k{k}": round(s, 4) for k, s in self.scores.items()})
+        out.update({f"cluster{c.id}_share": round(c.weight, 4) for c in self.clusters})
+        return out
+
+
+def _kmeans(k: int, n: int, config: ClusterConfig) -> KMeans | MiniBatchKMeans:
+    if n > config.minibatch_above:
+        return MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=8192)
+    return KMeans(n_clusters=k, random_state=config.seed, n_init=4)
+
+
+def choose_k(x: np.ndarray, config: ClusterConfig, rng: np.random.Generator) -> dict[int, float]:
+    """Silhouette score of k-means for every k in bounds, on a sample of the fleet."""
+    sample = x if len(x) <= config.selection_sample else x[rng.choice(len(x), config.selection_sample, replace=False)]
+    scores: dict[int, float] = {}
+    for k in range(config.k_min, min(config.k_max, len(sample) - 1) + 1):
+        labels = KMeans(n_clusters=k, random_state=config.seed, n_init=3).fit_predict(sample)
+        scores[k] = float(silhouette_score(sample, labels, sample_size=min(len(sample), 5000), random_state=config.seed))
+    return scores
+
+
+def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
+    names = feature_columns(features)
+    if config.k == 0 and not 2 <= config.k_min <= config.k_max:
+        raise HdapError(f"k bounds [{config.k_min}, {config.k_max}] are not a range of at least 2: fix k_min/k_max.")
+    needed = config.k if config.k else config.k_min
+    if features.num_rows < max(needed, 2) + 1:
+        raise HdapError(
+            f"{features.num_rows} devices are too few to form {needed} clusters: ingest more telemetry or lower k."
+        )
+    raw = np.column_stack([features.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in names])
+    x = StandardScaler().fit_transform(np.log(raw))
+    rng = np.random.default_rng(config.seed)
+
+    if config.k:
+        k, scores = config.k, {}
+        selection = f"fixed at k={k}"
+    else:
+        scores = choose_k(x, config, rng)
+        k = max(scores, key=scores.get)
+        selection = f"automatic: best silhouette over k={config.k_min}..{max(scores)} (score {scores[k]:.3f})"
+    model = _kmeans(k, len(x), config).fit(x)
+    distances = model.transform(x)
+    labels = distances.argmin(axis=1)
+
+    # Number clusters from fastest to slowest (mean standardised latency), so ids read in order.
+    order = np.argsort(model.cluster_centers_[:, :-1].mean(axis=1) - model.cluster_centers_[:, -1])
+    relabel = np.empty(k, dtype=int)
+    relabel[order] = np.arange(k)
+    labels = relabel[labels]
+    distances = distances[:, order]
+
+    device_ids = features.column("device_id").to_numpy(zero_copy_only=False)
+    clusters: list[Cluster] = []
+    for cid in range(k):
+        members = np.flatnonzero(labels == cid)
+        nearest = members[distances[members, cid].argmin()]
+        clusters.append(
+            Cluster(
+                id=cid,
+                size=int(len(members)),
+                weight=float(len(members) / len(x)),
+                representative=str(device_ids[nearest]),
+                centroid={n: float(v) for n, v in zip(names, np.exp(np.median(np.log(raw[members]), axis=0)))},
+                representative_features={n: float(v) for n, v in zip(names, raw[nearest])},
+            )
+        )
+    assignments = pa.table(
+        {
+            "device_id": features.column("device_id"),
+            "cluster": pa.array(labels.astype(np.int32)),
+            "distance": pa.array(distances[np.arange(len(x)), labels].astype(np.float32)),
+        }
+    )
+    view = rng.choice(len(x), min(len(x), 5000), replace=False)
+    centered = x[view] - x[view].mean(axis=0)
+    axes = np.linalg.svd(centered, full_matrices=False)[2][:2]
+    log.info("clustered %d devices into %d clusters (%s)", len(x), k, selection)
+    return Clustering(
+        k=k,
+        selection=selection,
+        scores=scores,
+        features=names,
+        clusters=clusters,
+        assignments=assignments,
+        algorithm=type(model).__name__,
+        projection=centered @ axes.T,
+        projection_labels=labels[view],
+    )

@@ -1,0 +1,371 @@
+"""Ingest: every telemetry object under a prefix -> one feature row per device.
+
+Each object (Parquet or JSON lines, any layout under the prefix) is read, conformed to the
+schema and validated row by row. A row that fails goes to the quarantine table with the
+reason and where it came from (object URI and row number); nothing is dropped silently, and
+`rows_read == rows_valid + rows_quarantined` always holds. An object written with a schema
+version this hdap does not know stops the stage: guessing at its meaning would be worse.
+
+Valid rows are aggregated per device over the whole window with robust statistics: the
+median and inter-quartile range of every probe latency, medians of the device state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hdap.errors import HdapError
+from hdap.fleet.schema import (
+    MAX_PROBE_LATENCY_MS,
+    PROBE_COLUMNS,
+    SCHEMA_VERSION,
+    TELEMETRY_SCHEMA,
+    VALUE_RANGES,
+    probe_column,
+    probes_for,
+)
+from hdap.fleet.sku import SKUS, get_sku
+from hdap.progress import progress
+from hdap.store import ObjectStore
+
+log = logging.getLogger("hdap")
+
+READABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+CLOCK_SKEW = timedelta(minutes=10)  # device clocks drift; a report this far ahead is still "now"
+STATE_COLUMNS = ["temperature_c", "gpu_clock_mhz", "cpu_clock_mhz", "emc_clock_mhz", "mem_bandwidth_gbps", "background_load"]
+QUARANTINE_SCHEMA = pa.schema(
+    [pa.field(f.name, f.type) for f in TELEMETRY_SCHEMA]
+    + [pa.field("source", pa.string()), pa.field("row", pa.int64()), pa.field("reason", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    telemetry_uri: str
+    sku: str
+    as_of: datetime | None = None  # "now" for the future-timestamp check; None = the clock
+
+
+@dataclass
+class IngestResult:
+    features: pa.Table  # one row per device
+    quarantine: pa.Table  # QUARANTINE_SCHEMA
+    objects_read: int
+    rows_read: int
+    rows_valid: int
+    reasons: dict[str, int] = field(default_factory=dict)  # quarantined rows per reason kind
+    unreadable_objects: dict[str, str] = field(default_factory=dict)  # uri -> why it could not be parsed
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.quarantine.num_rows
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "objects_read": self.objects_read,
+            "rows_read": self.rows_read,
+            "rows_valid": self.rows_valid,
+            "rows_quarantined": self.rows_quarantined,
+            "devices": self.features.num_rows,
+            "objects_unreadable": len(self.unreadable_objects),
+        }
+        out.update({f"quarantined_{kind}": n for kind, n in sorted(self.reasons.items())})
+        return out
+
+
+def reason_kind(reason: str) -> str:
+    """The reason's stable kind (its words before any quote or colon), for counting."""
+    head = reason.split(":")[0].split("'")[0].strip()
+    return head.replace(" ", "_")
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
+    """The object's rows, and per row a parse error ('' where none).
+
+    JSON lines are parsed line by line with every value kept as text, so one bad line or value
+    costs that row, not the object; `conform` then casts the text to the schema's types.
+    Timestamps in JSON are ISO-8601 strings with a zone offset.
+    """
+    if uri.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+        return table, np.full(table.num_rows, "", dtype=object)
+    records: list[dict] = []
+    errors: list[str] = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            records.append({k: None if v is None else str(v) for k, v in record.items()})
+            errors.append("")
+        except ValueError as err:
+            records.append({})
+            errors.append(f"unparseable line {number}: {err}")
+    names = sorted({k for r in records for k in r})
+    table = pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
+    if not names:
+        table = pa.table({"schema_version": pa.nulls(len(records), pa.string())})
+    return table, np.array(errors, dtype=object)
+
+
+def check_schema_version(table: pa.Table, uri: str) -> None:
+    declared = (table.schema.metadata or {}).get(b"hdap.telemetry.schema_version")
+    versions: set[int] = set()
+    if declared is not None:
+        versions.add(int(declared))
+    if "schema_version" in table.column_names:
+        column = table.column("schema_version")
+        try:
+            values = pc.unique(pc.cast(column.drop_null(), pa.int64())).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = []  # unreadable versions are row errors, quarantined below
+        versions.update(values)
+    unknown = sorted(v for v in versions if v != SCHEMA_VERSION)
+    if unknown:
+        raise HdapError(
+            f"{uri} is written in telemetry schema version {unknown[0]}, but this hdap reads version "
+            f"{SCHEMA_VERSION}: upgrade hdap, or have the device agent write version {SCHEMA_VERSION}."
+        )
+
+
+def conform(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Cast to the schema's columns and types. Returns the table and, per row, the first
+    column whose value was present but not of its type ('' where none)."""
+    rows = table.num_rows
+    bad_type = np.full(rows, "", dtype=object)
+    arrays = []
+    for f in TELEMETRY_SCHEMA:
+        if f.name not in table.column_names:
+            arrays.append(pa.nulls(rows, f.type))
+            continue
+        column = table.column(f.name)
+        if pa.types.is_timestamp(f.type) and pa.types.is_string(column.type):
+            # Parse ISO text at full precision first; a direct cast to ms refuses microseconds.
+            try:
+                column = column.cast(pa.timestamp("ns", tz="UTC")).cast(f.type, safe=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        try:
+            arrays.append(column.cast(f.type))
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+        # Value by value: what does not convert becomes null and marks its row.
+        converted = []
+        for index, value in enumerate(column.to_pylist()):
+            try:
+                converted.append(pa.scalar(value).cast(f.type).as_py() if value is not None else None)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError):
+                converted.append(None)
+                if not bad_type[index]:
+                    bad_type[index] = f.name
+        arrays.append(pa.array(converted, type=f.type))
+    schema = pa.schema([pa.field(f.name, f.type) for f in TELEMETRY_SCHEMA])
+    return pa.Table.from_arrays(arrays, schema=schema), bad_type
+
+
+# -- validating ------------------------------------------------------------------------------
+def _first_reason(reasons: np.ndarray, mask: np.ndarray, reason: str | np.ndarray) -> None:
+    """Set `reason` on rows in `mask` that have none yet (the first failing check wins)."""
+    target = mask & (reasons == "")
+    if isinstance(reason, np.ndarray):
+        reasons[target] = reason[target]
+    else:
+        reasons[target] = reason
+
+
+def _mask(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sku_name: str, as_of: datetime) -> np.ndarray:
+    """One reason per row ('' = valid), from the checks in order; duplicates come later."""
+    reasons = parse_errors.copy()
+    _first_reason(reasons, bad_type != "", np.array([f"wrong type in {c}" for c in bad_type], dtype=object))
+    sku = get_sku(sku_name)
+    required = [f.name for f in TELEMETRY_SCHEMA if not f.nullable] + [probe_column(p) for p in probes_for(sku)]
+    for name in required:
+        _first_reason(reasons, _mask(pc.is_null(table.column(name))), f"missing {name}")
+
+    sku_column = table.column("sku")
+    known = _mask(pc.fill_null(pc.is_in(sku_column, value_set=pa.array(list(SKUS))), True))
+    _first_reason(reasons, ~known, np.array([f"unknown sku '{s}'" for s in sku_column.to_pylist()], dtype=object))
+    other = _mask(pc.fill_null(pc.not_equal(sku_column, sku_name), False))
+    _first_reason(reasons, other, f"sku is not {sku_name}")
+
+    modes = pa.array([m.name for m in sku.power_modes])
+    unknown_mode = ~_mask(pc.fill_null(pc.is_in(table.column("power_mode"), value_set=modes), True))
+    _first_reason(reasons, unknown_mode & ~other, f"unknown power mode for {sku_name}")
+
+    for name in [*STATE_COLUMNS, *PROBE_COLUMNS]:
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        _first_reason(reasons, np.isnan(values) & ~_mask(pc.is_null(table.column(name))), f"NaN in {name}")
+        low, high = VALUE_RANGES.get(name, (0.0, MAX_PROBE_LATENCY_MS))
+        with np.errstate(invalid="ignore"):
+            out_of_range = (values < low) | (values > high) | (values <= 0 if name in PROBE_COLUMNS else False)
+        kind = "latency out of range" if name in PROBE_COLUMNS else "value out of range"
+        _first_reason(reasons, out_of_range, f"{kind} in {name}")
+
+    limit = pa.scalar(as_of + CLOCK_SKEW, type=pa.timestamp("ms", tz="UTC"))
+    future = _mask(pc.fill_null(pc.greater(table.column("timestamp"), limit), False))
+    _first_reason(reasons, future, "timestamp in the future")
+    return reasons
+
+
+def mark_duplicates(valid: pa.Table) -> np.ndarray:
+    """True for every row whose (device_id, timestamp) appeared in an earlier row."""
+    indexed = valid.select(["device_id", "timestamp"]).append_column("row", pa.array(np.arange(valid.num_rows)))
+    first = indexed.group_by(["device_id", "timestamp"]).aggregate([("row", "min")])
+    if first.num_rows == valid.num_rows:
+        return np.zeros(valid.num_rows, dtype=bool)
+    keep = np.zeros(valid.num_rows, dtype=bool)
+    keep[first.column("row_min").to_numpy()] = True
+    return ~keep
+
+
+# -- aggregating -----------------------------------------------------------------------------
+def aggregate_devices(valid: pa.Table, probe_columns: list[str]) -> pa.Table:
+    """Robust per-device features over the window."""
+    quartiles = pc.TDigestOptions(q=[0.25, 0.5, 0.75])
+    aggregations = [("device_id", "count"), ("timestamp", "min"), ("timestamp", "max")]
+    aggregations += [(c, "approximate_median") for c in STATE_COLUMNS]
+    aggregations += [("temperature_c", "max")]
+    aggregations += [(c, "tdigest", quartiles) for c in probe_columns]
+    grouped = valid.group_by("device_id").aggregate(aggregations).sort_by("device_id")
+
+    # Power mode and firmware as last reported: an ordered aggregation over time-sorted rows.
+    latest = (
+        valid.select(["device_id", "timestamp", "power_mode", "firmware", "sku"])
+        .sort_by([("device_id", "ascending"), ("timestamp", "ascending")])
+        .group_by("device_id", use_threads=False)
+        .aggregate([("power_mode", "last"), ("firmware", "last"), ("sku", "last")])
+        .sort_by("device_id")
+    )
+    # Both are one row per device, sorted by id, so their rows line up (a join cannot carry digests).
+    for name in ("power_mode_last", "firmware_last", "sku_last"):
+        grouped = grouped.append_column(name, latest.column(name))
+
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+        "device_id": grouped.column("device_id"),
+        "sku": grouped.column("sku_last"),
+        "power_mode": grouped.column("power_mode_last"),
+        "firmware": grouped.column("firmware_last"),
+        "reports": grouped.column("device_id_count"),
+        "first_seen": grouped.column("timestamp_min"),
+        "last_seen": grouped.column("timestamp_max"),
+    }
+    for c in STATE_COLUMNS:
+        columns[f"{c}_median"] = grouped.column(f"{c}_approximate_median").cast(pa.float32())
+    columns["temperature_c_max"] = grouped.column("temperature_c_max")
+    for c in probe_columns:
+        digest = grouped.column(f"{c}_tdigest")
+        q1, median, q3 = (pc.list_element(digest, i) for i in range(3))
+        stem = c.removesuffix("_ms")
+        columns[f"{stem}_median_ms"] = median.cast(pa.float32())
+        columns[f"{stem}_iqr_ms"] = pc.subtract(q3, q1).cast(pa.float32())
+    return pa.table(columns)
+
+
+def feature_columns(features: pa.Table) -> list[str]:
+    """The performance features clustering uses: probe medians and the memory bandwidth."""
+    probes = [c for c in features.column_names if c.startswith("probe_") and c.endswith("_median_ms")]
+    return [*probes, "mem_bandwidth_gbps_median"]
+
+
+# -- the stage -------------------------------------------------------------------------------
+def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
+    sku = get_sku(config.sku)
+    as_of = config.as_of or datetime.now(timezone.utc)
+    objects = store.list(config.telemetry_uri)
+    if not objects:
+        raise HdapError(
+            f"there is no telemetry under {config.telemetry_uri}: upload device reports there "
+            "(or simulate a fleet with `hdap fleet simulate`), or fix the prefix."
+        )
+    valid_parts: list[pa.Table] = []
+    quarantine_parts: list[pa.Table] = []
+    unreadable: dict[str, str] = {}
+    rows_read = 0
+    objects_read = 0
+    for obj in progress(objects, f"ingesting {len(objects)} telemetry objects"):
+        if not obj.uri.endswith(READABLE_SUFFIXES):
+            log.warning("skipping %s: not a telemetry file (%s)", obj.uri, ", ".join(READABLE_SUFFIXES))
+            continue
+        data = store.get_bytes(obj.uri)
+        objects_read += 1
+        try:
+            raw, parse_errors = read_object(data, obj.uri)
+        except (pa.ArrowInvalid, OSError) as err:
+            # Not a row to quarantine: the whole object is listed, and stays in the store untouched.
+            log.warning("cannot read %s: %s", obj.uri, err)
+            unreadable[obj.uri] = str(err)
+            continue
+        check_schema_version(raw, obj.uri)
+        table, bad_type = conform(raw)
+        rows_read += table.num_rows
+        reasons = validate(table, parse_errors, bad_type, sku.name, as_of)
+        table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+        table = table.append_column("source", pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([obj.uri])))
+        bad = reasons != ""
+        if bad.any():
+            quarantine_parts.append(_quarantine_rows(table.filter(pa.array(bad)), reasons[bad]))
+        valid_parts.append(table.filter(pa.array(~bad)))
+
+    valid = pa.concat_tables(valid_parts).combine_chunks() if valid_parts else _EMPTY_VALID
+    duplicates = mark_duplicates(valid)
+    if duplicates.any():  # the first copy (in object order) is kept
+        quarantine_parts.append(_quarantine_rows(valid.filter(pa.array(duplicates)), np.full(int(duplicates.sum()), "duplicate record")))
+        valid = valid.filter(pa.array(~duplicates))
+
+    quarantine = pa.concat_tables(quarantine_parts) if quarantine_parts else QUARANTINE_SCHEMA.empty_table()
+    reasons_count: dict[str, int] = {}
+    for reason in quarantine.column("reason").to_pylist():
+        kind = reason_kind(reason)
+        reasons_count[kind] = reasons_count.get(kind, 0) + 1
+    features = aggregate_devices(valid, [probe_column(p) for p in probes_for(sku)])
+    result = IngestResult(
+        features=features,
+        quarantine=quarantine,
+        objects_read=objects_read,
+        rows_read=rows_read,
+        rows_valid=valid.num_rows,
+        reasons=reasons_count,
+        unreadable_objects=unreadable,
+    )
+    log.info(
+        "ingested %d rows from %d objects: %d valid, %d quarantined, %d devices",
+        rows_read, objects_read, result.rows_valid, result.rows_quarantined, features.num_rows,
+    )
+    return result
+
+
+_EMPTY_VALID = pa.schema(
+    [pa.field(f.name, f.type) for f in TELEMETRY_SCHEMA]
+    + [pa.field("row", pa.int64()), pa.field("source", pa.dictionary(pa.int32(), pa.string()))]
+).empty_table()
+
+
+def _quarantine_rows(rows: pa.Table, reasons: np.ndarray) -> pa.Table:
+    """Rows in QUARANTINE_SCHEMA: every reported field as read, where it came from, and why."""
+    count = len(reasons)
+    columns = [
+        rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(count, f.type)
+        for f in QUARANTINE_SCHEMA
+        if f.name not in {"source", "row", "reason"}
+    ]
+    columns += [rows.column("source").cast(pa.string()), rows.column("row")]
+    columns.append(pa.array(reasons.tolist(), pa.string()))
+    return pa.Table.from_arrays(columns, schema=QUARANTINE_SCHEMA)

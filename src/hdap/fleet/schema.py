@@ -1,0 +1,86 @@
+"""What a device agent reports: the telemetry schema, version 1.
+
+One row is one report of one device: its state when it ran the probe suite, and the median
+latency of each probe kernel over that run. Agents write rows as Parquet (or JSON lines) to
+`s3://<bucket>/<prefix>/...`; the file name and layout under the prefix are free.
+
+| column              | type             | meaning                                                   |
+|---------------------|------------------|-----------------------------------------------------------|
+| schema_version      | int16            | 1                                                         |
+| device_id           | string           | stable id of the device                                   |
+| sku                 | string           | hardware SKU, a name from `hdap.fleet.sku.SKUS`           |
+| firmware            | string           | OS / JetPack version                                      |
+| timestamp           | timestamp[ms,UTC]| when the probe suite ran                                  |
+| power_mode          | string           | the power mode in force (e.g. "15W")                     |
+| temperature_c       | float32          | SoC temperature, deg C                                    |
+| gpu_clock_mhz       | float32          | GPU clock held during the probes                          |
+| cpu_clock_mhz       | float32          | CPU clock held during the probes                          |
+| emc_clock_mhz       | float32          | memory-controller clock                                   |
+| mem_bandwidth_gbps  | float32          | device-to-device copy probe, GB/s                         |
+| background_load     | float32          | share of the SoC busy with other processes, 0..1          |
+| probe_<kernel>_ms   | float32          | median latency of each probe kernel (see PROBES), ms      |
+
+A probe the SKU cannot run (int8 on a Jetson Nano) is null in that SKU's reports.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from hdap.fleet.sku import Sku
+from hdap.latency.device_model import Kernel
+
+SCHEMA_VERSION = 1
+
+# The fixed probe suite: compute-bound, tensor-core-tiled, memory-bound and overhead-bound.
+PROBES: dict[str, Kernel] = {
+    "conv3x3_fp16": Kernel("conv", 64, 64, 56, 56, 3, 1, "fp16"),
+    "conv3x3_int8": Kernel("conv", 64, 64, 56, 56, 3, 1, "int8"),
+    "conv1x1_fp16": Kernel("conv", 256, 256, 28, 28, 1, 1, "fp16"),
+    "dwconv3x3_fp16": Kernel("depthwise", 256, 256, 28, 28, 3, 1, "fp16"),
+    "gemm_fp16": Kernel("gemm", 1024, 1024, 8, 8, 1, 1, "fp16"),
+    "launch": Kernel("launch"),
+}
+
+
+def probe_column(probe: str) -> str:
+    return f"probe_{probe}_ms"
+
+
+PROBE_COLUMNS = [probe_column(p) for p in PROBES]
+
+
+def probes_for(sku: Sku) -> list[str]:
+    """The probes a SKU runs: those whose precision its engine supports."""
+    return [name for name, k in PROBES.items() if k.op == "launch" or k.precision in sku.precisions]
+
+
+TELEMETRY_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("device_id", pa.string(), nullable=False),
+        pa.field("sku", pa.string(), nullable=False),
+        pa.field("firmware", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("power_mode", pa.string(), nullable=False),
+        pa.field("temperature_c", pa.float32(), nullable=False),
+        pa.field("gpu_clock_mhz", pa.float32(), nullable=False),
+        pa.field("cpu_clock_mhz", pa.float32(), nullable=False),
+        pa.field("emc_clock_mhz", pa.float32(), nullable=False),
+        pa.field("mem_bandwidth_gbps", pa.float32(), nullable=False),
+        pa.field("background_load", pa.float32(), nullable=False),
+        *(pa.field(column, pa.float32(), nullable=True) for column in PROBE_COLUMNS),
+    ],
+    metadata={b"hdap.telemetry.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+# Plausible ranges: a value outside is a broken agent or sensor, not a slow device.
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "temperature_c": (-40.0, 125.0),
+    "gpu_clock_mhz": (1.0, 5000.0),
+    "cpu_clock_mhz": (1.0, 6000.0),
+    "emc_clock_mhz": (1.0, 10000.0),
+    "mem_bandwidth_gbps": (0.01, 2000.0),
+    "background_load": (0.0, 1.0),
+}
+MAX_PROBE_LATENCY_MS = 10_000.0  # a probe kernel that takes 10 s is a hung device, not data

@@ -1,0 +1,193 @@
+"""A simulated fleet: realistic telemetry for N devices of one SKU over D days.
+
+Devices fall into hidden *regimes* (the ground truth clustering should recover): a power mode,
+a thermal environment (a hot enclosure throttles), a background workload. Within a regime,
+devices still differ: silicon bin (+-1.5%), aged regulators capping clocks (up to 5%),
+firmware, and day-to-day noise in temperature, load and every measurement. The probe
+latencies come from the same device model the simulated profiling backend uses.
+
+Telemetry is written in chunks of devices, one Parquet object per chunk and day, so a fleet of
+a million devices never sits in memory. The ground truth goes to a separate prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from hdap.fleet.schema import PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_column, probes_for
+from hdap.fleet.sku import Sku, get_sku
+from hdap.latency.device_model import device_state, kernel_latency_ms, memory_bandwidth_gbps
+from hdap.progress import progress
+from hdap.store import ObjectStore, join_uri
+
+log = logging.getLogger("hdap")
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A ground-truth group: how a share of the fleet is configured and where it lives."""
+
+    name: str
+    share: float
+    power_mode: str
+    temperature_c: tuple[float, float]  # mean and spread of a device's typical SoC temperature
+    background_load: tuple[float, float]  # mean and spread of its typical background load
+
+
+REGIMES: dict[str, tuple[Regime, ...]] = {
+    "jetson-xavier-nx": (
+        Regime("20W", 0.30, "20W", (55, 5), (0.05, 0.03)),
+        Regime("20W-throttled", 0.12, "20W", (89, 1.5), (0.05, 0.03)),
+        Regime("15W", 0.25, "15W", (52, 5), (0.05, 0.03)),
+        Regime("10W", 0.20, "10W", (48, 5), (0.05, 0.03)),
+        Regime("10W-busy", 0.13, "10W", (50, 5), (0.55, 0.05)),
+    ),
+    "jetson-nano": (
+        Regime("10W", 0.40, "10W", (55, 5), (0.05, 0.03)),
+        Regime("10W-throttled", 0.15, "10W", (89, 1.5), (0.05, 0.03)),
+        Regime("5W", 0.30, "5W", (45, 5), (0.05, 0.03)),
+        Regime("5W-busy", 0.15, "5W", (47, 5), (0.55, 0.05)),
+    ),
+    "jetson-orin-nano": (
+        Regime("25W", 0.30, "25W", (55, 5), (0.05, 0.03)),
+        Regime("25W-throttled", 0.10, "25W", (89, 1.5), (0.05, 0.03)),
+        Regime("15W", 0.30, "15W", (50, 5), (0.05, 0.03)),
+        Regime("15W-busy", 0.10, "15W", (52, 5), (0.55, 0.05)),
+        Regime("7W", 0.20, "7W", (45, 5), (0.05, 0.03)),
+    ),
+}
+
+MEASUREMENT_NOISE = 0.03  # lognormal sigma of one report's probe medians
+DAILY_TEMPERATURE_SD = 1.5
+DAILY_LOAD_SD = 0.03
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    sku: str = "jetson-xavier-nx"
+    devices: int = 1000
+    days: int = 7
+    seed: int = 0
+    telemetry_uri: str = "s3://hdap/telemetry/jetson-xavier-nx"
+    truth_uri: str = "s3://hdap/ground-truth/jetson-xavier-nx"
+    end: datetime = field(default_factory=lambda: datetime.now(timezone.utc))  # the newest report's latest time
+    chunk_devices: int = 100_000
+
+
+@dataclass
+class SimulationResult:
+    devices: int
+    reports: int
+    telemetry_objects: list[str]
+    truth_objects: list[str]
+    group_shares: dict[str, float]
+
+
+@dataclass
+class FleetChunk:
+    """One chunk of devices: a telemetry table per day and the hidden truth per device."""
+
+    days: list[tuple[date, pa.Table]]
+    truth: pa.Table
+
+
+def simulate_chunk(sku: Sku, first_device: int, devices: int, days: int, end: datetime, seed: int) -> FleetChunk:
+    """Day i's reports fall in the 24 hours ending (days-1-i) days before `end`: none lies ahead of it."""
+    rng = np.random.default_rng([seed, first_device])
+    regimes = REGIMES[sku.name]
+    shares = np.array([r.share for r in regimes])
+    group = rng.choice(len(regimes), size=devices, p=shares / shares.sum())
+    ids = np.array([f"{sku.short}-{i:07d}" for i in range(first_device, first_device + devices)], dtype=object)
+    power_mode = np.array([regimes[g].power_mode for g in group], dtype=object)
+    temp_mean = np.array([r.temperature_c[0] for r in regimes])[group]
+    temp_sd = np.array([r.temperature_c[1] for r in regimes])[group]
+    load_mean = np.array([r.background_load[0] for r in regimes])[group]
+    load_sd = np.array([r.background_load[1] for r in regimes])[group]
+
+    typical_temperature = rng.normal(temp_mean, temp_sd)
+    typical_load = np.clip(rng.normal(load_mean, load_sd), 0.0, 0.9)
+    silicon_bin = rng.normal(1.0, 0.015, devices)
+    age_days = rng.uniform(0, 1000, devices)
+    regulator_cap = 1.0 - 0.05 * rng.uniform(0, 1, devices) * (age_days / 1000)
+    firmware = rng.choice(np.array(sku.firmware, dtype=object), size=devices, p=[0.2, 0.5, 0.3])
+
+    probes = probes_for(sku)
+    tables = []
+    for day_index in range(days):
+        window_end = end - timedelta(days=days - 1 - day_index)
+        day = window_end.date()
+        temperature = typical_temperature + rng.normal(0, DAILY_TEMPERATURE_SD, devices)
+        load = np.clip(typical_load + rng.normal(0, DAILY_LOAD_SD, devices), 0.0, 0.95)
+        state = device_state(sku, power_mode, temperature, load, silicon_bin, regulator_cap)
+        window_end_ms = window_end.timestamp() * 1000
+        columns = {
+            "schema_version": np.full(devices, SCHEMA_VERSION, dtype=np.int16),
+            "device_id": ids,
+            "sku": np.full(devices, sku.name, dtype=object),
+            "firmware": firmware,
+            "timestamp": (window_end_ms - rng.uniform(0, 86_400_000, devices)).astype("int64"),
+            "power_mode": power_mode,
+            "temperature_c": temperature,
+            "gpu_clock_mhz": state.gpu_mhz,
+            "cpu_clock_mhz": state.cpu_mhz,
+            "emc_clock_mhz": state.emc_mhz,
+            "mem_bandwidth_gbps": memory_bandwidth_gbps(sku, state) * rng.lognormal(0, 0.02, devices),
+            "background_load": load,
+        }
+        for name in PROBES:
+            if name in probes:
+                noise = rng.lognormal(0, MEASUREMENT_NOISE, devices)
+                columns[probe_column(name)] = kernel_latency_ms(sku, state, PROBES[name]) * noise
+            else:
+                columns[probe_column(name)] = np.full(devices, np.nan)
+        arrays = [
+            pa.array(columns[f.name], type=f.type, from_pandas=True) if f.name != "timestamp"
+            else pa.array(columns["timestamp"], type=pa.int64()).cast(f.type)
+            for f in TELEMETRY_SCHEMA
+        ]
+        tables.append((day, pa.Table.from_arrays(arrays, schema=TELEMETRY_SCHEMA)))
+
+    truth = pa.table(
+        {
+            "device_id": pa.array(ids, pa.string()),
+            "group": pa.array([regimes[g].name for g in group], pa.string()),
+            "power_mode": pa.array(power_mode, pa.string()),
+            "silicon_bin": pa.array(silicon_bin, pa.float32()),
+            "regulator_cap": pa.array(regulator_cap, pa.float32()),
+        }
+    )
+    return FleetChunk(days=tables, truth=truth)
+
+
+def simulate_fleet(store: ObjectStore, config: SimulationConfig) -> SimulationResult:
+    """Write a simulated fleet's telemetry and its ground truth to the store."""
+    sku = get_sku(config.sku)
+    telemetry_objects: list[str] = []
+    truth_objects: list[str] = []
+    counts: dict[str, int] = {}
+    starts = range(0, config.devices, config.chunk_devices)
+    for chunk_index, first in enumerate(progress(starts, f"simulating {config.devices:,} {sku.name} devices")):
+        size = min(config.chunk_devices, config.devices - first)
+        chunk = simulate_chunk(sku, first, size, config.days, config.end, config.seed)
+        for day, table in chunk.days:
+            uri = join_uri(config.telemetry_uri, f"date={day.isoformat()}", f"part-{chunk_index:05d}.parquet")
+            store.put_table(uri, table)
+            telemetry_objects.append(uri)
+        uri = join_uri(config.truth_uri, f"part-{chunk_index:05d}.parquet")
+        store.put_table(uri, chunk.truth)
+        truth_objects.append(uri)
+        for name in chunk.truth.column("group").to_pylist():
+            counts[name] = counts.get(name, 0) + 1
+    log.info("simulated %d devices x %d days into %s", config.devices, config.days, config.telemetry_uri)
+    return SimulationResult(
+        devices=config.devices,
+        reports=config.devices * config.days,
+        telemetry_objects=telemetry_objects,
+        truth_objects=truth_objects,
+        group_shares={name: n / config.devices for name, n in sorted(counts.items())},
+    )

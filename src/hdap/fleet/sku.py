@@ -1,0 +1,111 @@
+"""The hardware SKUs hdap knows: datasheet figures a device's state is derived from.
+
+Figures are public datasheet values, rounded, and simplified where the real product has many
+modes (e.g. the Xavier NX's 2/4/6-core variants of each power budget collapse to one).
+Confirm them before relying on absolute numbers; the simulator needs their ratios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hdap.errors import HdapError
+
+
+@dataclass(frozen=True)
+class PowerMode:
+    name: str
+    gpu_max_mhz: float
+    cpu_max_mhz: float
+    emc_max_mhz: float  # memory controller clock: scales memory bandwidth
+
+
+@dataclass(frozen=True)
+class Sku:
+    name: str
+    short: str  # device-id prefix
+    gpu: str
+    gpu_ref_mhz: float  # the clock the peaks below are quoted at
+    peak_tflops: dict[str, float]  # dense GPU peak per precision at gpu_ref_mhz
+    mem_bandwidth_gbps: float  # at emc_ref_mhz
+    emc_ref_mhz: float
+    cpu_ref_mhz: float
+    launch_overhead_us: float  # per kernel, CPU-bound, at cpu_ref_mhz
+    power_modes: tuple[PowerMode, ...]
+    precisions: tuple[str, ...]  # what the target's inference engine runs
+    tile_channels: dict[str, int] = field(default_factory=lambda: {"fp32": 4, "fp16": 8, "int8": 32})
+    throttle_temp_c: float = 80.0  # above this the SoC caps clocks
+    firmware: tuple[str, ...] = ()
+
+    def power_mode(self, name: str) -> PowerMode:
+        for mode in self.power_modes:
+            if mode.name == name:
+                return mode
+        raise HdapError(f"{self.name} has no power mode '{name}': use one of {[m.name for m in self.power_modes]}.")
+
+
+SKUS: dict[str, Sku] = {
+    sku.name: sku
+    for sku in (
+        Sku(
+            name="jetson-nano",
+            short="nano",
+            gpu="128-core Maxwell",
+            gpu_ref_mhz=921.6,
+            peak_tflops={"fp32": 0.236, "fp16": 0.472},
+            mem_bandwidth_gbps=25.6,
+            emc_ref_mhz=1600,
+            cpu_ref_mhz=1479,
+            launch_overhead_us=45.0,
+            power_modes=(
+                PowerMode("5W", gpu_max_mhz=640, cpu_max_mhz=918, emc_max_mhz=1600),
+                PowerMode("10W", gpu_max_mhz=921.6, cpu_max_mhz=1479, emc_max_mhz=1600),
+            ),
+            precisions=("fp32", "fp16"),  # TensorRT 8.2 on Maxwell: no int8
+            firmware=("jetpack-4.6.4", "jetpack-4.6.5", "jetpack-4.6.6"),
+        ),
+        Sku(
+            name="jetson-xavier-nx",
+            short="xnx",
+            gpu="384-core Volta, 48 tensor cores",
+            gpu_ref_mhz=1100,
+            peak_tflops={"fp32": 0.845, "fp16": 6.0, "int8": 12.0},  # GPU only (the 21 TOPS adds the DLAs)
+            mem_bandwidth_gbps=51.2,
+            emc_ref_mhz=1866,
+            cpu_ref_mhz=1900,
+            launch_overhead_us=25.0,
+            power_modes=(
+                PowerMode("10W", gpu_max_mhz=800, cpu_max_mhz=1200, emc_max_mhz=1600),
+                PowerMode("15W", gpu_max_mhz=1100, cpu_max_mhz=1400, emc_max_mhz=1866),
+                PowerMode("20W", gpu_max_mhz=1100, cpu_max_mhz=1900, emc_max_mhz=1866),
+            ),
+            precisions=("fp32", "fp16", "int8"),
+            firmware=("jetpack-5.1.1", "jetpack-5.1.2", "jetpack-5.1.3"),
+        ),
+        Sku(
+            name="jetson-orin-nano",
+            short="onano",
+            gpu="1024-core Ampere, 32 tensor cores",
+            gpu_ref_mhz=1020,
+            peak_tflops={"fp32": 2.0, "fp16": 10.0, "int8": 20.0},
+            mem_bandwidth_gbps=68.0,
+            emc_ref_mhz=2133,
+            cpu_ref_mhz=1728,
+            launch_overhead_us=18.0,
+            power_modes=(
+                PowerMode("7W", gpu_max_mhz=408, cpu_max_mhz=960, emc_max_mhz=2133),
+                PowerMode("15W", gpu_max_mhz=625, cpu_max_mhz=1510, emc_max_mhz=2133),
+                PowerMode("25W", gpu_max_mhz=1020, cpu_max_mhz=1728, emc_max_mhz=2133),
+            ),
+            precisions=("fp32", "fp16", "int8"),
+            firmware=("jetpack-6.0", "jetpack-6.1", "jetpack-6.2"),
+        ),
+    )
+}
+
+
+def get_sku(name: str) -> Sku:
+    try:
+        return SKUS[name]
+    except KeyError:
+        raise HdapError(f"unknown SKU '{name}': use one of {', '.join(SKUS)}.") from None

@@ -1,0 +1,112 @@
+"""What each pipeline step does with files and the store: one function per Kubeflow component.
+
+A component passes its parameters and artifact paths here and logs the returned metrics; it
+holds no logic. Each step writes its outputs twice: as the pipeline's artifacts (local paths
+that Kubeflow uploads) and under the run's prefix in the object store, where later runs and
+other tools find them: `<output_uri>/<run_name>/<stage>/...`.
+
+Expected failures leave the step as one readable line and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+import pyarrow.parquet as pq
+
+from hdap.errors import HdapError
+from hdap.fleet.cluster import ClusterConfig, cluster_devices
+from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+from hdap.report.fleet import clustering_report_html
+from hdap.store import ObjectStore, join_uri
+
+log = logging.getLogger("hdap")
+F = TypeVar("F", bound=Callable)
+
+
+def step(function: F) -> F:
+    """Run a step with logging set up; an HdapError ends it with its message and exit code 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+        try:
+            return function(*args, **kwargs)
+        except HdapError as err:
+            print(f"hdap: {err}", file=sys.stderr, flush=True)
+            # A local run (`hdap run`) names a file to hear why a step failed, in one line.
+            failure_file = os.environ.get("HDAP_FAILURE_FILE")
+            if failure_file:
+                Path(failure_file).write_text(f"{function.__name__.removesuffix('_step')}: {err}")
+            raise SystemExit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run_prefix(output_uri: str, run_name: str, stage: str) -> str:
+    return join_uri(output_uri, run_name, stage)
+
+
+@step
+def ingest_step(
+    telemetry_uri: str,
+    sku: str,
+    as_of: str,
+    output_uri: str,
+    run_name: str,
+    features_path: str,
+    quarantine_path: str,
+) -> dict[str, float]:
+    store = ObjectStore.from_environment()
+    config = IngestConfig(telemetry_uri=telemetry_uri, sku=sku, as_of=datetime.fromisoformat(as_of) if as_of else None)
+    result = ingest_telemetry(store, config)
+    pq.write_table(result.features, features_path)
+    pq.write_table(result.quarantine, quarantine_path)
+    prefix = run_prefix(output_uri, run_name, "ingest")
+    store.put_file(join_uri(prefix, "features.parquet"), features_path)
+    store.put_file(join_uri(prefix, "quarantine.parquet"), quarantine_path)
+    store.put_json(join_uri(prefix, "summary.json"), {
+        "telemetry_uri": telemetry_uri,
+        "sku": sku,
+        **result.metrics(),
+        "quarantine_reasons": result.reasons,
+        "unreadable_objects": result.unreadable_objects,
+    })
+    if result.rows_quarantined:
+        log.warning("quarantined %d rows (%s): %s", result.rows_quarantined, result.reasons, join_uri(prefix, "quarantine.parquet"))
+    return result.metrics()
+
+
+@step
+def cluster_step(
+    features_path: str,
+    k: int,
+    k_min: int,
+    k_max: int,
+    seed: int,
+    output_uri: str,
+    run_name: str,
+    assignments_path: str,
+    clusters_path: str,
+    report_path: str,
+) -> dict[str, float]:
+    store = ObjectStore.from_environment()
+    features = pq.read_table(features_path)
+    clustering = cluster_devices(features, ClusterConfig(k=k, k_min=k_min, k_max=k_max, seed=seed))
+    prefix = run_prefix(output_uri, run_name, "cluster")
+    summary = clustering.summary() | {"store_prefix": prefix, "run_name": run_name}
+    pq.write_table(clustering.assignments, assignments_path)
+    Path(clusters_path).write_text(json.dumps(summary, indent=2))
+    Path(report_path).write_text(clustering_report_html(clustering))
+    store.put_file(join_uri(prefix, "assignments.parquet"), assignments_path)
+    store.put_file(join_uri(prefix, "clusters.json"), clusters_path)
+    store.put_file(join_uri(prefix, "report.html"), report_path)
+    return clustering.metrics()

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real SeaweedFS server (`weed`) on 127.0.0.1 and a free port, for the session."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from hdap.embedded_store import EmbeddedStore
+from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+from hdap.store import ObjectStore, StoreConfig
+
+# Reports end here; ingest runs "as of" a minute later, so nothing depends on today's date.
+SIMULATION_END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 11, 20, 12, 1, tzinfo=timezone.utc)
+_bucket_numbers = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def store_config(tmp_path_factory: pytest.TempPathFactory) -> StoreConfig:
+    embedded = EmbeddedStore(tmp_path_factory.mktemp("weed"))
+    config = embedded.up(s3_port=free_port())
+    yield config
+    embedded.down()
+
+
+@pytest.fixture(scope="session")
+def object_store(store_config: StoreConfig) -> ObjectStore:
+    return ObjectStore(store_config)
+
+
+@pytest.fixture
+def bucket(object_store: ObjectStore) -> str:
+    """A fresh bucket for one test."""
+    name = f"test-{next(_bucket_numbers):04d}"
+    object_store.ensure_bucket(name)
+    return name
+
+
+@pytest.fixture
+def store_env(store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StoreConfig:
+    """Point hdap's configuration (and any child process) at the test store."""
+    for name, value in store_config.as_environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HDAP_HOME", str(tmp_path / ".hdap"))
+    monkeypatch.chdir(tmp_path)
+    return store_config
+
+
+def simulate(store: ObjectStore, bucket: str, devices: int, seed: int = 0, days: int = 7, sku: str = "jetson-xavier-nx") -> SimulationConfig:
+    config = SimulationConfig(
+        sku=sku,
+        devices=devices,
+        days=days,
+        seed=seed,
+        telemetry_uri=f"s3://{bucket}/telemetry",
+        truth_uri=f"s3://{bucket}/truth",
+        end=SIMULATION_END,
+    )
+    simulate_fleet(store, config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def fleet_10k(object_store: ObjectStore):
+    """A 10,000-device fleet, simulated once: (telemetry uri, ingest result, device -> true group)."""
+    import pyarrow as pa
+
+    from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+
+    object_store.ensure_bucket("fleet-10k")
+    config = simulate(object_store, "fleet-10k", devices=10_000, seed=7)
+    result = ingest_telemetry(object_store, IngestConfig(config.telemetry_uri, config.sku, as_of=AS_OF))
+    truth = pa.concat_tables([object_store.get_table(o.uri) for o in object_store.list(config.truth_uri)])
+    groups = dict(zip(truth.column("device_id").to_pylist(), truth.column("group").to_pylist()))
+    return config.telemetry_uri, result, groups

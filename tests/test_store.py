@@ -1,0 +1,96 @@
+"""The object store client against a real SeaweedFS server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pyarrow as pa
+import pytest
+
+from hdap.embedded_store import EmbeddedStore
+from hdap.errors import HdapError
+from hdap.store import ObjectStore, S3Uri, StoreConfig
+from tests.conftest import free_port
+
+
+def test_bytes_json_and_tables_round_trip_with_their_sha256(object_store: ObjectStore, bucket: str) -> None:
+    object_store.put_bytes(f"s3://{bucket}/a/raw.bin", b"\x00\x01payload")
+    object_store.put_json(f"s3://{bucket}/a/doc.json", {"k": [1, 2]})
+    object_store.put_table(f"s3://{bucket}/a/t.parquet", pa.table({"x": [1.5, 2.5]}))
+
+    assert object_store.get_bytes(f"s3://{bucket}/a/raw.bin") == b"\x00\x01payload"
+    assert object_store.get_json(f"s3://{bucket}/a/doc.json") == {"k": [1, 2]}
+    assert object_store.get_table(f"s3://{bucket}/a/t.parquet").column("x").to_pylist() == [1.5, 2.5]
+    stat = object_store.client.stat_object(bucket, "a/raw.bin")
+    assert stat.metadata["x-amz-meta-sha256"] == hashlib.sha256(b"\x00\x01payload").hexdigest()
+    assert [o.uri for o in object_store.list(f"s3://{bucket}/a/")] == [
+        f"s3://{bucket}/a/doc.json",
+        f"s3://{bucket}/a/raw.bin",
+        f"s3://{bucket}/a/t.parquet",
+    ]
+
+
+def test_a_corrupted_object_is_refused_on_read(object_store: ObjectStore, bucket: str) -> None:
+    # Written behind hdap's back with a sha256 that does not match its bytes.
+    object_store.client.put_object(bucket, "bad.bin", io.BytesIO(b"changed"), 7, metadata={"sha256": "0" * 64})
+    with pytest.raises(HdapError, match="does not match the sha256"):
+        object_store.get_bytes(f"s3://{bucket}/bad.bin")
+
+
+def test_a_wrong_secret_key_is_named_in_one_sentence(store_config: StoreConfig) -> None:
+    wrong = StoreConfig(store_config.endpoint, store_config.access_key, "not-the-secret")
+    with pytest.raises(HdapError, match="rejected the secret key.*HDAP_S3_SECRET_KEY"):
+        ObjectStore(wrong).check()
+
+
+def test_an_unknown_access_key_is_named(store_config: StoreConfig) -> None:
+    wrong = StoreConfig(store_config.endpoint, "nobody", "x")
+    with pytest.raises(HdapError, match="does not know the access key 'nobody'"):
+        ObjectStore(wrong).check()
+
+
+def test_a_missing_bucket_says_so(object_store: ObjectStore) -> None:
+    with pytest.raises(HdapError, match="has no bucket 'no-such-bucket'"):
+        object_store.list("s3://no-such-bucket/telemetry/")
+
+
+def test_an_unreachable_store_says_how_to_start_one() -> None:
+    config = StoreConfig(f"127.0.0.1:{free_port()}", "k", "s")
+    with pytest.raises(HdapError, match="cannot reach the object store.*hdap store up"):
+        ObjectStore(config).check()
+
+
+def test_uris_parse_and_reject_non_s3() -> None:
+    assert S3Uri.parse("s3://b/k/x.parquet") == S3Uri("b", "k/x.parquet")
+    assert str(S3Uri.parse("s3://b/k").join("d", "e.json")) == "s3://b/k/d/e.json"
+    with pytest.raises(HdapError, match="s3://bucket/key"):
+        S3Uri.parse("/local/path")
+
+
+def test_configuration_comes_from_the_environment_then_the_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("HDAP_S3_ENDPOINT", "HDAP_S3_ACCESS_KEY", "HDAP_S3_SECRET_KEY", "HDAP_S3_SECURE", "HDAP_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "hdap.toml").write_text('[store]\nendpoint = "https://s3.example.com"\naccess_key = "fk"\nsecret_key = "fs"\n')
+    from_file = StoreConfig.resolve()
+    assert (from_file.endpoint, from_file.secure, from_file.access_key) == ("s3.example.com", True, "fk")
+    monkeypatch.setenv("HDAP_S3_ENDPOINT", "127.0.0.1:9000")
+    monkeypatch.setenv("HDAP_S3_ACCESS_KEY", "ek")
+    monkeypatch.setenv("HDAP_S3_SECRET_KEY", "es")
+    from_env = StoreConfig.resolve()
+    assert (from_env.endpoint, from_env.secure, from_env.access_key) == ("127.0.0.1:9000", False, "ek")
+
+
+def test_the_embedded_store_keeps_its_data_across_restarts(tmp_path) -> None:
+    embedded = EmbeddedStore(tmp_path / "store")
+    port = free_port()
+    try:
+        ObjectStore(embedded.up(s3_port=port)).put_bytes("s3://keep/x.txt", b"still here")
+        assert embedded.status().running
+        assert embedded.down()
+        assert not embedded.status().running
+        config = embedded.up(s3_port=port)
+        assert ObjectStore(config).get_bytes("s3://keep/x.txt") == b"still here"
+    finally:
+        embedded.down()
