@@ -16,7 +16,7 @@ from hdap.fleet.ingest import IngestConfig, ingest_telemetry
 from hdap.fleet.simulate import simulate_chunk
 from hdap.fleet.sku import get_sku
 from hdap.store import ObjectStore
-from tests.conftest import AS_OF, SIMULATION_END
+from tests.fixtures import AS_OF, SIMULATION_END
 
 SKU = "jetson-xavier-nx"
 

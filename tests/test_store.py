@@ -11,7 +11,7 @@ import pytest
 from hdap.embedded_store import EmbeddedStore
 from hdap.errors import HdapError
 from hdap.store import ObjectStore, S3Uri, StoreConfig
-from tests.conftest import free_port
+from tests.fixtures import free_port
 
 
 def test_bytes_json_and_tables_round_trip_with_their_sha256(object_store: ObjectStore, bucket: str) -> None:

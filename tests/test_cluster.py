@@ -1,0 +1,55 @@
+"""Clustering recovers the simulated fleet's hidden groups and picks honest representatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from hdap.errors import HdapError
+from hdap.fleet.cluster import ClusterConfig, cluster_devices
+
+
+def test_clusters_recover_the_ground_truth_groups_of_a_10k_fleet(fleet_10k) -> None:
+    _, ingested, groups = fleet_10k
+    clustering = cluster_devices(ingested.features, ClusterConfig(seed=0))
+    ids = clustering.assignments.column("device_id").to_pylist()
+    ari = adjusted_rand_score([groups[i] for i in ids], clustering.assignments.column("cluster").to_pylist())
+    assert clustering.k == len(set(groups.values()))  # chosen automatically
+    assert ari >= 0.9
+
+
+def test_representatives_weighted_by_share_reproduce_the_fleet_mean_latency(fleet_10k) -> None:
+    _, ingested, _ = fleet_10k
+    features = ingested.features
+    clustering = cluster_devices(features, ClusterConfig(seed=0))
+    ids = features.column("device_id").to_pylist()
+    for column in [c for c in clustering.features if c.startswith("probe_")]:
+        values = dict(zip(ids, features.column(column).to_pylist()))
+        fleet_mean = float(np.mean(list(values.values())))
+        estimate = sum(c.weight * values[c.representative] for c in clustering.clusters)
+        assert estimate == pytest.approx(fleet_mean, rel=0.02), column
+
+
+def test_weights_are_shares_and_representatives_are_members(fleet_10k) -> None:
+    _, ingested, _ = fleet_10k
+    clustering = cluster_devices(ingested.features, ClusterConfig(k=3, seed=1))
+    assert clustering.k == 3 and clustering.scores == {}
+    assert sum(c.weight for c in clustering.clusters) == pytest.approx(1.0)
+    labels = dict(zip(clustering.assignments.column("device_id").to_pylist(), clustering.assignments.column("cluster").to_pylist()))
+    assert all(labels[c.representative] == c.id for c in clustering.clusters)
+    # Ids run from the fastest cluster to the slowest.
+    conv = [c.centroid["probe_conv3x3_fp16_median_ms"] for c in clustering.clusters]
+    assert conv[0] == min(conv)
+
+
+def test_large_fleets_use_mini_batch_k_means(fleet_10k) -> None:
+    _, ingested, _ = fleet_10k
+    clustering = cluster_devices(ingested.features, ClusterConfig(k=5, minibatch_above=1000))
+    assert clustering.algorithm == "MiniBatchKMeans"
+
+
+def test_too_few_devices_for_k_is_a_clear_error(fleet_10k) -> None:
+    _, ingested, _ = fleet_10k
+    with pytest.raises(HdapError, match="3 devices are too few to form 5 clusters"):
+        cluster_devices(ingested.features.slice(0, 3), ClusterConfig(k=5))

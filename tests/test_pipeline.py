@@ -1,0 +1,96 @@
+"""The pipeline as users meet it: `hdap compile`, `hdap run` through kfp.local, and its errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hdap.store import ObjectStore, StoreConfig
+from tests.fixtures import AS_OF, simulate
+
+
+def hdap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hdap.cli", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=600,
+    )
+
+
+def test_hdap_compile_writes_ir_yaml_with_both_components_and_the_parameters(tmp_path: Path) -> None:
+    output = tmp_path / "pipeline.yaml"
+    result = hdap("compile", "--output", str(output), "--image", "registry.example.com/hdap-step:1")
+    assert result.returncode == 0, result.stderr
+    documents = list(yaml.safe_load_all(output.read_text()))
+    spec, platform = documents[0], documents[1]
+    assert {"comp-ingest", "comp-cluster"} <= set(spec["components"])
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"telemetry_uri", "sku", "k", "k_min", "k_max", "seed", "output_uri", "as_of"} <= set(parameters)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/hdap-step:1"}
+    secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(e["secretAsEnv"][0]["secretName"] == "hdap-s3" for e in secrets.values())
+
+
+@pytest.mark.slow
+def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    config = simulate(object_store, bucket, devices=800, days=4, seed=2)
+    result = hdap(
+        "run", "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--as-of", AS_OF.isoformat(),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    printed = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "hdap run summary" in printed
+    assert "800 devices ingested, 0 rows quarantined" in printed
+    report = next((tmp_path / ".hdap" / "runs").glob("*/fleet-report.html"))
+    assert report.read_text().count("<img") >= 3
+    runs = object_store.list(f"s3://{bucket}/runs/")
+    assert {Path(o.uri).name for o in runs} >= {"features.parquet", "quarantine.parquet", "clusters.json", "assignments.parquet", "report.html"}
+
+
+@pytest.mark.slow
+def test_a_step_that_fails_reports_its_reason_in_one_line(store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"schema_version": pa.array([9], pa.int16()), "device_id": ["x"]})
+    object_store.put_table(f"s3://{bucket}/v9/a.parquet", table)
+    result = hdap("run", "--telemetry-uri", f"s3://{bucket}/v9", "--output-uri", f"s3://{bucket}/runs", cwd=tmp_path)
+    assert result.returncode == 1
+    printed = " ".join(result.stderr.split())
+    assert "error: the pipeline stopped in step ingest: " in printed
+    assert "schema version 9" in printed
+    assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_secret_key_ends_the_command_with_one_sentence_and_no_traceback(store_env: StoreConfig, tmp_path: Path) -> None:
+    result = hdap("run", env={"HDAP_S3_SECRET_KEY": "wrong"}, cwd=tmp_path)
+    assert result.returncode == 1
+    printed = " ".join(result.stderr.split())
+    assert "rejected the secret key" in printed and "HDAP_S3_SECRET_KEY" in printed
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_missing_bucket_ends_the_command_with_one_sentence(store_env: StoreConfig, tmp_path: Path) -> None:
+    result = hdap("run", "--telemetry-uri", "s3://no-such-bucket/telemetry", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "has no bucket 'no-such-bucket'" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_no_store_configured_says_how_to_get_one(tmp_path: Path) -> None:
+    env = {name: "" for name in ("HDAP_S3_ENDPOINT", "HDAP_S3_ACCESS_KEY", "HDAP_S3_SECRET_KEY")}
+    result = hdap("run", env={**env, "HDAP_HOME": str(tmp_path / ".hdap")}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "hdap store up" in " ".join(result.stderr.split())
+
+
+def test_help_explains_the_commands() -> None:
+    result = hdap("--help")
+    assert result.returncode == 0
+    for command in ("demo", "run", "compile", "store", "fleet"):
+        assert command in result.stdout
