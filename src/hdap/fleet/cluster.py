@@ -55,6 +55,7 @@ class Clustering:
     algorithm: str
     projection: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 2)))  # 2-D view for plots
     projection_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, dtype=int))
+    projection_representatives: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 2)))
 
     def summary(self) -> dict:
         return {
@@ -123,9 +124,11 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
 
     device_ids = features.column("device_id").to_numpy(zero_copy_only=False)
     clusters: list[Cluster] = []
+    representatives: list[int] = []
     for cid in range(k):
         members = np.flatnonzero(labels == cid)
         nearest = members[distances[members, cid].argmin()]
+        representatives.append(nearest)
         clusters.append(
             Cluster(
                 id=cid,
@@ -144,8 +147,8 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
         }
     )
     view = rng.choice(len(x), min(len(x), 5000), replace=False)
-    centered = x[view] - x[view].mean(axis=0)
-    axes = np.linalg.svd(centered, full_matrices=False)[2][:2]
+    center = x[view].mean(axis=0)
+    axes = np.linalg.svd(x[view] - center, full_matrices=False)[2][:2]
     log.info("clustered %d devices into %d clusters (%s)", len(x), k, selection)
     return Clustering(
         k=k,
@@ -155,6 +158,7 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
         clusters=clusters,
         assignments=assignments,
         algorithm=type(model).__name__,
-        projection=centered @ axes.T,
+        projection=(x[view] - center) @ axes.T,
         projection_labels=labels[view],
+        projection_representatives=(x[representatives] - center) @ axes.T,
     )

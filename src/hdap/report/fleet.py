@@ -19,10 +19,14 @@ def cluster_scatter(clustering: Clustering) -> str:
     for cid in range(clustering.k):
         points = clustering.projection[clustering.projection_labels == cid]
         ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=PALETTE[cid % 10], label=f"cluster {cid}")
+    reps = clustering.projection_representatives
+    ax.scatter(reps[:, 0], reps[:, 1], marker="*", s=220, color="black", edgecolors="white", label="representative")
     ax.set_title("Devices by performance (first two principal axes)")
     ax.set_xlabel("axis 1")
     ax.set_ylabel("axis 2")
-    ax.legend(markerscale=3, fontsize=8)
+    legend = ax.legend(fontsize=8)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     return to_img_tag(fig, "scatter of devices coloured by cluster")
 
 
@@ -52,7 +56,8 @@ def cluster_latency(clustering: Clustering) -> str:
     ax.axhline(1.0, color="#999", linewidth=0.8)
     ax.set_ylabel("latency / fastest cluster")
     ax.set_title("Probe latency per cluster")
-    ax.legend(fontsize=8, ncols=min(clustering.k, 4))
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncols=min(clustering.k, 5), loc="upper left")
     return to_img_tag(fig, "grouped bars of probe latency per cluster")
 
 
