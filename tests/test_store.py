@@ -90,7 +90,17 @@ def test_the_embedded_store_keeps_its_data_across_restarts(tmp_path) -> None:
         assert embedded.status().running
         assert embedded.down()
         assert not embedded.status().running
-        config = embedded.up(s3_port=port)
-        assert ObjectStore(config).get_bytes("s3://keep/x.txt") == b"still here"
+        restarted = ObjectStore(embedded.up())
+        assert restarted.config.endpoint == f"127.0.0.1:{port}"  # same address after a restart
+        assert restarted.get_bytes("s3://keep/x.txt") == b"still here"
+        restarted.put_bytes("s3://keep-new/y.txt", b"new bucket after restart")
+        assert restarted.get_bytes("s3://keep-new/y.txt") == b"new bucket after restart"
     finally:
         embedded.down()
+
+
+def test_the_embedded_store_serves_many_buckets(object_store: ObjectStore) -> None:
+    # Each bucket grows its own volumes: the store must not run out after a handful.
+    for index in range(12):
+        object_store.put_bytes(f"s3://many-{index:02d}/x", b"x")
+    assert object_store.get_bytes("s3://many-11/x") == b"x"

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def weed_binary() -> str:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As Go's listeners do: a port whose old connections linger in TIME_WAIT is free to weed.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return True
@@ -88,6 +91,7 @@ class EmbeddedStore:
         self.data_dir = self.root / "data"
         self.state_file = self.root / "state.json"
         self.credentials_file = self.root / "credentials.json"
+        self.ports_file = self.root / "ports.json"
         self.log_file = self.root / "weed.log"
 
     @classmethod
@@ -145,9 +149,8 @@ class EmbeddedStore:
             return running
         self.data_dir.mkdir(parents=True, exist_ok=True)
         creds = self._credentials()
-        if s3_port is None:
-            s3_port = DEFAULT_S3_PORT if _port_is_free(DEFAULT_S3_PORT) else _free_port()
-        ports = {name: _free_port() for name in _PORT_NAMES}
+        ports = self._ports(s3_port)
+        s3_port = ports["s3"]
         identities = {
             "identities": [
                 {
@@ -171,12 +174,17 @@ class EmbeddedStore:
             f"-s3.config={s3_config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra catalog servers on fixed ports: not needed
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            # A single master re-learns the volumes from the volume server's heartbeat; resuming its
+            # raft state instead costs a ~17 s leader election on every start.
+            "-master.resumeState=false",
+            # Each bucket grows its own volumes; with volume.max=0 weed derives a small count from
+            # free disk and the tenth bucket fails. Volumes are sparse files: a high count costs nothing.
+            "-master.volumeSizeLimitMB=256", "-volume.max=2000",
         ]
         with self.log_file.open("ab") as log:
             # A new session: the server outlives `hdap store up` and ignores the terminal's Ctrl-C.
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.state_file.write_text(json.dumps({"pid": process.pid, "s3_port": s3_port, "ports": ports}))
+        self.state_file.write_text(json.dumps({"pid": process.pid, "s3_port": s3_port}))
         config = self.running_config()
         assert config is not None
         store = ObjectStore(config)
@@ -189,7 +197,7 @@ class EmbeddedStore:
                     f"{self._log_tail()}"
                 )
             try:
-                if _port_accepts(s3_port):  # quietly first: the S3 client would log every refused retry
+                if _port_accepts(s3_port) and self._volumes_registered(ports["master"]):
                     store.check()
                     return config
                 raise HdapError("not listening yet")
@@ -200,6 +208,32 @@ class EmbeddedStore:
                         f"the embedded store did not answer within {timeout_s:.0f} s; see its log {self.log_file}."
                     ) from None
                 time.sleep(0.25)
+
+    def _volumes_registered(self, master_port: int) -> bool:
+        """Whether the master knows every volume on disk: before that, reads of existing objects
+        fail with "volume not found" and a write could be given a volume id already in use."""
+        on_disk = len(list(self.data_dir.glob("*.dat")))
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=2) as response:
+                topology = json.load(response)["Topology"]
+        except (OSError, ValueError, KeyError):
+            return False
+        nodes = [n for dc in topology.get("DataCenters") or [] for r in dc.get("Racks") or [] for n in r.get("DataNodes") or []]
+        return bool(nodes) and sum(n.get("Volumes", 0) for n in nodes) >= on_disk
+
+    def _ports(self, s3_port: int | None) -> dict[str, int]:
+        """The same ports as last time where possible: the master keeps its own address in its
+        state, and a restart on new ports leaves it waiting for a leader that never comes back."""
+        saved = json.loads(self.ports_file.read_text()) if self.ports_file.is_file() else {}
+        if s3_port is not None:
+            saved["s3"] = s3_port
+        elif "s3" not in saved or not _port_is_free(saved["s3"]):
+            saved["s3"] = DEFAULT_S3_PORT if _port_is_free(DEFAULT_S3_PORT) else _free_port()
+        for name in _PORT_NAMES:
+            if name not in saved or not _port_is_free(saved[name]):
+                saved[name] = _free_port()
+        self.ports_file.write_text(json.dumps(saved))
+        return saved
 
     def down(self, timeout_s: float = 3.0) -> bool:
         """Stop the server; its data stays. Returns whether one was running.
@@ -214,10 +248,11 @@ class EmbeddedStore:
         pid = state["pid"]
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _pid_alive(pid):
-            if time.monotonic() > deadline:
+        killed = False
+        while _pid_alive(pid):  # until it is gone and its ports are free again
+            if time.monotonic() > deadline and not killed:
                 os.kill(pid, signal.SIGKILL)
-                break
+                killed = True
             time.sleep(0.1)
             try:  # reap it if we are its parent (tests start and stop it in one process)
                 os.waitpid(pid, os.WNOHANG)

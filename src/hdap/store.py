@@ -188,6 +188,11 @@ class ObjectStore:
             raise HdapError(f"{where} failed while {what}: {err.code}: {err.message}") from None
         except urllib3.exceptions.MaxRetryError as err:
             reason = err.reason or err
+            if isinstance(reason, urllib3.exceptions.ResponseError):
+                raise HdapError(
+                    f"{where} answered with server errors while {what}: see its log (.hdap/store/weed.log "
+                    "for the embedded one); it may be out of disk space."
+                ) from None
             raise HdapError(
                 f"cannot reach {where} ({type(reason).__name__}): start it (`hdap store up` for the "
                 "embedded one) or fix HDAP_S3_ENDPOINT."
