@@ -1,0 +1,127 @@
+"""Build predictors' data: sample layer configurations from a model and time them on a backend.
+
+The plan is stratified: every prunable layer shape gets samples at every precision the target
+runs, with input and output channels drawn from one granule up to the original count. Channel
+counts move in granules (the search prunes in the same granules), because hardware kernels are
+tuned to them: off-granule counts can be slower than larger aligned ones, which no monotone
+model could follow. A configuration that fails is recorded with its reason, not fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from hdap.latency.backends.base import Backend, MeasurementFailed
+from hdap.latency.layers import LayerConfig, LayerShape
+from hdap.progress import progress
+
+log = logging.getLogger("hdap")
+
+PROFILE_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("op", pa.string()),
+        ("in_channels", pa.int32()),
+        ("out_channels", pa.int32()),
+        ("kernel_size", pa.int32()),
+        ("stride", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("precision", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("status", pa.string()),  # ok | failed
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PlannedConfig:
+    layer: str
+    config: LayerConfig
+
+
+def _channels(rng: np.random.Generator, original: int, granule: int) -> int:
+    if original <= granule:
+        return original
+    return int(rng.integers(1, original // granule + 1)) * granule
+
+
+def plan_profile(
+    layers: list[LayerShape],
+    precisions: tuple[str, ...],
+    samples_per_layer: int,
+    granule: int = 8,
+    seed: int = 0,
+    protect_input: bool = True,
+) -> list[PlannedConfig]:
+    """Sample configurations of every layer at every precision; the model's input channels
+    (an image's 3) are fixed when `protect_input`."""
+    rng = np.random.default_rng(seed)
+    planned: list[PlannedConfig] = []
+    for index, shape in enumerate(layers):
+        for precision in precisions:
+            seen: set[tuple[int, int]] = set()
+            # The original layer always, then distinct random prunings of it.
+            candidates = [(shape.in_channels, shape.out_channels)]
+            for _ in range(samples_per_layer * 4):
+                cin = shape.in_channels if (protect_input and index == 0) else _channels(rng, shape.in_channels, granule)
+                candidates.append((cin, _channels(rng, shape.out_channels, granule)))
+            for cin, cout in candidates:
+                if shape.op == "depthwise":
+                    cin = cout
+                if (cin, cout) in seen:
+                    continue
+                seen.add((cin, cout))
+                planned.append(PlannedConfig(shape.name, shape.config(cin, cout, precision)))
+                if len(seen) == samples_per_layer:
+                    break
+    return planned
+
+
+def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, seed: int = 0, description: str = "profiling") -> pa.Table:
+    """Time every planned configuration; failures are rows with status 'failed' and a reason.
+
+    With several rounds, each round visits the plan in a new random order and a configuration's
+    latency is its quietest round's median. On a shared machine the speed drifts by tens of
+    percent over seconds; other load only ever adds time, and shuffling spreads a slow spell
+    over all layers instead of biasing the ones measured during it.
+    """
+    rng = np.random.default_rng(seed)
+    best: list[float | None] = [None] * len(plan)
+    reasons: list[str | None] = [None] * len(plan)
+    total = rounds * len(plan)
+    visits = [(r, int(i)) for r in range(rounds) for i in rng.permutation(len(plan))]
+    for _, index in progress(visits, f"{description}: {len(plan)} layer configurations x {rounds} on {backend.name}", total=total):
+        if reasons[index] is not None:
+            continue
+        try:
+            latency = float(backend.measure(plan[index].config))
+            if not np.isfinite(latency) or latency <= 0:
+                raise MeasurementFailed(f"timing gave {latency} ms")
+            best[index] = latency if best[index] is None else min(best[index], latency)
+        except MeasurementFailed as err:
+            reasons[index] = str(err)
+    rows = []
+    for item, latency, reason in zip(plan, best, reasons):
+        failed = reason is not None
+        rows.append({"layer": item.layer, **item.config.as_dict(), "latency_ms": None if failed else latency,
+                     "status": "failed" if failed else "ok", "reason": reason})
+    failures = sum(r is not None for r in reasons)
+    if failures:
+        log.warning("%d of %d configurations could not be timed on %s (see the profile's reason column)", failures, len(plan), backend.name)
+    return pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA)
+
+
+def profile_configs(profile: pa.Table) -> tuple[list[LayerConfig], np.ndarray]:
+    """The successfully timed configurations of a profile and their latencies."""
+    ok = profile.filter(pa.compute.equal(profile.column("status"), "ok")).to_pylist()
+    configs = [
+        LayerConfig(r["op"], r["in_channels"], r["out_channels"], r["kernel_size"], r["stride"], r["height"], r["width"], r["precision"])
+        for r in ok
+    ]
+    return configs, np.array([r["latency_ms"] for r in ok])

@@ -1,0 +1,307 @@
+"""A cluster's surrogate latency model: differentiable, monotone in channels, saved as plain JSON.
+
+One model per cluster, trained on its representative's profile. (One model conditioned on the
+cluster centroid would share data between clusters, but clusters differ in kind, not only in
+degree: a throttled GPU, a busy CPU and a low power mode move different terms. Per-cluster
+models stay exact where it matters and need no data from other clusters.)
+
+Per layer shape (op, kernel, stride, input size) and precision, latency is a roofline:
+
+    t = b0 + ((a_c * MACs)^p + (a_i * inputs + a_o * outputs + a_w * weights)^p)^(1/p)
+
+MACs count channels rounded up to the group's tile (tensor-core and SIMD kernels work in
+tiles, so latency is a staircase in channels). Every coefficient is non-negative and p >= 1,
+so the model is monotone non-decreasing in input and output channels. In PyTorch, channel
+counts may be soft (expected kept channels during the search): the tile rounding passes
+gradients straight through, and a precision mix weighs each precision's latency.
+
+A whole model costs `scale * sum(layers) + offset + boundaries`: what happens between layers
+(a chain of float convolutions shares one layout conversion, two int8 layers skip a requantize,
+a change of precision converts the activation) is a cost per activation element at each
+boundary, by the pair of precisions. All are fitted on a few measured whole models.
+
+Fitting is two steps: non-negative least squares of relative error with p = 1 (convex, so it
+cannot land in a bad local optimum) for every tile candidate, then a gradient refinement of all
+coefficients and p from that start, kept only where it lowers the error. CPUs come out near
+p = 1 (their costs add up), roofline devices with a large p (the slower resource dominates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+
+from hdap.errors import HdapError
+from hdap.latency.layers import LayerConfig
+
+FORMAT = "hdap.latency-surrogate/1"
+GroupKey = tuple[str, int, int, int, int, str]  # op, kernel size, stride, height, width, precision
+
+
+def group_key(config: LayerConfig, precision: str | None = None) -> GroupKey:
+    return (config.op, config.kernel_size, config.stride, config.height, config.width, precision or config.precision)
+TILE_CANDIDATES = (1, 4, 8, 16, 32)
+
+
+def straight_through_ceil(channels: torch.Tensor, tile: int) -> torch.Tensor:
+    """Round up to a multiple of `tile` going forward; gradient as if unrounded."""
+    rounded = torch.ceil(channels / tile - 1e-6) * tile
+    return channels + (rounded - channels).detach()
+
+
+@dataclass
+class GroupModel:
+    tile: int
+    overhead_ms: float
+    compute_ms_per_gmac: float
+    input_ms_per_melement: float
+    output_ms_per_melement: float
+    weight_ms_per_melement: float
+    sharpness: float  # p: 1 adds compute and memory time, large takes their maximum
+
+    def latency(self, op: str, kernel_size: int, stride: int, height: int, width: int, cin: torch.Tensor, cout: torch.Tensor) -> torch.Tensor:
+        out_h, out_w = -(-height // stride), -(-width // stride)
+        tiled_out = straight_through_ceil(cout, self.tile)
+        if op == "depthwise":
+            macs = out_h * out_w * tiled_out * kernel_size**2
+            weights = kernel_size**2 * cout
+            cin = cout
+        else:
+            macs = out_h * out_w * tiled_out * kernel_size**2 * straight_through_ceil(cin, self.tile)
+            weights = kernel_size**2 * cout * cin
+        compute = self.compute_ms_per_gmac * macs / 1e9
+        memory = (self.input_ms_per_melement * cin * height * width + self.output_ms_per_melement * cout * out_h * out_w
+                  + self.weight_ms_per_melement * weights) / 1e6
+        p = self.sharpness
+        # (c^p + m^p)^(1/p) computed stably as max * (1 + (min/max)^p)^(1/p).
+        big = torch.maximum(compute, memory).clamp_min(1e-12)
+        small = torch.minimum(compute, memory)
+        return self.overhead_ms + big * (1 + (small / big) ** p) ** (1 / p)
+
+
+@dataclass
+class LayerDecision:
+    """One layer as the search holds it: its shape, soft channel counts, a soft precision choice."""
+
+    config: LayerConfig  # the original layer (its static shape)
+    in_channels: torch.Tensor
+    out_channels: torch.Tensor
+    precision_probs: torch.Tensor  # over the cost model's precisions
+
+
+def transition_key(before: str, after: str) -> str:
+    return f"{before}>{after}"
+
+
+@dataclass
+class LatencySurrogate:
+    groups: dict[GroupKey, GroupModel]
+    model_scale: float = 1.0
+    model_offset_ms: float = 0.0
+    transition_ms_per_melement: dict[str, float] = field(default_factory=dict)  # "fp32>int8" -> ms per 1e6 elements
+    device: dict = field(default_factory=dict)  # what was profiled: backend and device state
+
+    # -- prediction ---------------------------------------------------------------------------
+    def group(self, config: LayerConfig, precision: str | None = None) -> GroupModel:
+        key = group_key(config, precision)
+        try:
+            return self.groups[key]
+        except KeyError:
+            op, k, stride, h, w, p = key
+            raise HdapError(
+                f"the latency surrogate has no data for {op} {k}x{k}/{stride} layers on {h}x{w} inputs at {p}: "
+                "profile this model's layers with that precision in the target's menu."
+            ) from None
+
+    def layer_latency(self, config: LayerConfig, in_channels: torch.Tensor | float | None = None,
+                      out_channels: torch.Tensor | float | None = None, precision: str | None = None) -> torch.Tensor:
+        """Latency (ms) of a layer with (possibly soft) channel counts at one precision."""
+        cin = torch.as_tensor(config.in_channels if in_channels is None else in_channels, dtype=torch.float64)
+        cout = torch.as_tensor(config.out_channels if out_channels is None else out_channels, dtype=torch.float64)
+        model = self.group(config, precision)
+        return model.latency(config.op, config.kernel_size, config.stride, config.height, config.width, cin, cout)
+
+    def mixed_layer_latency(self, config: LayerConfig, in_channels: torch.Tensor, out_channels: torch.Tensor,
+                            precision_probs: torch.Tensor, precisions: tuple[str, ...]) -> torch.Tensor:
+        """Expected latency under a soft choice of precision (probabilities over `precisions`)."""
+        per_precision = torch.stack([self.layer_latency(config, in_channels, out_channels, p) for p in precisions])
+        return (precision_probs.to(per_precision.dtype) * per_precision).sum(0)
+
+    def predict(self, config: LayerConfig) -> float:
+        with torch.no_grad():
+            return float(self.layer_latency(config))
+
+    def predict_model(self, configs: list[LayerConfig]) -> float:
+        """A whole chain of layers at hard choices (what a fine-tuned model will be)."""
+        terms = model_terms(self, configs)
+        return float(self.model_scale * terms["layers"] + self.model_offset_ms
+                     + sum(self.transition_ms_per_melement.get(k, 0.0) * v for k, v in terms.items() if ">" in k))
+
+    def model_cost(self, decisions: list[LayerDecision], precisions: tuple[str, ...]) -> torch.Tensor:
+        """Expected latency (ms) of a chain of soft layer decisions: differentiable in every
+        soft channel count and precision probability."""
+        layers = sum(self.mixed_layer_latency(d.config, d.in_channels, d.out_channels, d.precision_probs, precisions) for d in decisions)
+        total = self.model_scale * layers + self.model_offset_ms
+        for before, after in zip(decisions[:-1], decisions[1:]):
+            elements = before.out_channels * before.config.out_height * before.config.out_width / 1e6
+            for i, p in enumerate(precisions):
+                for j, q in enumerate(precisions):
+                    coefficient = self.transition_ms_per_melement.get(transition_key(p, q), 0.0)
+                    if coefficient:
+                        total = total + coefficient * elements * before.precision_probs[i] * after.precision_probs[j]
+        return total
+
+    # -- saving -------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model_scale": self.model_scale,
+            "model_offset_ms": self.model_offset_ms,
+            "transition_ms_per_melement": self.transition_ms_per_melement,
+            "device": self.device,
+            "groups": [{"op": op, "kernel_size": k, "stride": st, "height": h, "width": w, "precision": p, **asdict(g)}
+                       for (op, k, st, h, w, p), g in sorted(self.groups.items())],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> LatencySurrogate:
+        if data.get("format") != FORMAT:
+            raise HdapError(f"this is not a latency surrogate hdap can read (format {data.get('format')!r}, expected {FORMAT}).")
+        groups = {}
+        for entry in data["groups"]:
+            entry = dict(entry)
+            key = (entry.pop("op"), int(entry.pop("kernel_size")), int(entry.pop("stride")), int(entry.pop("height")),
+                   int(entry.pop("width")), entry.pop("precision"))
+            groups[key] = GroupModel(**entry)
+        return cls(groups, data["model_scale"], data["model_offset_ms"], data.get("transition_ms_per_melement", {}), data.get("device", {}))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencySurrogate:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+# -- fitting ----------------------------------------------------------------------------------
+_FIELDS = ("overhead_ms", "compute_ms_per_gmac", "input_ms_per_melement", "output_ms_per_melement", "weight_ms_per_melement")
+
+
+def _terms(configs: list[LayerConfig], tile: int) -> np.ndarray:
+    """Per configuration: 1, GMACs (tiled), input, output and weight elements (millions)."""
+    rows = []
+    for c in configs:
+        t_out = -(-c.out_channels // tile) * tile
+        t_in = -(-c.in_channels // tile) * tile
+        per_output = c.kernel_size**2 * (1 if c.op == "depthwise" else t_in)
+        macs = c.out_height * c.out_width * t_out * per_output
+        cin = c.out_channels if c.op == "depthwise" else c.in_channels
+        rows.append([1.0, macs / 1e9, cin * c.height * c.width / 1e6, c.out_channels * c.out_height * c.out_width / 1e6, c.weights / 1e6])
+    return np.array(rows)
+
+
+def _log_error(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray) -> float:
+    predicted = np.array([float(_predict(model, c)) for c in configs])
+    return float(np.mean(np.log(predicted / latencies) ** 2))
+
+
+def _predict(model: GroupModel, c: LayerConfig) -> torch.Tensor:
+    return model.latency(c.op, c.kernel_size, c.stride, c.height, c.width,
+                         torch.tensor(float(c.in_channels), dtype=torch.float64), torch.tensor(float(c.out_channels), dtype=torch.float64))
+
+
+def _additive_fit(configs: list[LayerConfig], latencies: np.ndarray, tile: int) -> GroupModel:
+    """p = 1: latency is linear in the terms; NNLS on rows scaled to relative error."""
+    terms = _terms(configs, tile)
+    weights = 1.0 / latencies
+    coefficients, _ = nnls(terms * weights[:, None], latencies * weights)
+    overhead, compute, inputs, outputs, weight = (float(v) for v in coefficients)
+    return GroupModel(tile, overhead, compute, inputs, outputs, weight, 1.0)
+
+
+def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray, steps: int) -> GroupModel:
+    """Gradient descent on log-coefficients and p, starting from the additive fit."""
+    start = [max(getattr(model, f), 1e-9) for f in _FIELDS]
+    raw = torch.tensor([math.log(v) for v in start] + [math.log(2.0)], dtype=torch.float64, requires_grad=True)
+    cin = torch.tensor([float(c.in_channels) for c in configs], dtype=torch.float64)
+    cout = torch.tensor([float(c.out_channels) for c in configs], dtype=torch.float64)
+    target = torch.log(torch.tensor(latencies, dtype=torch.float64))
+    c0 = configs[0]
+
+    def candidate(values: torch.Tensor) -> GroupModel:
+        e = torch.exp(values)
+        return GroupModel(model.tile, e[0], e[1], e[2], e[3], e[4], 1 + e[5])  # type: ignore[arg-type]
+
+    def loss() -> torch.Tensor:
+        predicted = candidate(raw).latency(c0.op, c0.kernel_size, c0.stride, c0.height, c0.width, cin, cout)
+        return ((torch.log(predicted) - target) ** 2).mean()
+
+    optimizer = torch.optim.LBFGS([raw], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        fitted = candidate(raw)
+    return GroupModel(model.tile, *(float(getattr(fitted, f)) for f in _FIELDS), float(fitted.sharpness))
+
+
+def fit_group(configs: list[LayerConfig], latencies: np.ndarray, steps: int = 200) -> GroupModel:
+    """The best of: the additive fit at each tile candidate, and its refinement with free p."""
+    additive = min((_additive_fit(configs, latencies, tile) for tile in TILE_CANDIDATES),
+                   key=lambda m: _log_error(m, configs, latencies))
+    refined = _refine(additive, configs, latencies, steps)
+    return min((additive, refined), key=lambda m: _log_error(m, configs, latencies) if np.isfinite(m.sharpness) else math.inf)
+
+
+def fit_surrogate(configs: list[LayerConfig], latencies: np.ndarray, device: dict | None = None, steps: int = 200) -> LatencySurrogate:
+    """One group model per layer shape and precision."""
+    if len(configs) == 0:
+        raise HdapError("there are no timed layer configurations to train a latency surrogate on: every profiling run failed.")
+    by_group: dict[GroupKey, list[int]] = {}
+    for index, config in enumerate(configs):
+        by_group.setdefault(group_key(config), []).append(index)
+    groups = {key: fit_group([configs[i] for i in indices], np.asarray(latencies)[indices], steps) for key, indices in sorted(by_group.items())}
+    return LatencySurrogate(groups, device=device or {})
+
+
+def model_terms(surrogate: LatencySurrogate, configs: list[LayerConfig]) -> dict[str, float]:
+    """A chain's predicted layer sum and, per precision transition, the activation elements (1e6)."""
+    terms: dict[str, float] = {"layers": sum(surrogate.predict(c) for c in configs)}
+    for before, after in zip(configs[:-1], configs[1:]):
+        key = transition_key(before.precision, after.precision)
+        terms[key] = terms.get(key, 0.0) + before.out_channels * before.out_height * before.out_width / 1e6
+    return terms
+
+
+def fit_model_overhead(surrogate: LatencySurrogate, models: list[tuple[list[LayerConfig], float]]) -> LatencySurrogate:
+    """Fit scale (>= 0), offset and per-transition costs on measured whole models (relative error)."""
+    from scipy.optimize import lsq_linear
+
+    terms = [model_terms(surrogate, configs) for configs, _ in models]
+    transitions = sorted({k for t in terms for k in t if ">" in k})
+    # Few models cannot pin down many transition costs: keep to scale and offset then.
+    columns = ["layers", "offset"] + (transitions if len(models) >= 2 * (2 + len(transitions)) else [])
+    design = np.array([[t.get(c, 0.0) if c != "offset" else 1.0 for c in columns] for t in terms])
+    measured = np.array([m for _, m in models])
+    weights = 1.0 / measured
+    lower = [0.0] + [-np.inf] * (len(columns) - 1)
+    solution = lsq_linear(design * weights[:, None], measured * weights, bounds=(lower, [np.inf] * len(columns))).x
+    surrogate.model_scale, surrogate.model_offset_ms = float(solution[0]), float(solution[1])
+    surrogate.transition_ms_per_melement = {c: float(v) for c, v in zip(columns[2:], solution[2:])}
+    return surrogate
+
+
+def within(predicted: np.ndarray, measured: np.ndarray, tolerance: float = 0.10) -> float:
+    """Share of predictions within +-tolerance of the measurement."""
+    return float(np.mean(np.abs(np.asarray(predicted) / np.asarray(measured) - 1) <= tolerance))

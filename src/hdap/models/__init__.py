@@ -1,0 +1,6 @@
+"""The model zoo, and a model's prunable layers as the latency model sees them."""
+
+from hdap.models.layers import prunable_layers
+from hdap.models.zoo import MODELS, build_model
+
+__all__ = ["MODELS", "build_model", "prunable_layers"]

@@ -1,0 +1,108 @@
+"""Profiling backends, surrogates and the fleet cost the search differentiates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hdap.latency.backends import BackendUnavailable, MeasurementFailed
+from hdap.latency.backends.onnxruntime import OnnxRuntimeBackend
+from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice
+from hdap.latency.backends.tensorrt import TensorRTBackend, tensorrt_unavailable_reason
+from hdap.latency.fleet_cost import FleetCost
+from hdap.latency.layers import LayerConfig
+from hdap.latency.profiling import PlannedConfig, plan_profile, profile_configs, run_profile
+from hdap.latency.surrogate import LatencySurrogate, LayerDecision, fit_surrogate, within
+from hdap.models import build_model, prunable_layers
+
+SMALL_CNN = prunable_layers(build_model("small-cnn"), (3, 32, 32))
+COOL = SimulatedDevice("jetson-xavier-nx", "20W", 55.0, 0.05)
+BUSY = SimulatedDevice("jetson-xavier-nx", "10W", 50.0, 0.55, silicon_bin=0.98, regulator_cap=0.97)
+PRECISIONS = ("fp16", "int8")
+
+
+def simulated_surrogate(device: SimulatedDevice, samples: int = 30) -> tuple[LatencySurrogate, SimulatedBackend]:
+    backend = SimulatedBackend(device)
+    configs, latencies = profile_configs(run_profile(backend, plan_profile(SMALL_CNN, PRECISIONS, samples, granule=1)))
+    return fit_surrogate(configs, latencies, backend.describe()), backend
+
+
+def test_a_simulated_device_surrogate_predicts_held_out_layers_within_10_percent() -> None:
+    backend = SimulatedBackend(BUSY)
+    configs, latencies = profile_configs(run_profile(backend, plan_profile(SMALL_CNN, PRECISIONS, 40, granule=1, seed=3)))
+    order = np.random.default_rng(0).permutation(len(configs))
+    train, test = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
+    surrogate = fit_surrogate([configs[i] for i in train], latencies[train])
+    predicted = np.array([surrogate.predict(configs[i]) for i in test])
+    assert within(predicted, latencies[test]) >= 0.99
+
+
+def test_the_cost_is_monotone_non_decreasing_in_channel_count() -> None:
+    surrogate, _ = simulated_surrogate(COOL)
+    for shape in SMALL_CNN[1:]:
+        for precision in PRECISIONS:
+            config = shape.config(precision=precision)
+            outs = [surrogate.predict(config.with_channels(shape.in_channels, c)) for c in range(1, shape.out_channels + 1)]
+            ins = [surrogate.predict(config.with_channels(c, shape.out_channels)) for c in range(1, shape.in_channels + 1)]
+            assert np.all(np.diff(outs) >= -1e-12) and np.all(np.diff(ins) >= -1e-12), (shape.name, precision)
+
+
+def test_gradients_flow_from_the_fleet_cost_to_channel_and_precision_parameters() -> None:
+    cost = FleetCost([simulated_surrogate(COOL)[0], simulated_surrogate(BUSY)[0]], [0.7, 0.3], PRECISIONS)
+    keep = [torch.tensor(0.0, requires_grad=True) for _ in SMALL_CNN]  # logits of the kept share of channels
+    logits = [torch.zeros(len(PRECISIONS), requires_grad=True) for _ in SMALL_CNN]
+    decisions, previous = [], torch.tensor(3.0, dtype=torch.float64)
+    for shape, k, l in zip(SMALL_CNN, keep, logits):
+        out = shape.out_channels * torch.sigmoid(k).double()
+        decisions.append(LayerDecision(shape.config(), previous, out, torch.softmax(l, 0)))
+        previous = out
+    latency = cost.fleet_weighted_latency(decisions)
+    (latency + 1e-9 * cost.memory_bits(decisions)).backward()
+    assert all(k.grad is not None and k.grad > 0 for k in keep[:-1])  # fewer channels, less latency
+    assert all(l.grad is not None and torch.any(l.grad != 0) for l in logits)
+    per_cluster = cost.per_cluster_latency(decisions)
+    per_cluster = per_cluster.detach()
+    assert float(latency.detach()) == pytest.approx(0.7 * float(per_cluster[0]) + 0.3 * float(per_cluster[1]))
+    assert per_cluster[1] > per_cluster[0]  # the busy 10 W cluster is slower
+
+
+def test_a_surrogate_reloads_from_its_json_and_predicts_the_same(tmp_path) -> None:
+    surrogate, _ = simulated_surrogate(COOL, samples=10)
+    surrogate.save(tmp_path / "surrogate.json")
+    reloaded = LatencySurrogate.load(tmp_path / "surrogate.json")
+    config = SMALL_CNN[2].config(24, 40, "int8")
+    assert reloaded.predict(config) == pytest.approx(surrogate.predict(config))
+
+
+def test_configurations_a_backend_cannot_time_are_recorded_with_the_reason_and_skipped() -> None:
+    nano = SimulatedBackend(SimulatedDevice("jetson-nano", "10W", 50.0, 0.05))
+    plan = [PlannedConfig("a", SMALL_CNN[1].config(precision="fp16")), PlannedConfig("b", SMALL_CNN[1].config(precision="int8")),
+            PlannedConfig("c", SMALL_CNN[1].config(0, 8, "fp16"))]
+    profile = run_profile(nano, plan).to_pylist()
+    assert [r["status"] for r in profile] == ["ok", "failed", "failed"]
+    assert profile[1]["reason"] == "jetson-nano cannot run int8 layers"
+    assert "no channels" in profile[2]["reason"]
+    with pytest.raises(MeasurementFailed, match="fp16"):
+        OnnxRuntimeBackend().measure(SMALL_CNN[1].config(precision="fp16"))
+
+
+def test_the_onnxruntime_backend_times_real_sessions_of_float_and_int8_layers() -> None:
+    backend = OnnxRuntimeBackend(threads=1, repeats=5, warmup=2, min_seconds=0)
+    plan = plan_profile(SMALL_CNN[1:3], ("fp32", "int8"), samples_per_layer=3, granule=8)
+    profile = run_profile(backend, plan, rounds=2)
+    assert profile.column("status").to_pylist() == ["ok"] * len(plan)
+    configs, latencies = profile_configs(profile)
+    assert np.all(latencies > 0)
+    whole = backend.measure_chain([s.config() for s in SMALL_CNN], classes=None)
+    assert whole > 0
+
+
+def test_tensorrt_profiling_runs_where_tensorrt_and_a_gpu_exist() -> None:
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        with pytest.raises(BackendUnavailable, match="not possible here"):
+            TensorRTBackend()
+        pytest.skip(f"TensorRT backend: {reason}")
+    latency = TensorRTBackend().measure(LayerConfig("conv", 32, 32, 3, 1, 32, 32, "fp16"))
+    assert latency > 0
