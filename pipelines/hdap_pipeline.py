@@ -1,10 +1,11 @@
-"""The hdap pipeline: store -> ingest -> cluster (-> surrogate -> search -> fine-tune -> build)."""
+"""The hdap pipeline: store -> ingest -> cluster -> surrogate (-> search -> fine-tune -> build)."""
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
 
 from components.cluster import cluster
 from components.ingest import ingest
+from components.surrogate import surrogate
 
 # The Kubernetes secret holding the object store's settings (see manifests/).
 STORE_SECRET = "hdap-s3"
@@ -22,7 +23,8 @@ def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 @dsl.pipeline(
     name="hdap",
-    description="Compress a DNN for a fleet of identical edge devices: ingest fleet telemetry and cluster the devices.",
+    description="Compress a DNN for a fleet of identical edge devices: ingest fleet telemetry, cluster the devices, "
+    "and learn each cluster's latency surrogate.",
 )
 def hdap_pipeline(
     telemetry_uri: str = "s3://hdap/telemetry/jetson-xavier-nx",
@@ -33,9 +35,18 @@ def hdap_pipeline(
     seed: int = 0,
     output_uri: str = "s3://hdap/runs",
     as_of: str = "",
+    model: str = "resnet20",
+    input_shape: str = "3,32,32",
+    profiling_backend: str = "simulated",
+    samples_per_layer: int = 30,
+    truth_uri: str = "",
+    profiles_uri: str = "s3://hdap/profiles",
 ) -> Artifact:
     """k=0 chooses the number of clusters in [k_min, k_max]; as_of (ISO time) fixes "now" for the
-    future-timestamp check, empty means the clock. Outputs go to <output_uri>/<run name>/."""
+    future-timestamp check, empty means the clock. Representatives are profiled from their uploaded
+    profiles (profiles_uri/<device id>/profile.parquet) or with profiling_backend (simulated |
+    onnxruntime | tensorrt); truth_uri names a simulated fleet's hidden truth. Outputs go to
+    <output_uri>/<run name>/."""
     ingest_task = with_store_credentials(
         ingest(
             telemetry_uri=telemetry_uri,
@@ -56,4 +67,19 @@ def hdap_pipeline(
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
     ).set_display_name("cluster devices")
+    with_store_credentials(
+        surrogate(
+            features=ingest_task.outputs["features"],
+            clusters=cluster_task.outputs["clusters"],
+            model=model,
+            input_shape=input_shape,
+            backend=profiling_backend,
+            samples_per_layer=samples_per_layer,
+            truth_uri=truth_uri,
+            profiles_uri=profiles_uri,
+            seed=seed,
+            output_uri=output_uri,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+    ).set_display_name("latency surrogates")
     return cluster_task.outputs["clusters"]

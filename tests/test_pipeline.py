@@ -21,15 +21,16 @@ def hdap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     )
 
 
-def test_hdap_compile_writes_ir_yaml_with_both_components_and_the_parameters(tmp_path: Path) -> None:
+def test_hdap_compile_writes_ir_yaml_with_every_component_and_the_parameters(tmp_path: Path) -> None:
     output = tmp_path / "pipeline.yaml"
     result = hdap("compile", "--output", str(output), "--image", "registry.example.com/hdap-step:1")
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(output.read_text()))
     spec, platform = documents[0], documents[1]
-    assert {"comp-ingest", "comp-cluster"} <= set(spec["components"])
+    assert {"comp-ingest", "comp-cluster", "comp-surrogate"} <= set(spec["components"])
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"telemetry_uri", "sku", "k", "k_min", "k_max", "seed", "output_uri", "as_of"} <= set(parameters)
+    assert {"telemetry_uri", "sku", "k", "k_min", "k_max", "seed", "output_uri", "as_of",
+            "model", "profiling_backend", "samples_per_layer", "truth_uri", "profiles_uri"} <= set(parameters)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example.com/hdap-step:1"}
     secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -41,16 +42,19 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     config = simulate(object_store, bucket, devices=800, days=4, seed=2)
     result = hdap(
         "run", "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--as-of", AS_OF.isoformat(),
+        "--model", "small-cnn", "--samples-per-layer", "12", "--truth-uri", config.truth_uri,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     printed = " ".join(result.stdout.split())  # rich wraps long lines
     assert "hdap run summary" in printed
     assert "800 devices ingested, 0 rows quarantined" in printed
+    assert "latency surrogates for small-cnn (fp16/int8), one per cluster, profiled by simulated" in printed
     report = next((tmp_path / ".hdap" / "runs").glob("*/fleet-report.html"))
     assert report.read_text().count("<img") >= 3
     runs = object_store.list(f"s3://{bucket}/runs/")
-    assert {Path(o.uri).name for o in runs} >= {"features.parquet", "quarantine.parquet", "clusters.json", "assignments.parquet", "report.html"}
+    assert {Path(o.uri).name for o in runs} >= {"features.parquet", "quarantine.parquet", "clusters.json", "assignments.parquet",
+                                                "report.html", "fleet.json", "cluster-0.json", "profile-cluster-0.parquet"}
 
 
 @pytest.mark.slow

@@ -167,10 +167,15 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
         failure_file.unlink(missing_ok=True)
         os.environ.pop("HDAP_FAILURE_FILE", None)
     _setup_logging()  # kfp.local replaced the handlers
-    ingest_summary = store.get_json(summary["store_prefix"].rsplit("/", 1)[0] + "/ingest/summary.json")
+    run_uri = summary["store_prefix"].rsplit("/", 1)[0]
+    ingest_summary = store.get_json(run_uri + "/ingest/summary.json")
+    summary["surrogates"] = store.get_json(run_uri + "/surrogate/fleet.json")
+    surrogate_report = home_dir() / "runs" / summary["run_name"] / "surrogate-report.html"
     report = home_dir() / "runs" / summary["run_name"] / "fleet-report.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     store.get_file(summary["store_prefix"] + "/report.html", report)
+    store.get_file(run_uri + "/surrogate/report.html", surrogate_report)
+    summary["surrogate_report_path"] = str(surrogate_report)
     summary["ingest"] = ingest_summary
     summary["report_path"] = str(report)
     return summary
@@ -201,8 +206,15 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{centroid.get('probe_launch_median_ms', float('nan')):.4f}",
         )
     console.print(table)
+    surrogates = summary["surrogates"]
+    accuracy = ", ".join(f"{100 * c['held_out_within_10pct']:.0f}%" for c in surrogates["clusters"])
+    console.print(
+        f"latency surrogates for {surrogates['model']} ({'/'.join(surrogates['precisions'])}), one per cluster, "
+        f"profiled by {', '.join(sorted({c['source'] for c in surrogates['clusters']}))}: "
+        f"held-out layers within +-10%: {accuracy}"
+    )
     console.print(f"outputs in the store: [bold]{summary['store_prefix'].rsplit('/', 1)[0]}/[/]")
-    console.print(f"report: [bold]{summary['report_path']}[/]")
+    console.print(f"reports: [bold]{summary['report_path']}[/] and {summary['surrogate_report_path']}")
 
 
 @app.command("run")
@@ -215,11 +227,18 @@ def run_command(
     seed: Annotated[int, typer.Option(help="Random seed for clustering.")] = 0,
     output_uri: Annotated[str, typer.Option(help="Where runs write their outputs: <output-uri>/<run name>/.")] = "s3://hdap/runs",
     as_of: Annotated[str, typer.Option(help="ISO time taken as 'now' when rejecting future timestamps; default the clock.")] = "",
+    model: Annotated[str, typer.Option(help="Model to compress: small-cnn, resnet20, resnet56.")] = "resnet20",
+    profiling_backend: Annotated[str, typer.Option(help="How representatives without an uploaded profile are profiled: simulated, onnxruntime, tensorrt.")] = "simulated",
+    samples_per_layer: Annotated[int, typer.Option(help="Profiled configurations per layer and precision.")] = 30,
+    truth_uri: Annotated[str, typer.Option(help="A simulated fleet's hidden truth (its devices' bins and caps), for the simulated backend.")] = "",
+    profiles_uri: Annotated[str, typer.Option(help="Where device agents upload their profiles (`hdap profile`).")] = "s3://hdap/profiles",
 ) -> None:
     """Run the pipeline on this machine with kfp.local (no Kubernetes, no Docker) and print a summary."""
     _setup_logging()
     summary = run_pipeline_locally(
-        dict(telemetry_uri=telemetry_uri, sku=sku, k=k, k_min=k_min, k_max=k_max, seed=seed, output_uri=output_uri, as_of=as_of)
+        dict(telemetry_uri=telemetry_uri, sku=sku, k=k, k_min=k_min, k_max=k_max, seed=seed, output_uri=output_uri, as_of=as_of,
+             model=model, profiling_backend=profiling_backend, samples_per_layer=samples_per_layer, truth_uri=truth_uri,
+             profiles_uri=profiles_uri)
     )
     print_summary(summary)
 
@@ -257,7 +276,8 @@ def demo_command(
         result = simulate_fleet(store, simulation)
         console.print(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {telemetry_uri}")
     summary = run_pipeline_locally(
-        dict(telemetry_uri=telemetry_uri, sku=sku, k=0, k_min=2, k_max=8, seed=seed, output_uri="s3://hdap/runs", as_of="")
+        dict(telemetry_uri=telemetry_uri, sku=sku, k=0, k_min=2, k_max=8, seed=seed, output_uri="s3://hdap/runs", as_of="",
+             truth_uri=f"{fleet_uri}/ground-truth")
     )
     print_summary(summary)
 

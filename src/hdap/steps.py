@@ -25,7 +25,10 @@ import pyarrow.parquet as pq
 from hdap.errors import HdapError
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
 from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+from hdap.latency.fleet_profiling import SurrogateConfig, build_cluster_surrogates
+from hdap.models import build_model, prunable_layers
 from hdap.report.fleet import clustering_report_html
+from hdap.report.latency import surrogate_report_html
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
@@ -110,3 +113,51 @@ def cluster_step(
     store.put_file(join_uri(prefix, "clusters.json"), clusters_path)
     store.put_file(join_uri(prefix, "report.html"), report_path)
     return clustering.metrics()
+
+
+@step
+def surrogate_step(
+    features_path: str,
+    clusters_path: str,
+    model: str,
+    input_shape: str,
+    backend: str,
+    samples_per_layer: int,
+    truth_uri: str,
+    profiles_uri: str,
+    seed: int,
+    output_uri: str,
+    run_name: str,
+    surrogates_dir: str,
+    report_path: str,
+) -> dict[str, float]:
+    store = ObjectStore.from_environment()
+    shape = tuple(int(v) for v in input_shape.split(","))
+    config = SurrogateConfig(model=model, input_shape=shape, backend=backend, samples_per_layer=samples_per_layer,
+                             seed=seed, truth_uri=truth_uri, profiles_uri=profiles_uri)
+    layers = prunable_layers(build_model(model, in_channels=shape[0]), shape)
+    clusters = json.loads(Path(clusters_path).read_text())
+    results, precisions = build_cluster_surrogates(store, clusters, pq.read_table(features_path), layers, config)
+    prefix = run_prefix(output_uri, run_name, "surrogate")
+    directory = Path(surrogates_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    fleet = {
+        "model": model, "input_shape": list(shape), "precisions": list(precisions),
+        "clusters": [{"cluster": r.cluster, "weight": r.weight, "representative": r.representative,
+                      "surrogate": f"cluster-{r.cluster}.json", "source": r.source,
+                      "held_out_within_10pct": r.held_out_within_10pct, "profile_device_seconds": r.device_seconds}
+                     for r in results],
+    }
+    (directory / "fleet.json").write_text(json.dumps(fleet, indent=2))
+    for r in results:
+        r.surrogate.save(directory / f"cluster-{r.cluster}.json")
+        store.put_file(join_uri(prefix, f"cluster-{r.cluster}.json"), directory / f"cluster-{r.cluster}.json")
+        store.put_table(join_uri(prefix, f"profile-cluster-{r.cluster}.parquet"), r.profile)
+    store.put_file(join_uri(prefix, "fleet.json"), directory / "fleet.json")
+    Path(report_path).write_text(surrogate_report_html(results, model))
+    store.put_file(join_uri(prefix, "report.html"), report_path)
+    metrics = {f"cluster{r.cluster}_held_out_within_10pct": round(r.held_out_within_10pct, 4) for r in results}
+    metrics["min_held_out_within_10pct"] = round(min(r.held_out_within_10pct for r in results), 4)
+    metrics["profiled_configurations"] = sum(len(r.profile) for r in results)
+    metrics["profiling_device_hours"] = round(sum(r.device_seconds for r in results) / 3600, 4)
+    return metrics

@@ -1,0 +1,3 @@
+from components.surrogate.component import surrogate
+
+__all__ = ["surrogate"]

@@ -1,0 +1,166 @@
+"""The surrogate stage: profile each cluster's representative, fit its surrogate, report accuracy.
+
+Where a representative's profile was uploaded (by `hdap profile` on the device itself, under
+`<profiles_uri>/<device id>/profile.parquet`), it is used as measured. Otherwise the configured
+backend profiles it: `simulated` asks the fleet simulator's device model about that device;
+`onnxruntime` measures this machine as a stand-in for every representative (a way to run the
+pipeline on real measurements without devices; its clusters then share one surrogate's data).
+
+One component loops over the clusters instead of a Kubeflow ParallelFor: simulated profiling is
+instant, profiles on this machine would contend for its cores if run in parallel, and real
+devices profile themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from hdap.errors import HdapError
+from hdap.fleet.sku import get_sku
+from hdap.latency.backends import get_backend
+from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice
+from hdap.latency.layers import LayerConfig, LayerShape
+from hdap.latency.profiling import plan_profile, profile_configs, run_profile
+from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_surrogate, within
+from hdap.store import ObjectStore, join_uri
+
+log = logging.getLogger("hdap")
+HELD_OUT = 0.2
+SECONDS_PER_CONFIGURATION = 0.5  # building and warming one configuration on a device, plus its timed runs
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    model: str = "resnet20"
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    backend: str = "simulated"
+    samples_per_layer: int = 30
+    granule: int = 8
+    rounds: int = 3  # profiling rounds on real backends (quietest round's median)
+    calibration_models: int = 12  # random whole-model variants measured to fit the per-model terms
+    seed: int = 0
+    truth_uri: str = ""  # simulated fleets: the hidden per-device truth (silicon bin, regulator cap)
+    profiles_uri: str = ""  # where device agents upload their own profiles
+
+
+@dataclass
+class ClusterSurrogate:
+    cluster: int
+    weight: float
+    representative: str
+    surrogate: LatencySurrogate
+    profile: pa.Table
+    source: str  # uploaded | simulated | onnxruntime
+    held_out_within_10pct: float
+    held_out: list[tuple[float, float]] = field(default_factory=list)  # (measured, predicted) ms
+    device_seconds: float = 0.0
+
+
+def precisions_for(sku_name: str, backend_precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """The target's precision menu, as far as the profiling backend can time it."""
+    menu = tuple(p for p in get_sku(sku_name).precisions if p != "fp32") or ("fp32",)
+    usable = tuple(p for p in menu if p in backend_precisions)
+    return usable or tuple(p for p in ("fp32", "int8") if p in backend_precisions)
+
+
+def random_variants(layers: list[LayerShape], precisions: tuple[str, ...], count: int, granule: int, seed: int) -> list[list[LayerConfig]]:
+    """Random pruned, mixed-precision chains of the model's layers (channels in granules)."""
+    rng = np.random.default_rng(seed)
+    variants = []
+    for _ in range(count):
+        chain, previous = [], layers[0].in_channels
+        for shape in layers:
+            out = shape.out_channels if shape.op == "linear" else int(rng.integers(1, max(1, shape.out_channels // granule) + 1)) * min(granule, shape.out_channels)
+            chain.append(shape.config(previous, out, str(rng.choice(precisions))))
+            previous = out
+        variants.append(chain)
+    return variants
+
+
+def device_seconds(profile: pa.Table) -> float:
+    timed = [v for v in profile.column("latency_ms").to_pylist() if v is not None]
+    return len(profile) * SECONDS_PER_CONFIGURATION + sum(timed) * 1e-3 * 50
+
+
+def _simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict]) -> SimulatedDevice:
+    row = features.filter(pa.compute.equal(features.column("device_id"), device_id)).to_pylist()
+    if not row:
+        raise HdapError(f"representative {device_id} is not in the feature table: run ingest and cluster on the same telemetry.")
+    r = row[0]
+    hidden = truth.get(device_id, {})
+    return SimulatedDevice(
+        sku=r["sku"], power_mode=r["power_mode"], temperature_c=float(r["temperature_c_median"]),
+        background_load=float(r["background_load_median"]),
+        silicon_bin=float(hidden.get("silicon_bin", 1.0)), regulator_cap=float(hidden.get("regulator_cap", 1.0)),
+    )
+
+
+def _measure_chain(backend, chain: list[LayerConfig]) -> float:
+    if hasattr(backend, "measure_chain"):
+        return float(backend.measure_chain(chain))
+    return float(sum(backend.measure(c) for c in chain))
+
+
+def build_cluster_surrogates(
+    store: ObjectStore | None,
+    clusters: dict,
+    features: pa.Table,
+    layers: list[LayerShape],
+    config: SurrogateConfig,
+) -> tuple[list[ClusterSurrogate], tuple[str, ...]]:
+    truth: dict[str, dict] = {}
+    if config.truth_uri and store is not None:
+        tables = [store.get_table(o.uri) for o in store.list(config.truth_uri)]
+        if tables:
+            truth = {r["device_id"]: r for r in pa.concat_tables(tables).to_pylist()}
+    sku = features.column("sku")[0].as_py()
+    results: list[ClusterSurrogate] = []
+    precisions: tuple[str, ...] = ()
+    shared_onnxruntime: tuple | None = None
+    for cluster in clusters["clusters"]:
+        device_id = cluster["representative"]
+        uploaded = join_uri(config.profiles_uri, device_id, "profile.parquet") if config.profiles_uri else ""
+        if uploaded and store is not None and store.exists(uploaded):
+            profile, source, backend = store.get_table(uploaded), "uploaded", None
+            precisions = tuple(sorted(set(profile.column("precision").to_pylist())))
+        else:
+            if config.backend == "simulated":
+                backend = SimulatedBackend(_simulated_device(device_id, features, truth), seed=config.seed)
+            else:
+                backend = get_backend(config.backend)
+            precisions = precisions_for(sku, backend.precisions)
+            source = config.backend
+            if config.backend == "onnxruntime" and shared_onnxruntime is not None:
+                profile = shared_onnxruntime[0]  # one machine stands in for every representative
+            else:
+                plan = plan_profile(layers, precisions, config.samples_per_layer, config.granule, config.seed)
+                rounds = 1 if config.backend == "simulated" else config.rounds
+                profile = run_profile(backend, plan, rounds=rounds, seed=config.seed, description=f"cluster {cluster['id']} ({device_id})")
+                if config.backend == "onnxruntime":
+                    shared_onnxruntime = (profile,)
+        configs, latencies = profile_configs(profile)
+        if len(configs) < 10:
+            raise HdapError(f"only {len(configs)} layer configurations of {device_id} could be timed: see the profile's reason column.")
+        order = np.random.default_rng(config.seed).permutation(len(configs))
+        cut = int(len(order) * (1 - HELD_OUT))
+        train, test = order[:cut], order[cut:]
+        trial = fit_surrogate([configs[i] for i in train], latencies[train])
+        predicted = np.array([trial.predict(configs[i]) for i in test])
+        surrogate = fit_surrogate(configs, latencies, device=backend.describe() if backend else {"source": "uploaded", "device_id": device_id})
+        if backend is not None:
+            variants = random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1)
+            fit_model_overhead(surrogate, [(v, _measure_chain(backend, v)) for v in variants])
+        results.append(
+            ClusterSurrogate(
+                cluster=cluster["id"], weight=cluster["weight"], representative=device_id, surrogate=surrogate, profile=profile,
+                source=source, held_out_within_10pct=within(predicted, latencies[test]),
+                held_out=list(zip(latencies[test].tolist(), predicted.tolist())), device_seconds=device_seconds(profile),
+            )
+        )
+        log.info("cluster %d: surrogate of %s from %d configurations (%s), %.1f%% of held-out within 10%%",
+                 cluster["id"], device_id, len(configs), source, 100 * results[-1].held_out_within_10pct)
+    return results, precisions
