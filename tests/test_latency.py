@@ -106,3 +106,23 @@ def test_tensorrt_profiling_runs_where_tensorrt_and_a_gpu_exist() -> None:
         pytest.skip(f"TensorRT backend: {reason}")
     latency = TensorRTBackend().measure(LayerConfig("conv", 32, 32, 3, 1, 32, 32, "fp16"))
     assert latency > 0
+
+
+def test_an_uploaded_device_profile_is_used_for_its_representative(object_store, bucket) -> None:
+    import pyarrow as pa
+
+    from hdap.latency.fleet_profiling import SurrogateConfig, build_cluster_surrogates
+
+    layers = SMALL_CNN
+    features = pa.table({"device_id": ["dev-a", "dev-b"], "sku": ["jetson-xavier-nx"] * 2, "power_mode": ["20W", "10W"],
+                         "temperature_c_median": [55.0, 50.0], "background_load_median": [0.05, 0.5]})
+    clusters = {"clusters": [{"id": 0, "weight": 0.6, "representative": "dev-a"}, {"id": 1, "weight": 0.4, "representative": "dev-b"}]}
+    uploaded = run_profile(SimulatedBackend(BUSY), plan_profile(layers, PRECISIONS, 12, granule=8))
+    object_store.put_table(f"s3://{bucket}/profiles/dev-b/profile.parquet", uploaded)
+    config = SurrogateConfig(model="small-cnn", samples_per_layer=12, calibration_models=4, profiles_uri=f"s3://{bucket}/profiles")
+
+    results, precisions = build_cluster_surrogates(object_store, clusters, features, layers, config)
+
+    assert [r.source for r in results] == ["simulated", "uploaded"]
+    assert precisions == PRECISIONS
+    assert results[1].surrogate.predict(layers[3].config(precision="fp16")) > results[0].surrogate.predict(layers[3].config(precision="fp16"))

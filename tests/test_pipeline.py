@@ -98,3 +98,15 @@ def test_help_explains_the_commands() -> None:
     assert result.returncode == 0
     for command in ("demo", "run", "compile", "store", "fleet"):
         assert command in result.stdout
+
+
+def test_hdap_profile_measures_this_machine_and_uploads_the_profile(store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    result = hdap(
+        "profile", "--model", "small-cnn", "--samples-per-layer", "2", "--rounds", "1", "--device-id", "bench-host",
+        "--upload-uri", f"s3://{bucket}/profiles", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    profile = object_store.get_table(f"s3://{bucket}/profiles/bench-host/profile.parquet")
+    assert set(profile.column("precision").to_pylist()) == {"fp32", "int8"}
+    assert set(profile.column("status").to_pylist()) == {"ok"}
+    assert object_store.get_json(f"s3://{bucket}/profiles/bench-host/device.json")["backend"] == "onnxruntime"

@@ -123,6 +123,50 @@ def fleet_simulate(
     )
 
 
+# -- profile -----------------------------------------------------------------------------------
+@app.command("profile")
+def profile_command(
+    backend: Annotated[str, typer.Option(help="onnxruntime (this machine's CPU) or tensorrt (this machine's GPU).")] = "onnxruntime",
+    model: Annotated[str, typer.Option(help="Model whose layers to profile: small-cnn, resnet20, resnet56.")] = "resnet20",
+    input_shape: Annotated[str, typer.Option(help="Model input, channels,height,width.")] = "3,32,32",
+    threads: Annotated[int, typer.Option(help="onnxruntime: intra-op threads (a device state).")] = 1,
+    samples_per_layer: Annotated[int, typer.Option(help="Configurations per layer and precision.")] = 30,
+    rounds: Annotated[int, typer.Option(help="Shuffled rounds; each configuration keeps its quietest round.")] = 3,
+    device_id: Annotated[Optional[str], typer.Option(help="The id this device reports in its telemetry; default the host name.")] = None,
+    upload_uri: Annotated[str, typer.Option(help="Where profiles go: <upload-uri>/<device id>/profile.parquet.")] = "s3://hdap/profiles",
+) -> None:
+    """Profile this machine's layers, as a device agent does, and upload the profile to the store.
+
+    The surrogate stage uses an uploaded profile for any cluster representative with that device
+    id, instead of profiling it with a backend: run this on the representative devices.
+    """
+    import socket
+
+    from hdap.latency.backends import BackendUnavailable, get_backend
+    from hdap.latency.profiling import plan_profile, run_profile
+    from hdap.models import build_model, prunable_layers
+    from hdap.store import ObjectStore
+
+    _setup_logging()
+    shape = tuple(int(v) for v in input_shape.split(","))
+    try:
+        profiler = get_backend(backend, **({"threads": threads} if backend == "onnxruntime" else {}))
+    except BackendUnavailable as err:
+        raise HdapError(str(err)) from None
+    store = ObjectStore.from_environment()
+    store.check()
+    device = device_id or socket.gethostname()
+    layers = prunable_layers(build_model(model, in_channels=shape[0]), shape)
+    plan = plan_profile(layers, profiler.precisions, samples_per_layer, granule=8)
+    profile = run_profile(profiler, plan, rounds=rounds, description=f"profiling {model} on {device}")
+    target = f"{upload_uri.rstrip('/')}/{device}"
+    store.put_table(f"{target}/profile.parquet", profile)
+    store.put_json(f"{target}/device.json", {"device_id": device, "model": model, "input_shape": list(shape), **profiler.describe(),
+                                             "profiled_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    ok = sum(1 for s in profile.column("status").to_pylist() if s == "ok")
+    console.print(f"profiled {ok} of {len(plan)} layer configurations of {model} on {device}; uploaded to [bold]{target}/[/]")
+
+
 # -- pipeline ----------------------------------------------------------------------------------
 @app.command("compile")
 def compile_command(

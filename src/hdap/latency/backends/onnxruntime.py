@@ -22,29 +22,47 @@ from hdap.latency.layers import LayerConfig
 from hdap.latency.onnx_graphs import layers_graph
 
 
-def _spin() -> None:  # pragma: no cover - runs in the load processes
+def _spin(cpu: int | None) -> None:  # pragma: no cover - runs in the load processes
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     while True:
         pass
 
 
 class BackgroundLoad(AbstractContextManager):
-    """`processes` busy loops for the duration of a block: a device whose CPU is shared."""
+    """`processes` busy loops for the duration of a block: a device whose CPU is shared.
+
+    Each loop is pinned to its own core from the last one down, and this process to the cores
+    left: unpinned, the scheduler sometimes stacks a loop onto the measuring core and the
+    "busy device" turns into noise instead of a state.
+    """
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self.workers: list[multiprocessing.Process] = []
+        self.affinity: set[int] | None = None
 
     def __enter__(self) -> BackgroundLoad:
+        if not self.processes:
+            return self
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = cpus[-self.processes:] if len(cpus) > self.processes else [None] * self.processes
         context = multiprocessing.get_context("spawn")
-        self.workers = [context.Process(target=_spin, daemon=True) for _ in range(self.processes)]
+        self.workers = [context.Process(target=_spin, args=(cpu,), daemon=True) for cpu in pinned]
         for worker in self.workers:
             worker.start()
+        if len(cpus) > self.processes:
+            self.affinity = set(cpus)
+            os.sched_setaffinity(0, set(cpus[: -self.processes]))
+        time.sleep(1.0)  # let the loops get past their interpreter start-up
         return self
 
     def __exit__(self, *exc) -> None:
         for worker in self.workers:
             worker.terminate()
             worker.join()
+        if self.affinity is not None:
+            os.sched_setaffinity(0, self.affinity)
 
 
 def session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
