@@ -110,3 +110,20 @@ def test_hdap_profile_measures_this_machine_and_uploads_the_profile(store_env: S
     assert set(profile.column("precision").to_pylist()) == {"fp32", "int8"}
     assert set(profile.column("status").to_pylist()) == {"ok"}
     assert object_store.get_json(f"s3://{bucket}/profiles/bench-host/device.json")["backend"] == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "--as-of", "yesterday"), "--as-of='yesterday' is not an ISO-8601 time"),
+        (("fleet", "simulate", "--end", "soon"), "--end='soon' is not an ISO-8601 time"),
+        (("profile", "--input-shape", "3x32x32"), "--input-shape='3x32x32' is not an input shape"),
+        (("run", "--sku", "jetson-tx9"), "unknown SKU 'jetson-tx9'"),
+        (("run", "--telemetry-uri", "/data/telemetry"), "is not an object-store URI"),
+    ],
+)
+def test_malformed_options_end_with_one_sentence_and_no_traceback(store_env: StoreConfig, tmp_path: Path, args, message) -> None:
+    result = hdap(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from hdap.config import home_dir
+from hdap.config import home_dir, parse_shape, parse_time
 from hdap.errors import HdapError
 
 console = Console(stderr=False)
@@ -111,7 +111,7 @@ def fleet_simulate(
         seed=seed,
         telemetry_uri=telemetry_uri or f"s3://hdap/telemetry/{sku}",
         truth_uri=truth_uri or f"s3://hdap/ground-truth/{sku}",
-        end=datetime.fromisoformat(end) if end else datetime.now(timezone.utc),
+        end=parse_time(end, "--end") if end else datetime.now(timezone.utc),
     )
     from hdap.fleet.sku import get_sku
 
@@ -148,7 +148,7 @@ def profile_command(
     from hdap.store import ObjectStore
 
     _setup_logging()
-    shape = tuple(int(v) for v in input_shape.split(","))
+    shape = parse_shape(input_shape, "--input-shape")
     try:
         profiler = get_backend(backend, **({"threads": threads} if backend == "onnxruntime" else {}))
     except BackendUnavailable as err:
@@ -188,6 +188,10 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
     from hdap.store import ObjectStore, StoreConfig
 
     get_sku(arguments["sku"])
+    if arguments.get("as_of"):
+        parse_time(arguments["as_of"], "--as-of")
+    if arguments.get("input_shape"):
+        parse_shape(arguments["input_shape"], "--input-shape")
     config = StoreConfig.resolve()
     store = ObjectStore(config)
     store.check()

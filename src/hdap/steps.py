@@ -16,12 +16,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import pyarrow.parquet as pq
 
+from hdap.config import parse_shape, parse_time
 from hdap.errors import HdapError
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
 from hdap.fleet.ingest import IngestConfig, ingest_telemetry
@@ -69,7 +69,7 @@ def ingest_step(
     quarantine_path: str,
 ) -> dict[str, float]:
     store = ObjectStore.from_environment()
-    config = IngestConfig(telemetry_uri=telemetry_uri, sku=sku, as_of=datetime.fromisoformat(as_of) if as_of else None)
+    config = IngestConfig(telemetry_uri=telemetry_uri, sku=sku, as_of=parse_time(as_of, "as_of") if as_of else None)
     result = ingest_telemetry(store, config)
     pq.write_table(result.features, features_path)
     pq.write_table(result.quarantine, quarantine_path)
@@ -132,7 +132,7 @@ def surrogate_step(
     report_path: str,
 ) -> dict[str, float]:
     store = ObjectStore.from_environment()
-    shape = tuple(int(v) for v in input_shape.split(","))
+    shape = parse_shape(input_shape, "input_shape")
     config = SurrogateConfig(model=model, input_shape=shape, backend=backend, samples_per_layer=samples_per_layer,
                              seed=seed, truth_uri=truth_uri, profiles_uri=profiles_uri)
     layers = prunable_layers(build_model(model, in_channels=shape[0]), shape)

@@ -58,6 +58,12 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node("DequantizeLinear", [w, s, z], [out], axis=0))
         return out
 
+    def pool_and_flatten(self, tensor: str) -> str:
+        pooled, flat = self.name("pool"), self.name("flat")
+        self.nodes.append(helper.make_node("GlobalAveragePool", [tensor], [pooled]))
+        self.nodes.append(helper.make_node("Flatten", [pooled], [flat]))
+        return flat
+
     def layer(self, tensor: str, config: LayerConfig) -> str:
         if config.precision == "int8":
             tensor = self.quantize_dequantize(tensor)
@@ -106,18 +112,12 @@ def layers_graph(configs: list[LayerConfig], classes: int | None = None, seed: i
     tensor = "input"
     for index, config in enumerate(configs):
         if config.op == "linear" and index > 0 and configs[index - 1].op != "linear":
-            pooled, flat = builder.name("pool"), builder.name("flat")
-            builder.nodes.append(helper.make_node("GlobalAveragePool", [tensor], [pooled]))
-            builder.nodes.append(helper.make_node("Flatten", [pooled], [flat]))
-            tensor = flat
+            tensor = builder.pool_and_flatten(tensor)
         tensor = builder.layer(tensor, config)
     if classes is not None:
         last = configs[-1]
         if last.op != "linear":
-            pooled, flat = builder.name("pool"), builder.name("flat")
-            builder.nodes.append(helper.make_node("GlobalAveragePool", [tensor], [pooled]))
-            builder.nodes.append(helper.make_node("Flatten", [pooled], [flat]))
-            tensor = flat
+            tensor = builder.pool_and_flatten(tensor)
         w = builder.constant("fc_w", builder.rng.normal(0, 0.1, (classes, last.out_channels)).astype(np.float32))
         b = builder.constant("fc_b", np.zeros(classes, np.float32))
         logits = builder.name("logits")
