@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -53,3 +54,14 @@ def test_too_few_devices_for_k_is_a_clear_error(fleet_10k) -> None:
     _, ingested, _ = fleet_10k
     with pytest.raises(HdapError, match="3 devices are too few to form 5 clusters"):
         cluster_devices(ingested.features.slice(0, 3), ClusterConfig(k=5))
+
+
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters:sklearn.exceptions.ConvergenceWarning")
+def test_a_negative_k_or_more_clusters_than_distinct_devices_is_a_clear_error(fleet_10k) -> None:
+    _, ingested, _ = fleet_10k
+    with pytest.raises(HdapError, match="k=-1 is not a number of clusters"):
+        cluster_devices(ingested.features, ClusterConfig(k=-1))
+    first = ingested.features.slice(0, 1)
+    clones = pa.concat_tables([first] * 10 + [ingested.features.slice(1, 1)] * 10)
+    with pytest.raises(HdapError, match="fewer distinct performance profiles than k"):
+        cluster_devices(clones, ClusterConfig(k=3))

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -60,7 +61,7 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason_and_no_valid_row_is
 
     reasons = result.quarantine.column("reason").to_pylist()
     assert reasons == [  # objects in name order: good.parquet, z-agent.jsonl, z-bad.parquet
-        "unparseable line 2: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        "unparseable JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1) (line 2)",
         "wrong type in temperature_c",
         "missing temperature_c",
         "NaN in probe_gemm_fp16_ms",
@@ -114,3 +115,37 @@ def test_an_unreadable_object_is_listed_and_the_rest_is_ingested(object_store: O
     result = ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/u", SKU, as_of=AS_OF))
     assert list(result.unreadable_objects) == [f"s3://{bucket}/u/broken.parquet"]
     assert result.features.num_rows == 2
+
+
+def test_timestamps_at_microsecond_and_nanosecond_precision_are_valid(object_store: ObjectStore, bucket: str) -> None:
+    rows = good_rows(devices=2, days=2)
+    table = pa.Table.from_pylist(rows)
+    for unit in ("us", "ns"):
+        fine = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                pc.add(table.column("timestamp").cast(pa.timestamp(unit, tz="UTC")), pa.scalar(123, pa.duration(unit))))
+        sink = io.BytesIO()
+        pq.write_table(fine, sink)
+        object_store.put_bytes(f"s3://{bucket}/{unit}/x.parquet", sink.getvalue())
+        result = ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/{unit}", SKU, as_of=AS_OF))
+        assert (result.rows_valid, result.rows_quarantined) == (4, 0), unit
+
+
+def test_a_row_in_an_unknown_schema_version_stops_ingest_even_beside_unreadable_versions(object_store: ObjectStore, bucket: str) -> None:
+    template = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in good_rows(devices=1, days=1)[0].items()}
+    lines = [json.dumps({**template, "schema_version": 2}), json.dumps({**template, "schema_version": "v1"})]
+    object_store.put_bytes(f"s3://{bucket}/mixed/a.jsonl", "\n".join(lines).encode())
+    with pytest.raises(HdapError, match="schema version 2"):
+        ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/mixed", SKU, as_of=AS_OF))
+
+
+def test_when_every_row_is_quarantined_the_result_is_empty_not_a_crash(object_store: ObjectStore, bucket: str) -> None:
+    put_rows(object_store, f"s3://{bucket}/other/x.parquet", good_rows(devices=2, days=1))
+    result = ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/other", "jetson-nano", as_of=AS_OF))
+    assert result.features.num_rows == 0 and result.rows_quarantined == 2
+    assert result.reasons == {"sku_is_not_jetson-nano": 2}
+
+
+def test_a_prefix_names_a_folder_not_its_siblings(object_store: ObjectStore, bucket: str) -> None:
+    put_rows(object_store, f"s3://{bucket}/fleet-a/x.parquet", good_rows(devices=1, days=1))
+    put_rows(object_store, f"s3://{bucket}/fleet-a-old/x.parquet", good_rows(devices=3, days=1))
+    assert ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/fleet-a", SKU, as_of=AS_OF)).rows_read == 1

@@ -126,3 +126,44 @@ def test_an_uploaded_device_profile_is_used_for_its_representative(object_store,
     assert [r.source for r in results] == ["simulated", "uploaded"]
     assert precisions == PRECISIONS
     assert results[1].surrogate.predict(layers[3].config(precision="fp16")) > results[0].surrogate.predict(layers[3].config(precision="fp16"))
+
+
+def test_held_out_configurations_never_leave_a_layer_shape_untrained() -> None:
+    from hdap.latency.fleet_profiling import held_out_split
+    from hdap.latency.surrogate import group_key
+
+    backend = SimulatedBackend(COOL)
+    for seed in range(20):
+        configs, _ = profile_configs(run_profile(backend, plan_profile(SMALL_CNN, PRECISIONS, 3, granule=8, seed=seed)))
+        train, test = held_out_split(configs, seed)
+        assert {group_key(configs[i]) for i in test} <= {group_key(configs[i]) for i in train}
+        assert len(train) + len(test) == len(configs)
+
+
+def test_whole_model_calibration_is_only_for_models_whose_layers_form_a_chain() -> None:
+    from hdap.latency.fleet_profiling import is_chain
+
+    assert is_chain(SMALL_CNN)
+    assert not is_chain(prunable_layers(build_model("resnet20"), (3, 32, 32)))  # shortcut convolutions
+
+
+def test_a_configuration_timed_in_any_round_counts_and_zero_rounds_is_refused() -> None:
+    class Flaky:
+        name, precisions = "flaky", ("fp16",)
+        calls = 0
+
+        def describe(self) -> dict:
+            return {}
+
+        def measure(self, config):
+            Flaky.calls += 1
+            if Flaky.calls % 2:
+                raise MeasurementFailed("timing gave nan ms")
+            return 1.0
+
+    plan = [PlannedConfig("a", SMALL_CNN[1].config(precision="fp16"))]
+    assert run_profile(Flaky(), plan, rounds=2).column("status").to_pylist() == ["ok"]
+    from hdap.errors import HdapError
+
+    with pytest.raises(HdapError, match="at least one round"):
+        run_profile(Flaky(), plan, rounds=0)

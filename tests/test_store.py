@@ -104,3 +104,30 @@ def test_the_embedded_store_serves_many_buckets(object_store: ObjectStore) -> No
     for index in range(12):
         object_store.put_bytes(f"s3://many-{index:02d}/x", b"x")
     assert object_store.get_bytes("s3://many-11/x") == b"x"
+
+
+def test_an_endpoint_with_a_path_or_a_bad_secure_flag_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    with pytest.raises(HdapError, match="has a path: give only host:port"):
+        StoreConfig.from_endpoint("minio:9000/mlpipeline", "k", "s")
+    monkeypatch.chdir(tmp_path)
+    for name in ("HDAP_S3_ENDPOINT", "HDAP_S3_SECURE", "HDAP_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "hdap.toml").write_text('[store]\nendpoint = "h:1"\naccess_key = "a"\nsecret_key = "b"\nsecure = 7\n')
+    with pytest.raises(HdapError, match="secure in the config file=7 is not a yes/no value"):
+        StoreConfig.resolve()
+
+
+def test_asking_an_unreachable_store_whether_an_object_exists_says_so() -> None:
+    with pytest.raises(HdapError, match="cannot reach the object store"):
+        ObjectStore(StoreConfig(f"127.0.0.1:{free_port()}", "k", "s")).exists("s3://bucket/x")
+
+
+def test_a_recorded_pid_that_is_not_our_server_is_not_taken_for_it(tmp_path) -> None:
+    import json
+    import os
+
+    embedded = EmbeddedStore(tmp_path / "store")
+    embedded.root.mkdir(parents=True)
+    embedded.state_file.write_text(json.dumps({"pid": os.getpid(), "s3_port": free_port()}))  # alive, but pytest
+    assert embedded.running_config() is None
+    assert not embedded.status().running

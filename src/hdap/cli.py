@@ -116,6 +116,8 @@ def fleet_simulate(
     from hdap.fleet.sku import get_sku
 
     get_sku(sku)
+    if devices < 1 or days < 1:
+        raise HdapError(f"a fleet needs at least one device and one day (got --devices {devices}, --days {days}).")
     result = simulate_fleet(ObjectStore.from_environment(), config)
     console.print(
         f"wrote {result.reports:,} reports from {result.devices:,} devices in {len(result.telemetry_objects)} objects "
@@ -149,6 +151,11 @@ def profile_command(
 
     _setup_logging()
     shape = parse_shape(input_shape, "--input-shape")
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise HdapError(f"--backend {backend}: `hdap profile` measures this machine, with onnxruntime or tensorrt.")
+    if rounds < 1 or samples_per_layer < 1:
+        raise HdapError("--rounds and --samples-per-layer must be at least 1.")
+    build_model(model)
     try:
         profiler = get_backend(backend, **({"threads": threads} if backend == "onnxruntime" else {}))
     except BackendUnavailable as err:
@@ -192,6 +199,13 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
         parse_time(arguments["as_of"], "--as-of")
     if arguments.get("input_shape"):
         parse_shape(arguments["input_shape"], "--input-shape")
+    from hdap.models import build_model
+
+    build_model(arguments.get("model", "resnet20"))
+    if arguments.get("profiling_backend", "simulated") not in ("simulated", "onnxruntime", "tensorrt"):
+        raise HdapError(f"--profiling-backend {arguments['profiling_backend']}: use simulated, onnxruntime or tensorrt.")
+    if arguments.get("k", 0) < 0 or arguments.get("samples_per_layer", 30) < 3:
+        raise HdapError("--k must be 0 (automatic) or positive, and --samples-per-layer at least 3.")
     config = StoreConfig.resolve()
     store = ObjectStore(config)
     store.check()
@@ -267,7 +281,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 @app.command("run")
 def run_command(
-    telemetry_uri: Annotated[str, typer.Option(help="Prefix holding the fleet's telemetry objects.")] = f"s3://hdap/telemetry/{DEFAULT_SKU}",
+    telemetry_uri: Annotated[Optional[str], typer.Option(help="Folder holding the fleet's telemetry objects; default s3://hdap/telemetry/<sku>.")] = None,
     sku: Annotated[str, typer.Option(help="The fleet's hardware SKU.")] = DEFAULT_SKU,
     k: Annotated[int, typer.Option(help="Number of clusters; 0 chooses it by silhouette within [k-min, k-max].")] = 0,
     k_min: Annotated[int, typer.Option(help="Smallest k to consider when choosing.")] = 2,
@@ -284,7 +298,8 @@ def run_command(
     """Run the pipeline on this machine with kfp.local (no Kubernetes, no Docker) and print a summary."""
     _setup_logging()
     summary = run_pipeline_locally(
-        dict(telemetry_uri=telemetry_uri, sku=sku, k=k, k_min=k_min, k_max=k_max, seed=seed, output_uri=output_uri, as_of=as_of,
+        dict(telemetry_uri=telemetry_uri or f"s3://hdap/telemetry/{sku}", sku=sku, k=k, k_min=k_min, k_max=k_max, seed=seed,
+             output_uri=output_uri, as_of=as_of,
              model=model, profiling_backend=profiling_backend, samples_per_layer=samples_per_layer, truth_uri=truth_uri,
              profiles_uri=profiles_uri)
     )
@@ -303,7 +318,9 @@ def demo_command(
     from hdap.store import ObjectStore, StoreConfig
 
     _setup_logging()
-    if not (os.environ.get("HDAP_S3_ENDPOINT") or Path("hdap.toml").is_file() or os.environ.get("HDAP_CONFIG")):
+    from hdap.config import file_section
+
+    if not (os.environ.get("HDAP_S3_ENDPOINT") or file_section("store").get("endpoint")):
         from hdap.embedded_store import EmbeddedStore
 
         embedded = EmbeddedStore.default()

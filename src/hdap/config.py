@@ -57,7 +57,7 @@ def file_section(name: str) -> dict[str, Any]:
 def parse_bool(value: str | bool, setting: str) -> bool:
     if isinstance(value, bool):
         return value
-    lowered = value.strip().lower()
+    lowered = str(value).strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
     if lowered in {"0", "false", "no", "off", ""}:

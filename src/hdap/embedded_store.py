@@ -109,10 +109,18 @@ class EmbeddedStore:
         return creds
 
     def _state(self) -> dict | None:
+        """The running server's state, if the recorded process is still our weed server
+        (after a reboot the pid may belong to some other process)."""
         if not self.state_file.is_file():
             return None
         state = json.loads(self.state_file.read_text())
         if not _pid_alive(state["pid"]):
+            return None
+        try:
+            command = Path(f"/proc/{state['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        if "weed" not in command or str(self.data_dir) not in command:
             return None
         return state
 
@@ -120,9 +128,12 @@ class EmbeddedStore:
         state = self._state()
         if state is None:
             return None
+        return self._config(state["s3_port"])
+
+    def _config(self, s3_port: int) -> StoreConfig:
         creds = self._credentials()
         return StoreConfig(
-            endpoint=f"127.0.0.1:{state['s3_port']}",
+            endpoint=f"127.0.0.1:{s3_port}",
             access_key=creds["access_key"],
             secret_key=creds["secret_key"],
             secure=False,
@@ -185,8 +196,7 @@ class EmbeddedStore:
             # A new session: the server outlives `hdap store up` and ignores the terminal's Ctrl-C.
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.state_file.write_text(json.dumps({"pid": process.pid, "s3_port": s3_port}))
-        config = self.running_config()
-        assert config is not None
+        config = self._config(s3_port)
         store = ObjectStore(config)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -85,6 +85,12 @@ def ingest_step(
     })
     if result.rows_quarantined:
         log.warning("quarantined %d rows (%s): %s", result.rows_quarantined, result.reasons, join_uri(prefix, "quarantine.parquet"))
+    if result.features.num_rows == 0:
+        top = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1])[:3]) or "no readable rows"
+        raise HdapError(
+            f"no valid telemetry under {telemetry_uri} for {sku}: {result.rows_quarantined} rows quarantined ({top}); "
+            f"see {join_uri(prefix, 'quarantine.parquet')}."
+        )
     return result.metrics()
 
 

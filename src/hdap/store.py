@@ -82,7 +82,7 @@ class StoreConfig:
                     f"the object store endpoint {endpoint} is set but its credentials are not: "
                     "set HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
                 )
-            secure = parse_bool(secure_setting, "HDAP_S3_SECURE")
+            secure = parse_bool(secure_setting, "HDAP_S3_SECURE" if "HDAP_S3_SECURE" in os.environ else "secure in the config file")
             return cls.from_endpoint(endpoint, access_key, secret_key, secure, region, source)
 
         from hdap.embedded_store import EmbeddedStore  # the fallback, only when nothing is configured
@@ -105,10 +105,19 @@ class StoreConfig:
         region: str | None = None,
         source: str = "environment",
     ) -> StoreConfig:
+        if not isinstance(endpoint, str):
+            raise HdapError(f"the object store endpoint ({source}) must be text like host:9000, not {endpoint!r}.")
         if "://" in endpoint:
             parsed = urlparse(endpoint)
             secure = parsed.scheme == "https"
-            endpoint = parsed.netloc
+            path, endpoint = parsed.path, parsed.netloc
+        else:
+            endpoint, _, path = endpoint.partition("/")
+        if path.strip("/"):
+            raise HdapError(
+                f"the object store endpoint {endpoint}/{path.strip('/')} ({source}) has a path: give only host:port; "
+                "buckets go in the s3:// URIs."
+            )
         return cls(endpoint, access_key, secret_key, secure, region, source)
 
     def as_environment(self) -> dict[str, str]:
@@ -275,18 +284,21 @@ class ObjectStore:
 
     def exists(self, uri: str) -> bool:
         target = S3Uri.parse(uri)
-        try:
-            self.client.stat_object(target.bucket, target.key)
-            return True
-        except S3Error as err:
-            if err.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
-                return False
-            with self._explained(f"looking for {uri}"):
+        with self._explained(f"looking for {uri}"):
+            try:
+                self.client.stat_object(target.bucket, target.key)
+                return True
+            except S3Error as err:
+                if err.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
+                    return False
                 raise
 
     def list(self, prefix_uri: str) -> list[ObjectInfo]:
-        """Every object under a prefix, recursively, sorted by URI."""
+        """Every object under a folder, recursively, sorted by URI. The URI names a folder:
+        s3://b/fleet-a lists fleet-a/..., never a sibling fleet-a-old/..."""
         prefix = S3Uri.parse(prefix_uri)
+        if prefix.key and not prefix.key.endswith("/"):
+            prefix = S3Uri(prefix.bucket, prefix.key + "/")
         self.require_bucket(prefix.bucket)
         with self._explained(f"listing {prefix_uri}"):
             objects = [

@@ -93,6 +93,8 @@ def choose_k(x: np.ndarray, config: ClusterConfig, rng: np.random.Generator) -> 
 
 def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
     names = feature_columns(features)
+    if config.k < 0:
+        raise HdapError(f"k={config.k} is not a number of clusters: use 0 (choose automatically) or a positive k.")
     if config.k == 0 and not 2 <= config.k_min <= config.k_max:
         raise HdapError(f"k bounds [{config.k_min}, {config.k_max}] are not a range of at least 2: fix k_min/k_max.")
     needed = config.k if config.k else config.k_min
@@ -127,6 +129,10 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
     representatives: list[int] = []
     for cid in range(k):
         members = np.flatnonzero(labels == cid)
+        if len(members) == 0:
+            raise HdapError(
+                f"k-means left cluster {cid} of {k} empty: the fleet has fewer distinct performance profiles than k; lower k."
+            )
         nearest = members[distances[members, cid].argmin()]
         representatives.append(nearest)
         clusters.append(

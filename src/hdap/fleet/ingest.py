@@ -6,8 +6,9 @@ reason and where it came from (object URI and row number); nothing is dropped si
 `rows_read == rows_valid + rows_quarantined` always holds. An object written with a schema
 version this hdap does not know stops the stage: guessing at its meaning would be worse.
 
-Valid rows are aggregated per device over the whole window with robust statistics: the
-median and inter-quartile range of every probe latency, medians of the device state.
+Valid rows are aggregated per device over every report under the prefix with robust
+statistics: the median and inter-quartile range of every probe latency, medians of the device
+state. (The prefix is the window: point it at the days to use.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -83,8 +85,8 @@ class IngestResult:
 
 
 def reason_kind(reason: str) -> str:
-    """The reason's stable kind (its words before any quote or colon), for counting."""
-    head = reason.split(":")[0].split("'")[0].strip()
+    """The reason's stable kind (its words before any quote, colon or digit), for counting."""
+    head = re.match(r"[^:'0-9(]*", reason).group().strip()
     return head.replace(" ", "_")
 
 
@@ -112,7 +114,7 @@ def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
             errors.append("")
         except ValueError as err:
             records.append({})
-            errors.append(f"unparseable line {number}: {err}")
+            errors.append(f"unparseable JSON: {err} (line {number})")
     names = sorted({k for r in records for k in r})
     table = pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
     if not names:
@@ -120,18 +122,16 @@ def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
     return table, np.array(errors, dtype=object)
 
 
-def check_schema_version(table: pa.Table, uri: str) -> None:
-    declared = (table.schema.metadata or {}).get(b"hdap.telemetry.schema_version")
-    versions: set[int] = set()
+def check_schema_version(raw: pa.Table, conformed: pa.Table, uri: str) -> None:
+    """Stop on any version this hdap does not read: in the file's metadata or in any row
+    (checked on the conformed column; a version that is not a number is a row error)."""
+    declared = (raw.schema.metadata or {}).get(b"hdap.telemetry.schema_version")
+    versions: set[int] = set(pc.unique(conformed.column("schema_version").drop_null()).to_pylist())
     if declared is not None:
-        versions.add(int(declared))
-    if "schema_version" in table.column_names:
-        column = table.column("schema_version")
         try:
-            values = pc.unique(pc.cast(column.drop_null(), pa.int64())).to_pylist()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values = []  # unreadable versions are row errors, quarantined below
-        versions.update(values)
+            versions.add(int(declared))
+        except ValueError:
+            raise HdapError(f"{uri} declares telemetry schema version {declared!r}, which is not a number: fix the device agent.") from None
     unknown = sorted(v for v in versions if v != SCHEMA_VERSION)
     if unknown:
         raise HdapError(
@@ -151,11 +151,13 @@ def conform(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
             arrays.append(pa.nulls(rows, f.type))
             continue
         column = table.column(f.name)
-        if pa.types.is_timestamp(f.type) and pa.types.is_string(column.type):
-            # Parse ISO text at full precision first; a direct cast to ms refuses microseconds.
+        if pa.types.is_timestamp(f.type):
+            # Any precision (pandas and Spark write ns or us) and ISO text: parse at full
+            # precision, then truncate to ms; a direct cast refuses anything finer.
             try:
-                column = column.cast(pa.timestamp("ns", tz="UTC")).cast(f.type, safe=False)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                arrays.append(column.cast(pa.timestamp("ns", tz="UTC")).cast(f.type, safe=False))
+                continue
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
                 pass
         try:
             arrays.append(column.cast(f.type))
@@ -166,7 +168,10 @@ def conform(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
         converted = []
         for index, value in enumerate(column.to_pylist()):
             try:
-                converted.append(pa.scalar(value).cast(f.type).as_py() if value is not None else None)
+                scalar = pa.scalar(value)
+                if pa.types.is_timestamp(f.type):
+                    scalar = scalar.cast(pa.timestamp("ns", tz="UTC"))
+                converted.append(scalar.cast(f.type, safe=not pa.types.is_timestamp(f.type)).as_py() if value is not None else None)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError):
                 converted.append(None)
                 if not bad_type[index]:
@@ -241,7 +246,7 @@ class DeviceOrder:
         timestamps = valid.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
         order = np.lexsort((timestamps, codes))  # stable: equal keys keep their original order
         counts = np.bincount(codes, minlength=len(encoded.dictionary))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        starts = np.cumsum(counts) - counts
         return cls(encoded.dictionary, codes, order, starts, counts)
 
 
@@ -354,8 +359,8 @@ def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
             log.warning("cannot read %s: %s", obj.uri, err)
             unreadable[obj.uri] = str(err)
             continue
-        check_schema_version(raw, obj.uri)
         table, bad_type = conform(raw)
+        check_schema_version(raw, table, obj.uri)
         rows_read += table.num_rows
         reasons = validate(table, parse_errors, bad_type, sku.name, as_of)
         table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))

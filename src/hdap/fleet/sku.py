@@ -37,11 +37,6 @@ class Sku:
     throttle_temp_c: float = 80.0  # above this the SoC caps clocks
     firmware: tuple[str, ...] = ()
 
-    def power_mode(self, name: str) -> PowerMode:
-        for mode in self.power_modes:
-            if mode.name == name:
-                return mode
-        raise HdapError(f"{self.name} has no power mode '{name}': use one of {[m.name for m in self.power_modes]}.")
 
 
 SKUS: dict[str, Sku] = {

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from hdap.errors import HdapError
 from hdap.fleet.sku import get_sku
-from hdap.latency.backends import get_backend
+from hdap.latency.backends import BackendUnavailable, MeasurementFailed, get_backend
 from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile
@@ -29,7 +29,6 @@ from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_sur
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
-HELD_OUT = 0.2
 SECONDS_PER_CONFIGURATION = 0.5  # building and warming one configuration on a device, plus its timed runs
 
 
@@ -81,6 +80,35 @@ def random_variants(layers: list[LayerShape], precisions: tuple[str, ...], count
     return variants
 
 
+def is_chain(layers: list[LayerShape]) -> bool:
+    """Whether each layer feeds the next (a plain CNN), so a random variant is a real network.
+    Residual models list their shortcut convolutions beside the main path: not a chain."""
+    for before, after in zip(layers[:-1], layers[1:]):
+        if after.op == "linear":
+            continue
+        if after.in_channels != before.out_channels or (after.height, after.width) != (-(-before.height // before.stride), -(-before.width // before.stride)):
+            return False
+    return True
+
+
+def held_out_split(configs: list[LayerConfig], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """About a fifth of every layer shape and precision held out; groups of fewer than three
+    samples stay whole in training (a surrogate cannot predict a shape it never saw)."""
+    from hdap.latency.surrogate import group_key
+
+    rng = np.random.default_rng(seed)
+    groups: dict = {}
+    for index, config in enumerate(configs):
+        groups.setdefault(group_key(config), []).append(index)
+    train, test = [], []
+    for _, members in sorted(groups.items()):
+        members = list(rng.permutation(members))
+        held = max(1, len(members) // 5) if len(members) >= 3 else 0
+        test += members[:held]
+        train += members[held:]
+    return np.array(train, dtype=int), np.array(test, dtype=int)
+
+
 def device_seconds(profile: pa.Table) -> float:
     timed = [v for v in profile.column("latency_ms").to_pylist() if v is not None]
     return len(profile) * SECONDS_PER_CONFIGURATION + sum(timed) * 1e-3 * 50
@@ -118,24 +146,42 @@ def build_cluster_surrogates(
         if tables:
             truth = {r["device_id"]: r for r in pa.concat_tables(tables).to_pylist()}
     sku = features.column("sku")[0].as_py()
+    if config.samples_per_layer < 3:
+        raise HdapError(f"samples_per_layer={config.samples_per_layer} is too few to fit and check a surrogate: use 3 or more.")
+    if config.backend not in ("simulated", "onnxruntime", "tensorrt"):
+        raise HdapError(f"unknown profiling backend '{config.backend}': use simulated, onnxruntime or tensorrt.")
     results: list[ClusterSurrogate] = []
-    precisions: tuple[str, ...] = ()
+    # One precision menu for every cluster: the target's, as far as the backend can time it.
+    if config.backend == "simulated":
+        backend_precisions = get_sku(sku).precisions
+    else:
+        try:
+            backend_precisions = get_backend(config.backend).precisions
+        except BackendUnavailable as err:
+            raise HdapError(str(err)) from None
+    precisions = precisions_for(sku, backend_precisions)
     shared_onnxruntime: tuple | None = None
     for cluster in clusters["clusters"]:
         device_id = cluster["representative"]
         uploaded = join_uri(config.profiles_uri, device_id, "profile.parquet") if config.profiles_uri else ""
+        shared = False
         if uploaded and store is not None and store.exists(uploaded):
             profile, source, backend = store.get_table(uploaded), "uploaded", None
-            precisions = tuple(sorted(set(profile.column("precision").to_pylist())))
+            have = set(profile.filter(pa.compute.equal(profile.column("status"), "ok")).column("precision").to_pylist())
+            if not set(precisions) <= have:
+                raise HdapError(
+                    f"the uploaded profile of {device_id} ({uploaded}) covers {sorted(have)}, but the target runs {list(precisions)}: "
+                    "profile the device again with those precisions, or remove the upload."
+                )
+            profile = profile.filter(pa.compute.is_in(profile.column("precision"), value_set=pa.array(list(precisions))))
         else:
             if config.backend == "simulated":
                 backend = SimulatedBackend(_simulated_device(device_id, features, truth), seed=config.seed)
             else:
                 backend = get_backend(config.backend)
-            precisions = precisions_for(sku, backend.precisions)
             source = config.backend
             if config.backend == "onnxruntime" and shared_onnxruntime is not None:
-                profile = shared_onnxruntime[0]  # one machine stands in for every representative
+                profile, shared = shared_onnxruntime[0], True  # one machine stands in for every representative
             else:
                 plan = plan_profile(layers, precisions, config.samples_per_layer, config.granule, config.seed)
                 rounds = 1 if config.backend == "simulated" else config.rounds
@@ -145,20 +191,24 @@ def build_cluster_surrogates(
         configs, latencies = profile_configs(profile)
         if len(configs) < 10:
             raise HdapError(f"only {len(configs)} layer configurations of {device_id} could be timed: see the profile's reason column.")
-        order = np.random.default_rng(config.seed).permutation(len(configs))
-        cut = int(len(order) * (1 - HELD_OUT))
-        train, test = order[:cut], order[cut:]
+        train, test = held_out_split(configs, config.seed)
         trial = fit_surrogate([configs[i] for i in train], latencies[train])
         predicted = np.array([trial.predict(configs[i]) for i in test])
         surrogate = fit_surrogate(configs, latencies, device=backend.describe() if backend else {"source": "uploaded", "device_id": device_id})
-        if backend is not None:
-            variants = random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1)
-            fit_model_overhead(surrogate, [(v, _measure_chain(backend, v)) for v in variants])
+        if backend is not None and is_chain(layers):
+            measured = []
+            for variant in random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1):
+                try:
+                    measured.append((variant, _measure_chain(backend, variant)))
+                except MeasurementFailed as err:
+                    log.warning("a calibration model could not be timed (%s): skipped", err)
+            if measured:
+                fit_model_overhead(surrogate, measured)
         results.append(
             ClusterSurrogate(
                 cluster=cluster["id"], weight=cluster["weight"], representative=device_id, surrogate=surrogate, profile=profile,
                 source=source, held_out_within_10pct=within(predicted, latencies[test]),
-                held_out=list(zip(latencies[test].tolist(), predicted.tolist())), device_seconds=device_seconds(profile),
+                held_out=list(zip(latencies[test].tolist(), predicted.tolist())), device_seconds=0.0 if shared else device_seconds(profile),
             )
         )
         log.info("cluster %d: surrogate of %s from %d configurations (%s), %.1f%% of held-out within 10%%",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from hdap.errors import HdapError
 from hdap.latency.backends.base import Backend, MeasurementFailed
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.progress import progress
@@ -91,14 +92,16 @@ def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, se
     percent over seconds; other load only ever adds time, and shuffling spreads a slow spell
     over all layers instead of biasing the ones measured during it.
     """
+    if rounds < 1:
+        raise HdapError(f"rounds={rounds}: profiling needs at least one round.")
     rng = np.random.default_rng(seed)
     best: list[float | None] = [None] * len(plan)
     reasons: list[str | None] = [None] * len(plan)
     total = rounds * len(plan)
     visits = [(r, int(i)) for r in range(rounds) for i in rng.permutation(len(plan))]
     for _, index in progress(visits, f"{description}: {len(plan)} layer configurations x {rounds} on {backend.name}", total=total):
-        if reasons[index] is not None:
-            continue
+        if reasons[index] is not None and best[index] is None and rounds_failed(reasons[index]):
+            continue  # it cannot be built: do not try again
         try:
             latency = float(backend.measure(plan[index].config))
             if not np.isfinite(latency) or latency <= 0:
@@ -108,13 +111,18 @@ def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, se
             reasons[index] = str(err)
     rows = []
     for item, latency, reason in zip(plan, best, reasons):
-        failed = reason is not None
-        rows.append({"layer": item.layer, **item.config.as_dict(), "latency_ms": None if failed else latency,
-                     "status": "failed" if failed else "ok", "reason": reason})
-    failures = sum(r is not None for r in reasons)
+        failed = latency is None  # a configuration counts if any round timed it
+        rows.append({"layer": item.layer, **item.config.as_dict(), "latency_ms": latency,
+                     "status": "failed" if failed else "ok", "reason": (reason or "never timed") if failed else None})
+    failures = sum(b is None for b in best)
     if failures:
         log.warning("%d of %d configurations could not be timed on %s (see the profile's reason column)", failures, len(plan), backend.name)
     return pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA)
+
+
+def rounds_failed(reason: str) -> bool:
+    """Failures that another round cannot change (the configuration cannot be built)."""
+    return not reason.startswith("timing gave")
 
 
 def profile_configs(profile: pa.Table) -> tuple[list[LayerConfig], np.ndarray]:

@@ -226,7 +226,8 @@ def _additive_fit(configs: list[LayerConfig], latencies: np.ndarray, tile: int) 
 
 
 def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray, steps: int) -> GroupModel:
-    """Gradient descent on log-coefficients and p, starting from the additive fit."""
+    """Gradient descent on log-coefficients and p, from the additive fit's coefficients and
+    p = 3 (at p = 1 exactly the gradient in p vanishes for terms that are zero)."""
     start = [max(getattr(model, f), 1e-9) for f in _FIELDS]
     raw = torch.tensor([math.log(v) for v in start] + [math.log(2.0)], dtype=torch.float64, requires_grad=True)
     cin = torch.tensor([float(c.in_channels) for c in configs], dtype=torch.float64)
