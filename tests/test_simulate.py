@@ -9,7 +9,7 @@ from hdap.fleet.schema import TELEMETRY_SCHEMA
 from hdap.fleet.simulate import REGIMES, simulate_chunk
 from hdap.fleet.sku import SKUS, get_sku
 from hdap.store import ObjectStore
-from tests.fixtures import SIMULATION_END, simulate
+from tests.fixtures import SIMULATION_END
 
 
 def test_the_same_seed_gives_the_same_fleet() -> None:
@@ -45,11 +45,10 @@ def test_throttled_devices_are_slower_than_cool_ones_at_the_same_power_mode() ->
 
 
 def test_a_fleet_is_written_in_chunks_of_devices_one_object_per_chunk_and_day(object_store: ObjectStore, bucket: str) -> None:
-    from dataclasses import replace
+    from hdap.fleet.simulate import SimulationConfig, simulate_fleet
 
-    from hdap.fleet.simulate import simulate_fleet
-
-    config = replace(simulate(object_store, bucket, devices=10, days=1), devices=250, days=2, chunk_devices=100)
+    config = SimulationConfig(devices=250, days=2, chunk_devices=100, end=SIMULATION_END,
+                              telemetry_uri=f"s3://{bucket}/telemetry", truth_uri=f"s3://{bucket}/truth")
     result = simulate_fleet(object_store, config)
     assert len(result.telemetry_objects) == 3 * 2 and len(result.truth_objects) == 3
     assert result.reports == 500

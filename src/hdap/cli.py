@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from hdap.config import home_dir, parse_shape, parse_time
+from hdap.config import file_section, home_dir, parse_shape, parse_time
 from hdap.errors import HdapError
 
 console = Console(stderr=False)
@@ -318,8 +317,6 @@ def demo_command(
     from hdap.store import ObjectStore, StoreConfig
 
     _setup_logging()
-    from hdap.config import file_section
-
     if not (os.environ.get("HDAP_S3_ENDPOINT") or file_section("store").get("endpoint")):
         from hdap.embedded_store import EmbeddedStore
 

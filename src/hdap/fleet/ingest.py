@@ -250,11 +250,10 @@ class DeviceOrder:
         return cls(encoded.dictionary, codes, order, starts, counts)
 
 
-def mark_duplicates(valid: pa.Table) -> np.ndarray:
+def mark_duplicates(valid: pa.Table, grouped: DeviceOrder) -> np.ndarray:
     """True for every row whose (device_id, timestamp) appeared in an earlier row."""
     if valid.num_rows == 0:
         return np.zeros(0, dtype=bool)
-    grouped = DeviceOrder.of(valid)
     timestamps = valid.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
     codes, times = grouped.codes[grouped.order], timestamps[grouped.order]
     repeat = np.zeros(valid.num_rows, dtype=bool)
@@ -294,9 +293,9 @@ def group_quantiles(grouped: DeviceOrder, values: np.ndarray, quantiles: list[fl
 
 
 # -- aggregating -----------------------------------------------------------------------------
-def aggregate_devices(valid: pa.Table, probe_columns: list[str]) -> pa.Table:
+def aggregate_devices(valid: pa.Table, probe_columns: list[str], grouped: DeviceOrder | None = None) -> pa.Table:
     """Robust per-device features over the window: medians, and inter-quartile ranges of probes."""
-    grouped = DeviceOrder.of(valid)
+    grouped = grouped or DeviceOrder.of(valid)
     last = grouped.order[grouped.starts + grouped.counts - 1]  # each device's newest report
     first = grouped.order[grouped.starts]
     timestamps = valid.column("timestamp")
@@ -372,17 +371,19 @@ def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
         valid_parts.append(table.filter(pa.array(~bad)))
 
     valid = pa.concat_tables(valid_parts).combine_chunks() if valid_parts else _EMPTY_VALID
-    duplicates = mark_duplicates(valid)
+    grouped = DeviceOrder.of(valid)  # one sort of every row serves duplicates and aggregation
+    duplicates = mark_duplicates(valid, grouped)
     if duplicates.any():  # the first copy (in object order) is kept
         quarantine_parts.append(_quarantine_rows(valid.filter(pa.array(duplicates)), np.full(int(duplicates.sum()), "duplicate record")))
         valid = valid.filter(pa.array(~duplicates))
+        grouped = DeviceOrder.of(valid)
 
     quarantine = pa.concat_tables(quarantine_parts) if quarantine_parts else QUARANTINE_SCHEMA.empty_table()
     reasons_count: dict[str, int] = {}
     for reason in quarantine.column("reason").to_pylist():
         kind = reason_kind(reason)
         reasons_count[kind] = reasons_count.get(kind, 0) + 1
-    features = aggregate_devices(valid, [probe_column(p) for p in probes_for(sku)])
+    features = aggregate_devices(valid, [probe_column(p) for p in probes_for(sku)], grouped)
     result = IngestResult(
         features=features,
         quarantine=quarantine,

@@ -29,7 +29,8 @@ from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_sur
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
-SECONDS_PER_CONFIGURATION = 0.5  # building and warming one configuration on a device, plus its timed runs
+SECONDS_PER_CONFIGURATION = 0.5  # building and warming one configuration on a device
+TIMED_RUNS_PER_CONFIGURATION = 50  # rounds x runs per round, as the real backends time them
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def held_out_split(configs: list[LayerConfig], seed: int) -> tuple[np.ndarray, n
 
 def device_seconds(profile: pa.Table) -> float:
     timed = [v for v in profile.column("latency_ms").to_pylist() if v is not None]
-    return len(profile) * SECONDS_PER_CONFIGURATION + sum(timed) * 1e-3 * 50
+    return len(profile) * SECONDS_PER_CONFIGURATION + sum(timed) * 1e-3 * TIMED_RUNS_PER_CONFIGURATION
 
 
 def _simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict]) -> SimulatedDevice:

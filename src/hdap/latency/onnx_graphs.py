@@ -58,6 +58,11 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node("DequantizeLinear", [w, s, z], [out], axis=0))
         return out
 
+    def cast(self, tensor: str, to: int, stem: str) -> str:
+        out = self.name(stem)
+        self.nodes.append(helper.make_node("Cast", [tensor], [out], to=to))
+        return out
+
     def pool_and_flatten(self, tensor: str) -> str:
         pooled, flat = self.name("pool"), self.name("flat")
         self.nodes.append(helper.make_node("GlobalAveragePool", [tensor], [pooled]))
@@ -68,9 +73,7 @@ class _GraphBuilder:
         if config.precision == "int8":
             tensor = self.quantize_dequantize(tensor)
         elif config.precision == "fp16":
-            cast = self.name("to_fp16")
-            self.nodes.append(helper.make_node("Cast", [tensor], [cast], to=TensorProto.FLOAT16))
-            tensor = cast
+            tensor = self.cast(tensor, TensorProto.FLOAT16, "to_fp16")
         bias_type = np.float16 if config.precision == "fp16" else np.float32
         out = self.name(config.op)
         if config.op == "linear":
@@ -95,9 +98,7 @@ class _GraphBuilder:
             # alone or in a chain, so a layer costs the same profiled alone as inside a model.
             relu = self.quantize_dequantize(relu)
         if config.precision == "fp16":
-            back = self.name("to_fp32")
-            self.nodes.append(helper.make_node("Cast", [relu], [back], to=TensorProto.FLOAT))
-            relu = back
+            relu = self.cast(relu, TensorProto.FLOAT, "to_fp32")
         return relu
 
 

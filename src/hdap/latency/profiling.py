@@ -97,18 +97,21 @@ def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, se
     rng = np.random.default_rng(seed)
     best: list[float | None] = [None] * len(plan)
     reasons: list[str | None] = [None] * len(plan)
-    total = rounds * len(plan)
-    visits = [(r, int(i)) for r in range(rounds) for i in rng.permutation(len(plan))]
-    for _, index in progress(visits, f"{description}: {len(plan)} layer configurations x {rounds} on {backend.name}", total=total):
-        if reasons[index] is not None and best[index] is None and rounds_failed(reasons[index]):
-            continue  # it cannot be built: do not try again
+    unbuildable: set[int] = set()  # failed to build or run: another round cannot help
+    visits = [int(i) for _ in range(rounds) for i in rng.permutation(len(plan))]
+    for index in progress(visits, f"{description}: {len(plan)} layer configurations x {rounds} on {backend.name}"):
+        if index in unbuildable:
+            continue
         try:
             latency = float(backend.measure(plan[index].config))
-            if not np.isfinite(latency) or latency <= 0:
-                raise MeasurementFailed(f"timing gave {latency} ms")
-            best[index] = latency if best[index] is None else min(best[index], latency)
         except MeasurementFailed as err:
             reasons[index] = str(err)
+            unbuildable.add(index)
+            continue
+        if not np.isfinite(latency) or latency <= 0:
+            reasons[index] = f"timing gave {latency} ms"  # a glitch: a later round may time it
+            continue
+        best[index] = latency if best[index] is None else min(best[index], latency)
     rows = []
     for item, latency, reason in zip(plan, best, reasons):
         failed = latency is None  # a configuration counts if any round timed it
@@ -118,11 +121,6 @@ def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, se
     if failures:
         log.warning("%d of %d configurations could not be timed on %s (see the profile's reason column)", failures, len(plan), backend.name)
     return pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA)
-
-
-def rounds_failed(reason: str) -> bool:
-    """Failures that another round cannot change (the configuration cannot be built)."""
-    return not reason.startswith("timing gave")
 
 
 def profile_configs(profile: pa.Table) -> tuple[list[LayerConfig], np.ndarray]:
