@@ -162,7 +162,7 @@ def profile_command(
     store = ObjectStore.from_environment()
     store.check()
     device = device_id or socket.gethostname()
-    layers = prunable_layers(build_model(model, in_channels=shape[0]), shape)
+    layers = prunable_layers(build_model(model, shape), shape)
     plan = plan_profile(layers, profiler.precisions, samples_per_layer, granule=8)
     profile = run_profile(profiler, plan, rounds=rounds, description=f"profiling {model} on {device}")
     target = f"{upload_uri.rstrip('/')}/{device}"

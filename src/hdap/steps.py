@@ -141,7 +141,7 @@ def surrogate_step(
     shape = parse_shape(input_shape, "input_shape")
     config = SurrogateConfig(model=model, input_shape=shape, backend=backend, samples_per_layer=samples_per_layer,
                              seed=seed, truth_uri=truth_uri, profiles_uri=profiles_uri)
-    layers = prunable_layers(build_model(model, in_channels=shape[0]), shape)
+    layers = prunable_layers(build_model(model, shape), shape)
     clusters = json.loads(Path(clusters_path).read_text())
     results, precisions = build_cluster_surrogates(store, clusters, pq.read_table(features_path), layers, config)
     prefix = run_prefix(output_uri, run_name, "surrogate")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from hdap.errors import HdapError
-from hdap.latency.surrogate import LatencySurrogate, LayerDecision
+from hdap.latency.layers import LayerConfig
+from hdap.latency.surrogate import LatencySurrogate, LayerDecision, transition_key
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int2": 2}
 
@@ -46,5 +47,84 @@ class FleetCost:
         for d in decisions:
             k2 = d.config.kernel_size**2
             fan_in = 1 if d.config.op == "depthwise" else d.in_channels
-            total = total + k2 * fan_in * d.out_channels * (d.precision_probs.to(torch.float64) * bits).sum()
+            total = total + d.present * k2 * fan_in * d.out_channels * (d.precision_probs.to(torch.float64) * bits).sum()
         return total
+
+
+class CompiledFleetCost:
+    """The fleet cost of one fixed list of layers, as a few tensor operations.
+
+    `FleetCost` walks clusters, layers and precisions in Python; a search evaluates the cost on
+    every batch, so this gathers every surrogate's coefficients into (cluster, precision, layer)
+    tensors once. It computes exactly what `LatencySurrogate.model_cost` does (a test holds the
+    two together)."""
+
+    def __init__(self, cost: FleetCost, layers: list[LayerConfig]) -> None:
+        self.precisions = cost.precisions
+        self.weights = torch.tensor(cost.weights, dtype=torch.float64)
+        fields = ("tile", "overhead_ms", "compute_ms_per_gmac", "input_ms_per_melement", "output_ms_per_melement",
+                  "weight_ms_per_melement", "sharpness")
+        table = {f: torch.zeros(len(cost.surrogates), len(self.precisions), len(layers), dtype=torch.float64) for f in fields}
+        for s, surrogate in enumerate(cost.surrogates):
+            for p, precision in enumerate(self.precisions):
+                for layer, config in enumerate(layers):
+                    group = surrogate.group(config, precision)
+                    for f in fields:
+                        table[f][s, p, layer] = float(getattr(group, f))
+        self.table = table
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+        self.depthwise = torch.tensor([c.op == "depthwise" for c in layers])
+        self.kernel_area = as_tensor([c.kernel_size**2 for c in layers])
+        self.in_area = as_tensor([c.height * c.width for c in layers])
+        self.out_area = as_tensor([c.out_height * c.out_width for c in layers])
+        self.scale = as_tensor([s.model_scale for s in cost.surrogates])
+        self.offset = as_tensor([s.model_offset_ms for s in cost.surrogates])
+        self.transitions = torch.zeros(len(cost.surrogates), len(self.precisions), len(self.precisions), dtype=torch.float64)
+        for s, surrogate in enumerate(cost.surrogates):
+            for i, before in enumerate(self.precisions):
+                for j, after in enumerate(self.precisions):
+                    self.transitions[s, i, j] = surrogate.transition_ms_per_melement.get(transition_key(before, after), 0.0)
+
+    def per_cluster_latency(self, in_channels: torch.Tensor, out_channels: torch.Tensor, precision_probs: torch.Tensor,
+                            present: torch.Tensor | None = None) -> torch.Tensor:
+        """Latency (ms) per cluster for soft channel counts (layers,), precision probabilities
+        (layers, precisions) and the probability each layer exists (layers,; default all 1)."""
+        t = self.table
+        tile = t["tile"]
+        cout = out_channels.to(torch.float64)
+        cin = torch.where(self.depthwise, cout, in_channels.to(torch.float64))
+        tiled_out = _straight_through_ceil(cout, tile)
+        tiled_in = torch.where(self.depthwise, torch.ones_like(tile), _straight_through_ceil(cin, tile))
+        macs = self.out_area * self.kernel_area * tiled_out * tiled_in
+        weights = self.kernel_area * cout * torch.where(self.depthwise, torch.ones_like(cin), cin)
+        compute = t["compute_ms_per_gmac"] * macs / 1e9
+        memory = (t["input_ms_per_melement"] * cin * self.in_area + t["output_ms_per_melement"] * cout * self.out_area
+                  + t["weight_ms_per_melement"] * weights) / 1e6
+        big = torch.maximum(compute, memory).clamp_min(1e-12)
+        small = torch.minimum(compute, memory)
+        p = t["sharpness"]
+        layer_ms = t["overhead_ms"] + big * (1 + (small / big) ** p) ** (1 / p)  # (clusters, precisions, layers)
+        probs = precision_probs.to(torch.float64)
+        if present is not None:
+            layer_ms = layer_ms * present.to(torch.float64)
+        layers = torch.einsum("spl,lp->s", layer_ms, probs)
+        elements = cout[:-1] * self.out_area[:-1] / 1e6
+        boundaries = torch.einsum("spq,lp,lq,l->s", self.transitions, probs[:-1], probs[1:], elements)
+        return self.scale * layers + self.offset + boundaries
+
+    def fleet_weighted_latency(self, in_channels: torch.Tensor, out_channels: torch.Tensor, precision_probs: torch.Tensor,
+                               present: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.weights * self.per_cluster_latency(in_channels, out_channels, precision_probs, present)).sum()
+
+
+def _straight_through_ceil(channels: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
+    rounded = torch.ceil(channels / tile - 1e-6) * tile
+    return channels + (rounded - channels).detach()
+
+
+def stack_decisions(decisions: list[LayerDecision]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (in channels, out channels, precision probabilities, presence) tensors `CompiledFleetCost` takes."""
+    return (torch.stack([torch.as_tensor(d.in_channels, dtype=torch.float64) for d in decisions]),
+            torch.stack([torch.as_tensor(d.out_channels, dtype=torch.float64) for d in decisions]),
+            torch.stack([d.precision_probs.to(torch.float64) for d in decisions]),
+            torch.stack([torch.as_tensor(d.present, dtype=torch.float64) for d in decisions]))

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute is only there once imported)
 
 from hdap.errors import HdapError
 from hdap.fleet.sku import get_sku
 from hdap.latency.backends import BackendUnavailable, MeasurementFailed, get_backend
-from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice
+from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
+from hdap.latency.device_model import device_state, kernel_latency_ms
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile
 from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_surrogate, within
@@ -215,3 +217,35 @@ def build_cluster_surrogates(
         log.info("cluster %d: surrogate of %s from %d configurations (%s), %.1f%% of held-out within 10%%",
                  cluster["id"], device_id, len(configs), source, 100 * results[-1].held_out_within_10pct)
     return results, precisions
+
+
+def nominal_device(sku_name: str) -> SimulatedDevice:
+    """The datasheet device: the fastest power mode, cool, idle, a typical chip, no aged parts."""
+    sku = get_sku(sku_name)
+    fastest = max(sku.power_modes, key=lambda m: m.gpu_max_mhz * m.cpu_max_mhz)
+    return SimulatedDevice(sku=sku_name, power_mode=fastest.name, temperature_c=45.0, background_load=0.0)
+
+
+def simulated_surrogate(device: SimulatedDevice, layers: list[LayerShape], precisions: tuple[str, ...],
+                        samples_per_layer: int = 30, granule: int = 8, seed: int = 0) -> LatencySurrogate:
+    """Profile a simulated device on a model's layers and fit its surrogate (no store needed)."""
+    plan = plan_profile(layers, precisions, samples_per_layer, granule, seed)
+    configs, latencies = profile_configs(run_profile(SimulatedBackend(device, seed=seed), plan, seed=seed,
+                                                     description=f"profiling {device.sku} {device.power_mode}"))
+    return fit_surrogate(configs, latencies, device=SimulatedBackend(device).describe())
+
+
+def simulated_fleet_latency_ms(configs: list[LayerConfig], features: pa.Table, truth: dict[str, dict]) -> np.ndarray:
+    """The true latency of a model (its layers at hard choices) on every device of a simulated
+    fleet: what the fleet would see if it were deployed. One numpy call per layer."""
+    sku = get_sku(features.column("sku")[0].as_py())
+    ids = features.column("device_id").to_pylist()
+    state = device_state(
+        sku,
+        np.array(features.column("power_mode").to_pylist(), dtype=object),
+        features.column("temperature_c_median").to_numpy(),
+        features.column("background_load_median").to_numpy(),
+        np.array([float(truth.get(i, {}).get("silicon_bin", 1.0)) for i in ids]),
+        np.array([float(truth.get(i, {}).get("regulator_cap", 1.0)) for i in ids]),
+    )
+    return sum(kernel_latency_ms(sku, state, layer_kernel(c)) for c in configs)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute is only there once imported)
 
 from hdap.errors import HdapError
 from hdap.latency.backends.base import Backend, MeasurementFailed

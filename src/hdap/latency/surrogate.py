@@ -93,6 +93,9 @@ class LayerDecision:
     in_channels: torch.Tensor
     out_channels: torch.Tensor
     precision_probs: torch.Tensor  # over the cost model's precisions
+    # The probability the layer exists at all: below 1 where the search may remove the residual
+    # branch it belongs to (a removed layer costs nothing, not even its launch).
+    present: torch.Tensor | float = 1.0
 
 
 def transition_key(before: str, after: str) -> str:
@@ -146,7 +149,8 @@ class LatencySurrogate:
     def model_cost(self, decisions: list[LayerDecision], precisions: tuple[str, ...]) -> torch.Tensor:
         """Expected latency (ms) of a chain of soft layer decisions: differentiable in every
         soft channel count and precision probability."""
-        layers = sum(self.mixed_layer_latency(d.config, d.in_channels, d.out_channels, d.precision_probs, precisions) for d in decisions)
+        layers = sum(d.present * self.mixed_layer_latency(d.config, d.in_channels, d.out_channels, d.precision_probs, precisions)
+                     for d in decisions)
         total = self.model_scale * layers + self.model_offset_ms
         for before, after in zip(decisions[:-1], decisions[1:]):
             elements = before.out_channels * before.config.out_height * before.config.out_width / 1e6

@@ -1,0 +1,300 @@
+"""The joint pruning + mixed-precision search against the fleet-weighted cost.
+
+One search trains a copy of the (pre-trained) model wrapped in `SearchableModel` with
+
+    loss = cross-entropy + strength * cost(architecture) / cost(uncompressed model)
+
+while the temperature falls, freezes the architecture, fine-tunes the weights a few epochs and
+measures accuracy. Several strengths give a Pareto front of (accuracy, fleet latency, size).
+The cost is the fleet-weighted latency from the clusters' surrogates (mode `fleet`, HDAP), one
+datasheet device's surrogate (`nominal`, the baseline to beat), or the weight memory in bits
+(objective `memory`). Mode `per-cluster` searches one architecture per cluster against its own
+surrogate. Every point is reported with its fleet-weighted latency as the fleet's surrogates
+predict it, whatever it was optimised for, so modes compare on one scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hdap.compress.searchable import SearchableModel
+from hdap.compress.space import SearchSpace, build_search_space
+from hdap.compress.spec import ArchitectureSpec, export_spec
+from hdap.data import Dataset
+from hdap.errors import HdapError
+from hdap.latency.fleet_cost import BITS, CompiledFleetCost, FleetCost, stack_decisions
+from hdap.models import build_model
+from hdap.progress import progress
+
+log = logging.getLogger("hdap")
+MODES = ("fleet", "nominal", "per-cluster")
+OBJECTIVES = ("latency", "memory")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    model: str = "resnet20"
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    mode: str = "fleet"
+    objective: str = "latency"
+    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    pretrain_epochs: int = 12  # plain training of the uncompressed model (the accuracy reference)
+    search_epochs: int = 8
+    finetune_epochs: int = 3  # weights only, architecture frozen
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    arch_learning_rate: float = 0.1
+    granule: int = 8  # channels decided together: 8 (fp16 tiles) or 32 (int8 tiles)
+    temperature_start: float = 1.0
+    temperature_end: float = 0.05
+    accuracy_tolerance: float = 0.5  # points of accuracy the chosen point may lose
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise HdapError(f"unknown search mode '{self.mode}': use one of {', '.join(MODES)}.")
+        if self.objective not in OBJECTIVES:
+            raise HdapError(f"unknown search objective '{self.objective}': use one of {', '.join(OBJECTIVES)}.")
+        if not self.strengths or any(s < 0 for s in self.strengths):
+            raise HdapError("search strengths must be a non-empty list of non-negative numbers, e.g. 0.5,1,2,4,8.")
+
+
+@dataclass
+class SearchPoint:
+    strength: float
+    accuracy: float  # percent, on the test split
+    fleet_latency_ms: float  # fleet-weighted, by the fleet's surrogates
+    cluster_latency_ms: list[float]
+    size_bits: float
+    spec: ArchitectureSpec
+    optimised_for: str = "fleet"  # the cost the search minimised
+    pareto: bool = False
+
+    def summary(self) -> dict:
+        return {"strength": self.strength, "accuracy": round(self.accuracy, 3), "fleet_latency_ms": round(self.fleet_latency_ms, 5),
+                "cluster_latency_ms": [round(v, 5) for v in self.cluster_latency_ms], "size_bits": self.size_bits,
+                "optimised_for": self.optimised_for, "pareto": self.pareto}
+
+
+@dataclass
+class SearchResult:
+    baseline_accuracy: float
+    baseline_fleet_latency_ms: float
+    baseline_size_bits: float
+    default_precision: str
+    points: list[SearchPoint]
+    chosen: SearchPoint | list[SearchPoint]  # one point, or one per cluster in per-cluster mode
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def front(self) -> list[SearchPoint]:
+        return [p for p in self.points if p.pareto]
+
+
+# -- training ---------------------------------------------------------------------------------
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
+    """Accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            correct += int((model(x).argmax(1) == y).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(dataset)
+
+
+def train_epochs(model: nn.Module, dataset, epochs: int, config: SearchConfig, description: str,
+                 penalty=None, architecture: list[nn.Parameter] | None = None, on_epoch=None) -> None:
+    """SGD with a cosine schedule on the weights; Adam on the architecture parameters, if any.
+    `penalty()` is added to the loss on every batch; `on_epoch(epoch)` runs before each epoch."""
+    if epochs <= 0:
+        return
+    ours = {id(p) for p in architecture or []}
+    weights = [p for p in model.parameters() if id(p) not in ours and p.requires_grad]
+    optimizer = torch.optim.SGD(weights, lr=config.learning_rate, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = epochs * math.ceil(len(dataset) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    arch_optimizer = torch.optim.Adam(architecture, lr=config.arch_learning_rate) if architecture else None
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in progress(range(epochs), description):
+        if on_epoch:
+            on_epoch(epoch)
+        for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch):
+            loss = loss_fn(model(x), y)
+            if penalty is not None:
+                loss = loss + penalty()
+            optimizer.zero_grad(set_to_none=True)
+            if arch_optimizer:
+                arch_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if arch_optimizer:
+                arch_optimizer.step()
+            schedule.step()
+
+
+# -- costs ------------------------------------------------------------------------------------
+def memory_bits(searchable: SearchableModel) -> torch.Tensor:
+    in_channels, out_channels, probs, present = stack_decisions(searchable.decisions())
+    bits = torch.tensor([BITS[p] for p in searchable.space.precisions], dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for layer, shape in enumerate(searchable.space.layers):
+        fan_in = 1 if shape.op == "depthwise" else in_channels[layer]
+        total = total + present[layer] * shape.kernel_size**2 * fan_in * out_channels[layer] * (probs[layer] * bits).sum()
+    return total
+
+
+class ArchitectureCost:
+    """What one search minimises, normalised by the uncompressed model's value."""
+
+    def __init__(self, objective: str, latency: CompiledFleetCost | None, baseline: float) -> None:
+        self.objective, self.latency, self.baseline = objective, latency, baseline
+
+    def __call__(self, searchable: SearchableModel) -> torch.Tensor:
+        if self.objective == "memory":
+            return memory_bits(searchable) / self.baseline
+        return self.latency.fleet_weighted_latency(*stack_decisions(searchable.decisions())) / self.baseline
+
+
+def _temperature(config: SearchConfig, epoch: int) -> float:
+    """Warm for the first half of the search (the logits move freely), then falling
+    exponentially to `temperature_end` (the choices harden before the freeze)."""
+    warm = config.search_epochs // 2
+    if epoch < warm or config.search_epochs - warm <= 1:
+        return config.temperature_start if epoch < warm else config.temperature_end
+    ratio = config.temperature_end / config.temperature_start
+    return config.temperature_start * ratio ** ((epoch - warm) / (config.search_epochs - warm - 1))
+
+
+# -- the search -------------------------------------------------------------------------------
+def pretrain(config: SearchConfig, dataset: Dataset) -> tuple[nn.Module, float, float]:
+    """The uncompressed model trained plainly: (model, accuracy, seconds)."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.input_shape, classes=dataset.classes)
+    started = time.perf_counter()
+    train_epochs(model, dataset.train, config.pretrain_epochs, config, f"training {config.model}")
+    return model, evaluate(model, dataset.test), time.perf_counter() - started
+
+
+def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: SearchConfig, cost: ArchitectureCost,
+               strength: float) -> SearchableModel:
+    """One strength: search, freeze, fine-tune. Returns the frozen searchable model."""
+    torch.manual_seed(config.seed)
+    model = copy.deepcopy(pretrained)
+    searchable = SearchableModel(model, space_of(model))
+
+    def on_epoch(epoch: int) -> None:
+        searchable.temperature = _temperature(config, epoch)
+
+    train_epochs(searchable, dataset.train, config.search_epochs, config, f"searching (strength {strength:g})",
+                 penalty=lambda: strength * cost(searchable), architecture=searchable.architecture_parameters(),
+                 on_epoch=on_epoch)
+    searchable.freeze()
+    tuned = SearchConfig(**{**config.__dict__, "learning_rate": config.learning_rate / 5})
+    train_epochs(searchable, dataset.train, config.finetune_epochs, tuned, f"fine-tuning (strength {strength:g})")
+    return searchable
+
+
+def mark_pareto(points: list[SearchPoint]) -> None:
+    """Non-dominated points: no other is at least as accurate, as fast and as small, and better in one."""
+    def dominates(a: SearchPoint, b: SearchPoint) -> bool:
+        no_worse = a.accuracy >= b.accuracy and a.fleet_latency_ms <= b.fleet_latency_ms and a.size_bits <= b.size_bits
+        better = a.accuracy > b.accuracy or a.fleet_latency_ms < b.fleet_latency_ms or a.size_bits < b.size_bits
+        return no_worse and better
+    for point in points:
+        point.pareto = not any(dominates(other, point) for other in points if other is not point)
+
+
+def choose(points: list[SearchPoint], baseline_accuracy: float, tolerance: float) -> SearchPoint:
+    """The lowest fleet latency within `tolerance` points of the uncompressed accuracy
+    (or the most accurate point, if none is that close)."""
+    close = [p for p in points if p.accuracy >= baseline_accuracy - tolerance]
+    if not close:
+        best = max(points, key=lambda p: p.accuracy)
+        log.warning("no searched point is within %.2f points of the uncompressed accuracy %.2f%%; choosing the most "
+                    "accurate (%.2f%%)", tolerance, baseline_accuracy, best.accuracy)
+        return best
+    return min(close, key=lambda p: (p.fleet_latency_ms, -p.accuracy))
+
+
+def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal: FleetCost | None = None) -> SearchResult:
+    """The Pareto front of one mode. `fleet` holds the clusters' surrogates and weights (every
+    point is reported against it); `nominal` the datasheet device's, for mode `nominal`."""
+    if config.mode == "nominal" and nominal is None:
+        raise HdapError("nominal mode needs the datasheet device's latency surrogate.")
+    seconds: dict[str, float] = {}
+    pretrained, baseline_accuracy, seconds["pretrain"] = pretrain(config, dataset)
+    log.info("uncompressed %s: %.2f%% test accuracy after %d epochs", config.model, baseline_accuracy, config.pretrain_epochs)
+
+    def space_of(model: nn.Module) -> SearchSpace:
+        return build_search_space(model, config.input_shape, fleet.precisions, config.granule)
+
+    reference = SearchableModel(copy.deepcopy(pretrained), space_of(copy.deepcopy(pretrained)))
+    log.info("search space: %s", reference.space.describe())
+    reference.freeze()
+    full = reference.decisions()  # every channel kept; every layer at the default precision:
+    for d in full:
+        d.precision_probs = torch.tensor([float(p == reference.space.default_precision) for p in fleet.precisions], dtype=torch.float64)
+    configs = [d.config for d in full]
+    fleet_latency = CompiledFleetCost(fleet, configs)
+    baseline_inputs = stack_decisions(full)
+    baseline_latency = float(fleet_latency.fleet_weighted_latency(*baseline_inputs))
+    baseline_bits = sum(s.kernel_size**2 * (1 if s.op == "depthwise" else s.in_channels) * s.out_channels
+                        * BITS[reference.space.default_precision] for s in reference.space.layers)
+
+    def cost_for(surrogates: FleetCost) -> ArchitectureCost:
+        if config.objective == "memory":
+            return ArchitectureCost("memory", None, float(baseline_bits))
+        compiled = CompiledFleetCost(surrogates, configs)
+        return ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*baseline_inputs)))
+
+    def point(searchable: SearchableModel, strength: float, optimised_for: str) -> SearchPoint:
+        accuracy = evaluate(searchable, dataset.test)
+        with torch.no_grad():
+            inputs = stack_decisions(searchable.decisions())
+            per_cluster = fleet_latency.per_cluster_latency(*inputs)
+            latency = float((fleet_latency.weights * per_cluster).sum())
+            bits = float(memory_bits(searchable))
+        metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, "strength": strength}
+        spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
+        log.info("strength %g: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", strength, accuracy,
+                 latency, baseline_latency / latency, bits / 1e3)
+        return SearchPoint(strength, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for)
+
+    started = time.perf_counter()
+    if config.mode == "per-cluster":
+        points, chosen_per_cluster = [], []
+        for cluster, (surrogate, weight) in enumerate(zip(fleet.surrogates, fleet.weights)):
+            own = cost_for(FleetCost([surrogate], [1.0], fleet.precisions))
+            cluster_points = [point(search_one(pretrained, space_of, dataset, config, own, s), s, f"cluster {cluster}")
+                              for s in config.strengths]
+            mark_pareto(cluster_points)
+            best = choose(cluster_points, baseline_accuracy, config.accuracy_tolerance)
+            chosen_per_cluster.append(best)
+            points += cluster_points
+            log.info("cluster %d (weight %.2f): chose strength %g", cluster, weight, best.strength)
+        chosen: SearchPoint | list[SearchPoint] = chosen_per_cluster
+    else:
+        surrogates = nominal if config.mode == "nominal" else fleet
+        cost = cost_for(surrogates)
+        points = [point(search_one(pretrained, space_of, dataset, config, cost, s), s, config.mode) for s in config.strengths]
+        mark_pareto(points)
+        chosen = choose(points, baseline_accuracy, config.accuracy_tolerance)
+    seconds["search"] = time.perf_counter() - started
+    return SearchResult(baseline_accuracy, baseline_latency, float(baseline_bits), reference.space.default_precision,
+                        points, chosen, seconds)

@@ -1,0 +1,208 @@
+"""A model whose training also trains its architecture.
+
+    searchable = SearchableModel(model, space)
+    loss = task_loss(searchable(x), y) + strength * cost(searchable.decisions()) / baseline_cost
+    spec = searchable.export(...)
+
+Each channel granule has a keep logit, each layer a logit per precision of the menu. In training,
+a granule's keep probability (sigmoid of logit / temperature) scales its channels where other
+layers read them, and a layer's weights and inputs are the precision mix of their fake-quantised
+versions (softmax of logits / temperature), as in Motetti et al. and PLiNIO's MPS. Lowering the
+temperature makes both choices crisp; `freeze()` makes them hard (keep if logit > 0, argmax
+precision) for the final fine-tune and export. The same soft quantities feed the latency
+surrogates through `decisions()`, so the cost's gradient reaches every logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from hdap.compress.quantize import mix, round_activation, round_weight
+from hdap.compress.space import SearchSpace
+from hdap.latency.layers import LayerConfig, LayerShape
+from hdap.latency.surrogate import LayerDecision
+
+KEEP_LOGIT_INIT = 2.0  # every channel starts kept (probability 0.88 at temperature 1)
+AMAX_MOMENTUM = 0.1
+
+
+class _MixedPrecisionWeight(nn.Module):
+    """Parametrisation: the layer's weight as its precision mix."""
+
+    def __init__(self, precisions: tuple[str, ...], probabilities) -> None:
+        super().__init__()
+        self.precisions = precisions
+        object.__setattr__(self, "probabilities", probabilities)  # a callable, not a submodule
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return mix(weight, self.probabilities(), self.precisions, round_weight)
+
+
+def _key(layer: str) -> str:
+    return layer.replace(".", "__")
+
+
+class SearchableModel(nn.Module):
+    def __init__(self, model: nn.Module, space: SearchSpace) -> None:
+        super().__init__()
+        self.model = model
+        self.space = space
+        self.temperature = 1.0
+        self.frozen = False
+        self.keep_logits = nn.ParameterList(
+            [nn.Parameter(torch.full((g.granules,), KEEP_LOGIT_INIT)) for g in space.groups])
+        self.precision_logits = nn.ParameterDict(
+            {_key(s.name): nn.Parameter(torch.zeros(len(space.precisions))) for s in space.layers if s.name not in space.protected})
+        for index, group in enumerate(space.groups):
+            self.register_buffer(f"granule_of_channel_{index}", group.granule_of_channel(), persistent=False)
+        modules = dict(model.named_modules())
+        self._handles = []
+        self._input_masks: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        for shape in space.layers:
+            module = modules[shape.name]
+            feeds = []
+            for group, member in space.in_groups(shape.name):
+                per_root = len(member.channel_of_root) // group.channels  # >1 where a feature map was flattened
+                roots = torch.arange(len(member.channel_of_root)) // per_root
+                feeds.append((group.index, torch.tensor(member.channel_of_root), roots))
+            self._input_masks[shape.name] = feeds
+            module.register_buffer("hdap_input_amax", torch.zeros(()))
+            self._handles.append(module.register_forward_pre_hook(self._input_hook(shape)))
+            parametrize.register_parametrization(
+                module, "weight", _MixedPrecisionWeight(space.precisions, lambda name=shape.name: self.precision_probabilities(name)))
+        self._keep: list[torch.Tensor] = []
+        # The layers that vanish with a removable group: its own and the ones reading it.
+        self._branch_of = {layer: g.index for g in space.groups if g.removable
+                           for layer in [m.layer for m in g.members if m.side == "out"] + g.collapsible}
+
+    # -- the architecture's probabilities ------------------------------------------------------
+    def keep_probabilities(self, group: int) -> torch.Tensor:
+        """Per root channel of a group: the probability it is kept."""
+        if self.frozen:
+            per_granule = torch.tensor(self.kept_granules(group), dtype=torch.float32)
+        else:
+            per_granule = torch.sigmoid(self.keep_logits[group] / self.temperature)
+        return per_granule[getattr(self, f"granule_of_channel_{group}")]
+
+    def alive_probability(self, group: int) -> torch.Tensor:
+        """The probability a group keeps any granule (1 for groups that may not vanish)."""
+        if not self.space.groups[group].removable:
+            return torch.ones((), dtype=torch.float64)
+        if self.frozen:
+            return torch.tensor(float(any(self.kept_granules(group))), dtype=torch.float64)
+        dropped = 1 - torch.sigmoid(self.keep_logits[group] / self.temperature).to(torch.float64)
+        return 1 - dropped.prod()
+
+    def precision_probabilities(self, layer: str) -> torch.Tensor:
+        precisions = self.space.precisions
+        if layer in self.space.protected:
+            return torch.tensor([float(p == self.space.default_precision) for p in precisions])
+        logits = self.precision_logits[_key(layer)]
+        if self.frozen:
+            return nn.functional.one_hot(logits.argmax(), len(precisions)).float()
+        return torch.softmax(logits / self.temperature, dim=0)
+
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        return list(self.keep_logits) + list(self.precision_logits.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        ours = {id(p) for p in self.architecture_parameters()}
+        return [p for p in self.model.parameters() if id(p) not in ours]
+
+    def freeze(self) -> None:
+        """Hard decisions from now on: the architecture the fine-tune and export see."""
+        self.frozen = True
+        for parameter in self.architecture_parameters():
+            parameter.requires_grad_(False)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._keep = [self.keep_probabilities(g) for g in range(len(self.space.groups))]
+        return self.model(x)
+
+    def _input_hook(self, shape: LayerShape):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+            x = inputs[0]
+            feeds = self._input_masks[shape.name]
+            if feeds and self._keep:
+                mask = torch.ones(x.shape[1], device=x.device)
+                for group, channels, roots in feeds:
+                    mask = mask.index_put((channels,), self._keep[group][roots])
+                x = x * mask.view(1, -1, *([1] * (x.dim() - 2)))
+            if module.training:
+                with torch.no_grad():
+                    batch_max = x.detach().abs().max()
+                    amax = module.hdap_input_amax
+                    amax.copy_(batch_max if amax.item() == 0 else (1 - AMAX_MOMENTUM) * amax + AMAX_MOMENTUM * batch_max)
+            amax = module.hdap_input_amax
+            mixed = mix(x, self.precision_probabilities(shape.name), self.space.precisions,
+                        lambda value, precision: round_activation(value, precision, amax))
+            return (mixed, *inputs[1:])
+        return hook
+
+    # -- what the cost sees -------------------------------------------------------------------
+    def _channels(self, shape: LayerShape, keep: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.tensor(float(shape.out_channels), dtype=torch.float64)
+        owner = self.space.out_group(shape.name)
+        if owner is not None:
+            out = keep[owner[0].index].to(torch.float64).sum()
+        cin = torch.tensor(float(shape.in_channels), dtype=torch.float64)
+        for group, channels, roots in self._input_masks[shape.name]:
+            cin = cin - (1 - keep[group][roots].to(torch.float64)).sum()
+        return cin, out
+
+    def decisions(self) -> list[LayerDecision]:
+        """Every layer's soft (or, once frozen, hard) channel counts and precision choice."""
+        keep = [self.keep_probabilities(g) for g in range(len(self.space.groups))]
+        present = {layer: self.alive_probability(group) for layer, group in self._branch_of.items()}
+        decisions = []
+        for shape in self.space.layers:
+            cin, out = self._channels(shape, keep)
+            decisions.append(LayerDecision(shape.config(precision=self.space.default_precision), cin, out,
+                                           self.precision_probabilities(shape.name).to(torch.float64),
+                                           present.get(shape.name, 1.0)))
+        return decisions
+
+    def hard_layers(self) -> list[tuple[LayerShape, LayerConfig | None]]:
+        """Every layer as the frozen architecture runs it (integer channels, one precision), or
+        None where its residual branch is removed."""
+        was_frozen = self.frozen
+        self.frozen = True
+        try:
+            with torch.no_grad():
+                layers = []
+                for shape, d in zip(self.space.layers, self.decisions()):
+                    if float(d.present) == 0.0:
+                        layers.append((shape, None))
+                        continue
+                    precision = self.space.precisions[int(d.precision_probs.argmax())]
+                    sized = d.config.with_channels(round(float(d.in_channels)), round(float(d.out_channels)))
+                    layers.append((shape, replace(sized, precision=precision)))
+                return layers
+        finally:
+            self.frozen = was_frozen
+
+    def hard_configs(self) -> list[LayerConfig]:
+        """The layers the frozen architecture runs (removed branches left out)."""
+        return [config for _, config in self.hard_layers() if config is not None]
+
+    def kept_granules(self, group: int) -> list[bool]:
+        """The hard decision: keep granules with a positive logit. A group that is not removable
+        keeps at least its most important granule; a removable one may lose them all."""
+        kept = [bool(v > 0) for v in self.keep_logits[group].detach()]
+        if not any(kept) and not self.space.groups[group].removable:
+            kept[0] = True
+        return kept
+
+    def remove(self) -> nn.Module:
+        """The plain model with its trained weights (parametrisations and hooks removed)."""
+        for handle in self._handles:
+            handle.remove()
+        for shape in self.space.layers:
+            module = dict(self.model.named_modules())[shape.name]
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        return self.model

@@ -1,0 +1,202 @@
+"""The search space, the searchable model, the compiled fleet cost, the search and its spec."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from hdap.compress.search import SearchConfig, choose, mark_pareto, run_search
+from hdap.compress.searchable import SearchableModel
+from hdap.compress.space import build_search_space
+from hdap.compress.spec import ArchitectureSpec, apply_spec, export_spec
+from hdap.data import DataConfig, load_dataset
+from hdap.errors import HdapError
+from hdap.latency.backends.simulated import SimulatedDevice
+from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions
+from hdap.latency.fleet_profiling import nominal_device, simulated_surrogate
+from hdap.latency.surrogate import GroupModel, LatencySurrogate, group_key
+from hdap.models import build_model, prunable_layers
+
+DIGITS = (1, 8, 8)
+MENU = ("fp16", "int8")
+
+
+def random_surrogate(layers, precisions, seed: int) -> LatencySurrogate:
+    rng = random.Random(seed)
+    groups = {group_key(shape.config(), p): GroupModel(rng.choice([1, 8, 32]), rng.random() * 0.03, rng.random(), rng.random(),
+                                                       rng.random(), rng.random(), 1 + rng.random() * 3)
+              for shape in layers for p in precisions}
+    return LatencySurrogate(groups, 1.1, 0.2, {"fp16>int8": 0.5, "int8>int8": -0.1})
+
+
+def randomised(searchable: SearchableModel, seed: int = 0) -> SearchableModel:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for logits in searchable.keep_logits:
+            logits.copy_(torch.rand(logits.shape, generator=generator) * 4 - 2)
+        for logits in searchable.precision_logits.values():
+            logits.copy_(torch.rand(logits.shape, generator=generator) * 2 - 1)
+    return searchable
+
+
+def test_residual_tied_channels_form_one_group_and_are_pruned_together() -> None:
+    model = build_model("resnet20", DIGITS)
+    space = build_search_space(model, DIGITS, MENU)
+    stage = next(g for g in space.groups if g.root == "conv1")
+    writers = {m.layer for m in stage.members if m.side == "out"}
+    assert writers == {"conv1", "stages.0.conv2", "stages.1.conv2", "stages.2.conv2"}
+    searchable = randomised(SearchableModel(model, space))
+    spec = export_spec(searchable, "resnet20", DIGITS, 10)
+    kept = {tuple(spec.layer(name).kept_out_channels) for name in writers if not spec.layer(name).removed}
+    assert len(kept) == 1  # every layer writing into the residual stream keeps the same channels
+    rebuilt = apply_spec(spec)
+    assert rebuilt(torch.zeros(2, *DIGITS)).shape == (2, 10)
+
+
+def test_the_compiled_fleet_cost_equals_the_surrogates_own_model_cost_and_gradient() -> None:
+    model = build_model("resnet20", DIGITS)
+    space = build_search_space(model, DIGITS, MENU)
+    searchable = randomised(SearchableModel(model, space))
+    cost = FleetCost([random_surrogate(space.layers, MENU, s) for s in (1, 2)], [0.3, 0.7], MENU)
+    reference = cost.fleet_weighted_latency(searchable.decisions())
+    compiled = CompiledFleetCost(cost, [d.config for d in searchable.decisions()])
+    fast = compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions()))
+    assert fast.item() == pytest.approx(reference.item(), rel=1e-9)
+    parameters = searchable.architecture_parameters()
+    slow_grad = torch.autograd.grad(reference, parameters)
+    fast_grad = torch.autograd.grad(compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions())), parameters)
+    for a, b in zip(slow_grad, fast_grad):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_the_fleet_cost_gradient_reaches_every_keep_and_precision_logit() -> None:
+    model = build_model("resnet20", DIGITS)
+    space = build_search_space(model, DIGITS, MENU)
+    searchable = SearchableModel(model, space)
+    cost = FleetCost([random_surrogate(space.layers, MENU, 3)], [1.0], MENU)
+    compiled = CompiledFleetCost(cost, [d.config for d in searchable.decisions()])
+    compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions())).backward()
+    for logits in searchable.keep_logits:
+        assert logits.grad is not None and logits.grad.abs().sum() > 0
+    for logits in searchable.precision_logits.values():
+        assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_a_reloaded_spec_rebuilds_the_searched_model_exactly(tmp_path) -> None:
+    """With no quantisation (an fp32 menu), the frozen searchable model and the physically pruned
+    model built from its reloaded spec compute the same function: masks are pruning."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", DIGITS)
+    model.eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    space = build_search_space(model, DIGITS, ("fp32",))
+    searchable = randomised(SearchableModel(model, space), seed=4)
+    with torch.no_grad():  # remove one residual branch outright
+        searchable.keep_logits[next(g.index for g in space.groups if g.root == "stages.4.conv1")].fill_(-5)
+    searchable.freeze()
+    searchable.eval()
+    spec = export_spec(searchable, "resnet20", DIGITS, 10)
+    assert spec.layer("stages.4.conv1").removed and spec.layer("stages.4.conv2").removed
+    x = torch.randn(4, *DIGITS)
+    with torch.no_grad():
+        expected = searchable(x)
+    trained = copy.deepcopy(searchable).remove()
+    path = tmp_path / "spec.json"
+    spec.save(path)
+    rebuilt = apply_spec(ArchitectureSpec.load(path), trained)
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), expected, atol=1e-4)
+    modules = dict(rebuilt.named_modules())
+    for layer in spec.layers:
+        if layer.removed:
+            assert layer.name not in modules
+        else:
+            module = modules[layer.name]
+            assert (module.out_channels if isinstance(module, nn.Conv2d) else module.out_features) == len(layer.kept_out_channels)
+            assert module.hdap_precision == (layer.weight_precision, layer.activation_precision)
+
+
+def test_depthwise_channels_are_tied_to_the_layer_that_feeds_them() -> None:
+    shape = (3, 32, 32)
+    model = build_model("mobilenetv1", shape, width=0.25)
+    space = build_search_space(model, shape, MENU)
+    for group in space.groups:
+        writers = [m.layer for m in group.members if m.side == "out"]
+        depthwise = [w for w in writers if next(s for s in space.layers if s.name == w).op == "depthwise"]
+        assert len(depthwise) <= 1 and (not depthwise or len(writers) == 2)
+
+
+def test_a_model_with_a_layer_the_search_cannot_handle_is_refused_naming_the_layer() -> None:
+    class WithLstm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3)
+            self.memory = nn.LSTM(8, 8)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with pytest.raises(HdapError, match="layer memory \\(LSTM\\) is not supported"):
+        build_search_space(WithLstm(), DIGITS, MENU)
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(HdapError, match="grouped convolution"):
+        build_search_space(grouped, (4, 8, 8), MENU)
+
+
+def test_an_unknown_precision_mode_or_objective_is_a_clear_error() -> None:
+    with pytest.raises(HdapError, match="precision menu"):
+        build_search_space(build_model("small-cnn", DIGITS), DIGITS, ("fp8",))
+    with pytest.raises(HdapError, match="unknown search mode"):
+        SearchConfig(mode="fastest")
+
+
+def test_pareto_points_are_the_non_dominated_ones_and_the_choice_respects_the_accuracy_tolerance() -> None:
+    from hdap.compress.search import SearchPoint
+
+    def point(accuracy, latency, size):
+        return SearchPoint(0, accuracy, latency, [latency], size, spec=None)
+
+    points = [point(99.0, 1.0, 10), point(98.9, 0.5, 10), point(97.0, 0.4, 10), point(96.0, 0.6, 12)]
+    mark_pareto(points)
+    assert [p.pareto for p in points] == [True, True, True, False]
+    assert choose(points, baseline_accuracy=99.2, tolerance=0.5) is points[1]
+
+
+def test_every_zoo_model_yields_a_search_space() -> None:
+    for name in ("small-cnn", "resnet20", "mobilenetv1", "resnet18", "mobilenetv2", "vgg16-bn"):
+        shape = (3, 32, 32)
+        model = build_model(name, shape)
+        space = build_search_space(model, shape, MENU)
+        assert space.groups and len(space.layers) == len(prunable_layers(model, shape)), name
+
+
+def test_the_search_returns_a_pareto_front_on_digits_with_removed_branches() -> None:
+    dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
+    layers = prunable_layers(build_model("resnet20", DIGITS), DIGITS)
+    fleet = FleetCost([simulated_surrogate(d, layers, MENU, 12) for d in (
+        SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55))],
+        [0.6, 0.4], MENU)
+    config = SearchConfig(strengths=(0.5, 8.0), pretrain_epochs=3, search_epochs=4, finetune_epochs=1)
+    result = run_search(config, dataset, fleet)
+    assert result.baseline_accuracy > 80
+    assert len(result.points) == 2 and result.front
+    strong = result.points[1]
+    assert strong.fleet_latency_ms < result.baseline_fleet_latency_ms
+    assert strong.fleet_latency_ms <= result.points[0].fleet_latency_ms
+    assert any(layer.removed for layer in strong.spec.layers)  # the launch-bound target loses whole branches
+    assert apply_spec(strong.spec)(torch.zeros(1, *DIGITS)).shape == (1, 10)
+
+
+def test_the_nominal_device_is_the_fastest_power_mode_cool_and_idle() -> None:
+    device = nominal_device("jetson-xavier-nx")
+    assert device.power_mode == "20W" and device.background_load == 0.0
