@@ -1,10 +1,11 @@
-"""The hdap pipeline: store -> ingest -> cluster -> surrogate (-> search -> fine-tune -> build)."""
+"""The hdap pipeline: store -> ingest -> cluster -> surrogate -> search (-> fine-tune -> build)."""
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
 
 from components.cluster import cluster
 from components.ingest import ingest
+from components.search import search
 from components.surrogate import surrogate
 
 # The Kubernetes secret holding the object store's settings (see manifests/).
@@ -24,7 +25,7 @@ def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 @dsl.pipeline(
     name="hdap",
     description="Compress a DNN for a fleet of identical edge devices: ingest fleet telemetry, cluster the devices, "
-    "and learn each cluster's latency surrogate.",
+    "learn each cluster's latency surrogate, and search channels and precisions against the fleet-weighted latency.",
 )
 def hdap_pipeline(
     telemetry_uri: str = "s3://hdap/telemetry/jetson-xavier-nx",
@@ -36,17 +37,29 @@ def hdap_pipeline(
     output_uri: str = "s3://hdap/runs",
     as_of: str = "",
     model: str = "resnet20",
-    input_shape: str = "3,32,32",
+    input_shape: str = "1,8,8",
     profiling_backend: str = "simulated",
     samples_per_layer: int = 30,
     truth_uri: str = "",
     profiles_uri: str = "s3://hdap/profiles",
+    dataset: str = "digits",
+    dataset_uri: str = "",
+    search_mode: str = "fleet",
+    objective: str = "latency",
+    strengths: str = "0.25,0.5,1,2,4,8",
+    pretrain_epochs: int = 15,
+    search_epochs: int = 10,
+    finetune_epochs: int = 5,
+    granule: int = 8,
+    accuracy_tolerance: float = 0.5,
 ) -> Artifact:
     """k=0 chooses the number of clusters in [k_min, k_max]; as_of (ISO time) fixes "now" for the
     future-timestamp check, empty means the clock. Representatives are profiled from their uploaded
     profiles (profiles_uri/<device id>/profile.parquet) or with profiling_backend (simulated |
-    onnxruntime | tensorrt); truth_uri names a simulated fleet's hidden truth. Outputs go to
-    <output_uri>/<run name>/."""
+    onnxruntime | tensorrt); truth_uri names a simulated fleet's hidden truth. The search trains
+    `model` on `dataset` (digits | cifar10 | imagefolder, the last two from dataset_uri) once per
+    strength; search_mode is fleet | nominal | per-cluster, objective latency | memory. Outputs go
+    to <output_uri>/<run name>/."""
     ingest_task = with_store_credentials(
         ingest(
             telemetry_uri=telemetry_uri,
@@ -67,7 +80,7 @@ def hdap_pipeline(
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
     ).set_display_name("cluster devices")
-    with_store_credentials(
+    surrogate_task = with_store_credentials(
         surrogate(
             features=ingest_task.outputs["features"],
             clusters=cluster_task.outputs["clusters"],
@@ -82,4 +95,26 @@ def hdap_pipeline(
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
     ).set_display_name("latency surrogates")
+    with_store_credentials(
+        search(
+            surrogates=surrogate_task.outputs["surrogates"],
+            features=ingest_task.outputs["features"],
+            dataset=dataset,
+            dataset_uri=dataset_uri,
+            model=model,
+            input_shape=input_shape,
+            mode=search_mode,
+            objective=objective,
+            strengths=strengths,
+            pretrain_epochs=pretrain_epochs,
+            search_epochs=search_epochs,
+            finetune_epochs=finetune_epochs,
+            granule=granule,
+            accuracy_tolerance=accuracy_tolerance,
+            truth_uri=truth_uri,
+            seed=seed,
+            output_uri=output_uri,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+    ).set_display_name("prune + precision search").set_cpu_limit("4").set_memory_limit("8G")
     return cluster_task.outputs["clusters"]

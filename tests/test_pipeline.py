@@ -27,10 +27,11 @@ def test_hdap_compile_writes_ir_yaml_with_every_component_and_the_parameters(tmp
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(output.read_text()))
     spec, platform = documents[0], documents[1]
-    assert {"comp-ingest", "comp-cluster", "comp-surrogate"} <= set(spec["components"])
+    assert {"comp-ingest", "comp-cluster", "comp-surrogate", "comp-search"} <= set(spec["components"])
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert {"telemetry_uri", "sku", "k", "k_min", "k_max", "seed", "output_uri", "as_of",
-            "model", "profiling_backend", "samples_per_layer", "truth_uri", "profiles_uri"} <= set(parameters)
+            "model", "profiling_backend", "samples_per_layer", "truth_uri", "profiles_uri", "dataset", "dataset_uri",
+            "search_mode", "objective", "strengths", "granule", "accuracy_tolerance"} <= set(parameters)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example.com/hdap-step:1"}
     secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -43,6 +44,7 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     result = hdap(
         "run", "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--as-of", AS_OF.isoformat(),
         "--model", "small-cnn", "--samples-per-layer", "12", "--truth-uri", config.truth_uri,
+        "--strengths", "0.5,4", "--pretrain-epochs", "2", "--search-epochs", "2", "--finetune-epochs", "1",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -50,11 +52,16 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     assert "hdap run summary" in printed
     assert "800 devices ingested, 0 rows quarantined" in printed
     assert "latency surrogates for small-cnn (fp16/int8), one per cluster, profiled by simulated" in printed
+    assert "search (fleet, latency): uncompressed small-cnn" in printed
     report = next((tmp_path / ".hdap" / "runs").glob("*/fleet-report.html"))
+    assert next((tmp_path / ".hdap" / "runs").glob("*/search-report.html")).read_text().count("<img") >= 2
+    front = object_store.get_json(next(o.uri for o in object_store.list(f"s3://{bucket}/runs/") if o.uri.endswith("front.json")))
+    assert all(p["true_fleet_latency_ms"] > 0 for p in front["points"]) and sum(p["chosen"] for p in front["points"]) == 1
     assert report.read_text().count("<img") >= 3
     runs = object_store.list(f"s3://{bucket}/runs/")
     assert {Path(o.uri).name for o in runs} >= {"features.parquet", "quarantine.parquet", "clusters.json", "assignments.parquet",
-                                                "report.html", "fleet.json", "cluster-0.json", "profile-cluster-0.parquet"}
+                                                "report.html", "fleet.json", "cluster-0.json", "profile-cluster-0.parquet",
+                                                "front.json", "architecture.json", "index.json"}
 
 
 @pytest.mark.slow

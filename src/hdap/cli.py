@@ -200,7 +200,18 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
         parse_shape(arguments["input_shape"], "--input-shape")
     from hdap.models import build_model
 
-    build_model(arguments.get("model", "resnet20"))
+    shape = parse_shape(arguments.get("input_shape", "1,8,8"), "--input-shape")
+    build_model(arguments.get("model", "resnet20"), shape)
+    from hdap.compress.search import SearchConfig
+    from hdap.data import DATASETS
+    from hdap.steps import parse_strengths
+
+    SearchConfig(mode=arguments.get("search_mode", "fleet"), objective=arguments.get("objective", "latency"),
+                 strengths=parse_strengths(arguments.get("strengths", "1")))
+    if arguments.get("dataset", "digits") not in DATASETS:
+        raise HdapError(f"--dataset {arguments['dataset']}: use one of {', '.join(DATASETS)}.")
+    if arguments.get("dataset", "digits") != "digits" and not arguments.get("dataset_uri"):
+        raise HdapError(f"--dataset {arguments['dataset']} is read from the store: give its s3:// URI with --dataset-uri.")
     if arguments.get("profiling_backend", "simulated") not in ("simulated", "onnxruntime", "tensorrt"):
         raise HdapError(f"--profiling-backend {arguments['profiling_backend']}: use simulated, onnxruntime or tensorrt.")
     if arguments.get("k", 0) < 0 or arguments.get("samples_per_layer", 30) < 3:
@@ -237,6 +248,10 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
     store.get_file(summary["store_prefix"] + "/report.html", report)
     store.get_file(run_uri + "/surrogate/report.html", surrogate_report)
     summary["surrogate_report_path"] = str(surrogate_report)
+    summary["search"] = store.get_json(run_uri + "/search/front.json")
+    search_report = report.parent / "search-report.html"
+    store.get_file(run_uri + "/search/report.html", search_report)
+    summary["search_report_path"] = str(search_report)
     summary["ingest"] = ingest_summary
     summary["report_path"] = str(report)
     return summary
@@ -274,8 +289,26 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"profiled by {', '.join(sorted({c['source'] for c in surrogates['clusters']}))}: "
         f"held-out layers within +-10%: {accuracy}"
     )
+    print_search(summary["search"])
     console.print(f"outputs in the store: [bold]{summary['store_prefix'].rsplit('/', 1)[0]}/[/]")
-    console.print(f"reports: [bold]{summary['report_path']}[/] and {summary['surrogate_report_path']}")
+    console.print(f"reports: [bold]{summary['search_report_path']}[/], {summary['report_path']} and {summary['surrogate_report_path']}")
+
+
+def print_search(front: dict[str, Any]) -> None:
+    baseline = front["baseline_fleet_latency_ms"]
+    console.print(
+        f"search ({front['mode']}, {front['objective']}): uncompressed {front['model']} {front['baseline_accuracy']:.2f}% accurate, "
+        f"{baseline:.4f} ms fleet-weighted at {front['default_precision']}"
+    )
+    truth = any("true_fleet_latency_ms" in p for p in front["points"])
+    table = Table(show_edge=False)
+    for column in ("strength", "accuracy", "fleet latency ms", "speed-up", "weights kB", *(["true fleet ms"] if truth else []), "Pareto", "chosen"):
+        table.add_column(column, justify="right")
+    for p in front["points"]:
+        table.add_row(f"{p['strength']:g}", f"{p['accuracy']:.2f}%", f"{p['fleet_latency_ms']:.4f}", f"{baseline / p['fleet_latency_ms']:.2f}x",
+                      f"{p['size_bits'] / 8e3:.1f}", *([f"{p.get('true_fleet_latency_ms', float('nan')):.4f}"] if truth else []),
+                      "yes" if p["pareto"] else "", "<-" if p.get("chosen") else "")
+    console.print(table)
 
 
 @app.command("run")
@@ -288,11 +321,22 @@ def run_command(
     seed: Annotated[int, typer.Option(help="Random seed for clustering.")] = 0,
     output_uri: Annotated[str, typer.Option(help="Where runs write their outputs: <output-uri>/<run name>/.")] = "s3://hdap/runs",
     as_of: Annotated[str, typer.Option(help="ISO time taken as 'now' when rejecting future timestamps; default the clock.")] = "",
-    model: Annotated[str, typer.Option(help="Model to compress: small-cnn, resnet20, resnet56.")] = "resnet20",
+    model: Annotated[str, typer.Option(help="Model to compress: small-cnn, resnet20, resnet56, mobilenetv1, resnet18, resnet50, mobilenetv2, vgg16-bn.")] = "resnet20",
     profiling_backend: Annotated[str, typer.Option(help="How representatives without an uploaded profile are profiled: simulated, onnxruntime, tensorrt.")] = "simulated",
     samples_per_layer: Annotated[int, typer.Option(help="Profiled configurations per layer and precision.")] = 30,
     truth_uri: Annotated[str, typer.Option(help="A simulated fleet's hidden truth (its devices' bins and caps), for the simulated backend.")] = "",
     profiles_uri: Annotated[str, typer.Option(help="Where device agents upload their profiles (`hdap profile`).")] = "s3://hdap/profiles",
+    input_shape: Annotated[str, typer.Option(help="Model input, channels,height,width (digits are 1,8,8; CIFAR-10 3,32,32).")] = "1,8,8",
+    dataset: Annotated[str, typer.Option(help="Training data: digits (shipped with scikit-learn), cifar10 or imagefolder (from --dataset-uri).")] = "digits",
+    dataset_uri: Annotated[str, typer.Option(help="The dataset in the store: CIFAR-10's python tarball, or an ImageFolder tree.")] = "",
+    search_mode: Annotated[str, typer.Option(help="fleet (weighted over clusters), nominal (the datasheet device) or per-cluster.")] = "fleet",
+    objective: Annotated[str, typer.Option(help="What the search lowers: latency, or memory (weight bits).")] = "latency",
+    strengths: Annotated[str, typer.Option(help="Cost strengths, one search each: the points of the Pareto front.")] = "0.25,0.5,1,2,4,8",
+    pretrain_epochs: Annotated[int, typer.Option(help="Epochs of plain training of the uncompressed model.")] = 15,
+    search_epochs: Annotated[int, typer.Option(help="Epochs of each search.")] = 10,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning each searched architecture before it is measured.")] = 5,
+    granule: Annotated[int, typer.Option(help="Channels pruned together: 8 suits fp16 tiles, 32 int8 tiles.")] = 8,
+    accuracy_tolerance: Annotated[float, typer.Option(help="Accuracy points the chosen architecture may lose.")] = 0.5,
 ) -> None:
     """Run the pipeline on this machine with kfp.local (no Kubernetes, no Docker) and print a summary."""
     _setup_logging()
@@ -300,7 +344,10 @@ def run_command(
         dict(telemetry_uri=telemetry_uri or f"s3://hdap/telemetry/{sku}", sku=sku, k=k, k_min=k_min, k_max=k_max, seed=seed,
              output_uri=output_uri, as_of=as_of,
              model=model, profiling_backend=profiling_backend, samples_per_layer=samples_per_layer, truth_uri=truth_uri,
-             profiles_uri=profiles_uri)
+             profiles_uri=profiles_uri, input_shape=input_shape, dataset=dataset, dataset_uri=dataset_uri,
+             search_mode=search_mode, objective=objective, strengths=strengths, pretrain_epochs=pretrain_epochs,
+             search_epochs=search_epochs, finetune_epochs=finetune_epochs, granule=granule,
+             accuracy_tolerance=accuracy_tolerance)
     )
     print_summary(summary)
 

@@ -19,16 +19,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hdap.config import parse_shape, parse_time
+from hdap.compress.search import SearchConfig, run_search
+from hdap.compress.spec import spec_layer_configs
+from hdap.data import DataConfig, load_dataset
 from hdap.errors import HdapError
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
 from hdap.fleet.ingest import IngestConfig, ingest_telemetry
-from hdap.latency.fleet_profiling import SurrogateConfig, build_cluster_surrogates
+from hdap.latency.fleet_cost import FleetCost
+from hdap.latency.fleet_profiling import (
+    SurrogateConfig,
+    build_cluster_surrogates,
+    nominal_device,
+    simulated_fleet_latency_ms,
+    simulated_surrogate,
+)
+from hdap.latency.surrogate import LatencySurrogate
 from hdap.models import build_model, prunable_layers
 from hdap.report.fleet import clustering_report_html
 from hdap.report.latency import surrogate_report_html
+from hdap.report.search import search_report_html
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
@@ -166,4 +179,114 @@ def surrogate_step(
     metrics["min_held_out_within_10pct"] = round(min(r.held_out_within_10pct for r in results), 4)
     metrics["profiled_configurations"] = sum(len(r.profile) for r in results)
     metrics["profiling_device_hours"] = round(sum(r.device_seconds for r in results) / 3600, 4)
+    return metrics
+
+
+def parse_strengths(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise HdapError(f"strengths '{text}' are not numbers: write them as 0.5,1,2,4,8.") from None
+    if not values:
+        raise HdapError("give at least one search strength, e.g. 0.5,1,2,4,8.")
+    return values
+
+
+def load_fleet_cost(surrogates_dir: str) -> tuple[FleetCost, dict]:
+    """The clusters' surrogates and weights, as the surrogate step wrote them."""
+    directory = Path(surrogates_dir)
+    index = json.loads((directory / "fleet.json").read_text())
+    surrogates = [LatencySurrogate.load(directory / c["surrogate"]) for c in index["clusters"]]
+    return FleetCost(surrogates, [c["weight"] for c in index["clusters"]], tuple(index["precisions"])), index
+
+
+@step
+def search_step(
+    surrogates_dir: str,
+    features_path: str,
+    dataset: str,
+    dataset_uri: str,
+    model: str,
+    input_shape: str,
+    mode: str,
+    objective: str,
+    strengths: str,
+    pretrain_epochs: int,
+    search_epochs: int,
+    finetune_epochs: int,
+    granule: int,
+    accuracy_tolerance: float,
+    truth_uri: str,
+    seed: int,
+    output_uri: str,
+    run_name: str,
+    architecture_dir: str,
+    front_path: str,
+    report_path: str,
+) -> dict[str, float]:
+    store = ObjectStore.from_environment()
+    shape = parse_shape(input_shape, "input_shape")
+    fleet, index = load_fleet_cost(surrogates_dir)
+    if tuple(index["input_shape"]) != shape or index["model"] != model:
+        raise HdapError(f"the surrogates were profiled for {index['model']} on {index['input_shape']} inputs, not {model} on "
+                        f"{list(shape)}: run the surrogate and search steps with the same model and input_shape.")
+    config = SearchConfig(model=model, input_shape=shape, mode=mode, objective=objective, strengths=parse_strengths(strengths),
+                          pretrain_epochs=pretrain_epochs, search_epochs=search_epochs, finetune_epochs=finetune_epochs,
+                          granule=granule, accuracy_tolerance=accuracy_tolerance, seed=seed)
+    data = load_dataset(DataConfig(dataset, dataset_uri, shape, seed), store)
+    log.info("dataset %s: %s", dataset, data.describe())
+    features = pq.read_table(features_path)
+    layers = prunable_layers(build_model(model, shape, classes=data.classes), shape)
+    nominal = None
+    if mode == "nominal":
+        sku = features.column("sku")[0].as_py()
+        nominal = FleetCost([simulated_surrogate(nominal_device(sku), layers, fleet.precisions, seed=seed)], [1.0], fleet.precisions)
+    result = run_search(config, data, fleet, nominal)
+
+    # A simulated fleet knows its truth: what each point would cost the whole fleet, deployed.
+    true_latency: dict[int, float] = {}
+    if truth_uri and mode != "per-cluster":
+        tables = [store.get_table(o.uri) for o in store.list(truth_uri)]
+        truth = {r["device_id"]: r for r in pa.concat_tables(tables).to_pylist()} if tables else {}
+        for i, point in enumerate(result.points):
+            true_latency[i] = float(simulated_fleet_latency_ms(spec_layer_configs(point.spec, layers), features, truth).mean())
+
+    prefix = run_prefix(output_uri, run_name, "search")
+    directory = Path(architecture_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    chosen = result.chosen if isinstance(result.chosen, list) else [result.chosen]
+    entries = []
+    for cluster, point in enumerate(chosen):
+        name = "architecture.json" if len(chosen) == 1 else f"cluster-{index['clusters'][cluster]['cluster']}.json"
+        point.spec.save(directory / name)
+        store.put_file(join_uri(prefix, name), directory / name)
+        entries.append({"clusters": "all" if len(chosen) == 1 else index["clusters"][cluster]["cluster"], "spec": name})
+    (directory / "index.json").write_text(json.dumps({"mode": mode, "architectures": entries}, indent=2))
+    store.put_file(join_uri(prefix, "index.json"), directory / "index.json")
+    front = {
+        "model": model, "mode": mode, "objective": objective, "baseline_accuracy": result.baseline_accuracy,
+        "baseline_fleet_latency_ms": result.baseline_fleet_latency_ms, "baseline_size_bits": result.baseline_size_bits,
+        "default_precision": result.default_precision, "seconds": result.seconds,
+        "points": [{**p.summary(), "chosen": any(p is c for c in chosen),
+                    **({"true_fleet_latency_ms": true_latency[i]} if i in true_latency else {})}
+                   for i, p in enumerate(result.points)],
+    }
+    Path(front_path).write_text(json.dumps(front, indent=2))
+    store.put_file(join_uri(prefix, "front.json"), front_path)
+    Path(report_path).write_text(search_report_html(result, model, mode, true_latency))
+    store.put_file(join_uri(prefix, "report.html"), report_path)
+
+    best = chosen[0]
+    metrics = {
+        "baseline_accuracy": round(result.baseline_accuracy, 3),
+        "baseline_fleet_latency_ms": round(result.baseline_fleet_latency_ms, 5),
+        "chosen_accuracy": round(best.accuracy, 3),
+        "chosen_fleet_latency_ms": round(sum(w * p.cluster_latency_ms[k] for k, (w, p) in enumerate(zip(fleet.weights, chosen)))
+                                         if len(chosen) > 1 else best.fleet_latency_ms, 5),
+        "pareto_points": len(result.front),
+        "search_seconds": round(result.seconds["search"], 1),
+    }
+    metrics["fleet_latency_reduction"] = round(result.baseline_fleet_latency_ms / metrics["chosen_fleet_latency_ms"], 3)
+    if true_latency and len(chosen) == 1:
+        metrics["chosen_true_fleet_latency_ms"] = round(true_latency[result.points.index(best)], 5)
     return metrics

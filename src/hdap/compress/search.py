@@ -90,6 +90,7 @@ class SearchResult:
     baseline_fleet_latency_ms: float
     baseline_size_bits: float
     default_precision: str
+    baseline_cluster_latency_ms: list[float]
     points: list[SearchPoint]
     chosen: SearchPoint | list[SearchPoint]  # one point, or one per cluster in per-cluster mode
     seconds: dict[str, float] = field(default_factory=dict)
@@ -296,5 +297,6 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
         mark_pareto(points)
         chosen = choose(points, baseline_accuracy, config.accuracy_tolerance)
     seconds["search"] = time.perf_counter() - started
+    baseline_clusters = [float(v) for v in fleet_latency.per_cluster_latency(*baseline_inputs)]
     return SearchResult(baseline_accuracy, baseline_latency, float(baseline_bits), reference.space.default_precision,
-                        points, chosen, seconds)
+                        baseline_clusters, points, chosen, seconds)

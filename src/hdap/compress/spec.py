@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from hdap.compress.searchable import SearchableModel
 from hdap.errors import HdapError
+from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.models import build_model
 
 FORMAT = "hdap.architecture/1"
@@ -167,3 +168,16 @@ def _cut_branches(model: nn.Module, spec: ArchitectureSpec, dead: list[dict], sh
     traced.recompile()
     traced.delete_all_unused_submodules()
     return traced
+
+
+def spec_layer_configs(spec: ArchitectureSpec, shapes: list[LayerShape]) -> list[LayerConfig]:
+    """The layers the spec's model runs, as the latency model sees them (removed ones left out)."""
+    by_name = {layer.name: layer for layer in spec.layers}
+    configs = []
+    for shape in shapes:
+        layer = by_name.get(shape.name)
+        if layer is None:
+            raise HdapError(f"the architecture spec has no layer {shape.name}: it was searched for another model.")
+        if not layer.removed:
+            configs.append(shape.config(layer.in_channels, layer.out_channels, layer.weight_precision))
+    return configs

@@ -1,0 +1,3 @@
+from components.search.component import search
+
+__all__ = ["search"]
