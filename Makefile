@@ -25,6 +25,9 @@ test: $(STAMP)
 ## bench: the figures quoted in the README (slow; writes bench/results/)
 bench: $(STAMP)
 	$(BIN)/python bench/fleet_scale.py
+	$(BIN)/python bench/surrogate_accuracy.py
+	$(BIN)/python bench/search_fleet.py
+	$(BIN)/python bench/search_cost.py
 
 compile: $(STAMP)
 	$(BIN)/hdap compile --output hdap-pipeline.yaml

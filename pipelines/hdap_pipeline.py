@@ -46,10 +46,11 @@ def hdap_pipeline(
     dataset_uri: str = "",
     search_mode: str = "fleet",
     objective: str = "latency",
-    strengths: str = "0.25,0.5,1,2,4,8",
+    targets: str = "0.8,0.65,0.5,0.4,0.3,0.2",
+    strengths: str = "",
     pretrain_epochs: int = 15,
     search_epochs: int = 10,
-    finetune_epochs: int = 5,
+    finetune_epochs: int = 10,
     granule: int = 8,
     accuracy_tolerance: float = 0.5,
 ) -> Artifact:
@@ -58,7 +59,8 @@ def hdap_pipeline(
     profiles (profiles_uri/<device id>/profile.parquet) or with profiling_backend (simulated |
     onnxruntime | tensorrt); truth_uri names a simulated fleet's hidden truth. The search trains
     `model` on `dataset` (digits | cifar10 | imagefolder, the last two from dataset_uri) once per
-    strength; search_mode is fleet | nominal | per-cluster, objective latency | memory. Outputs go
+    cost target (a fraction of the uncompressed model's cost; or penalty strength where targets
+    is empty); search_mode is fleet | nominal | per-cluster, objective latency | memory. Outputs go
     to <output_uri>/<run name>/."""
     ingest_task = with_store_credentials(
         ingest(
@@ -105,6 +107,7 @@ def hdap_pipeline(
             input_shape=input_shape,
             mode=search_mode,
             objective=objective,
+            targets=targets,
             strengths=strengths,
             pretrain_epochs=pretrain_epochs,
             search_epochs=search_epochs,

@@ -31,7 +31,7 @@ def test_hdap_compile_writes_ir_yaml_with_every_component_and_the_parameters(tmp
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert {"telemetry_uri", "sku", "k", "k_min", "k_max", "seed", "output_uri", "as_of",
             "model", "profiling_backend", "samples_per_layer", "truth_uri", "profiles_uri", "dataset", "dataset_uri",
-            "search_mode", "objective", "strengths", "granule", "accuracy_tolerance"} <= set(parameters)
+            "search_mode", "objective", "targets", "strengths", "granule", "accuracy_tolerance"} <= set(parameters)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example.com/hdap-step:1"}
     secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -44,7 +44,7 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     result = hdap(
         "run", "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--as-of", AS_OF.isoformat(),
         "--model", "small-cnn", "--samples-per-layer", "12", "--truth-uri", config.truth_uri,
-        "--strengths", "0.5,4", "--pretrain-epochs", "2", "--search-epochs", "2", "--finetune-epochs", "1",
+        "--targets", "0.6,0.3", "--pretrain-epochs", "2", "--search-epochs", "2", "--finetune-epochs", "1",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

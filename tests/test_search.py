@@ -158,13 +158,15 @@ def test_an_unknown_precision_mode_or_objective_is_a_clear_error() -> None:
         build_search_space(build_model("small-cnn", DIGITS), DIGITS, ("fp8",))
     with pytest.raises(HdapError, match="unknown search mode"):
         SearchConfig(mode="fastest")
+    with pytest.raises(HdapError, match="fractions of the uncompressed cost"):
+        SearchConfig(targets=(1.5,))
 
 
 def test_pareto_points_are_the_non_dominated_ones_and_the_choice_respects_the_accuracy_tolerance() -> None:
     from hdap.compress.search import SearchPoint
 
     def point(accuracy, latency, size):
-        return SearchPoint(0, accuracy, latency, [latency], size, spec=None)
+        return SearchPoint(("target", 1.0), accuracy, latency, [latency], size, spec=None)
 
     points = [point(99.0, 1.0, 10), point(98.9, 0.5, 10), point(97.0, 0.4, 10), point(96.0, 0.6, 12)]
     mark_pareto(points)
@@ -186,13 +188,14 @@ def test_the_search_returns_a_pareto_front_on_digits_with_removed_branches() -> 
     fleet = FleetCost([simulated_surrogate(d, layers, MENU, 12) for d in (
         SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55))],
         [0.6, 0.4], MENU)
-    config = SearchConfig(strengths=(0.5, 8.0), pretrain_epochs=3, search_epochs=4, finetune_epochs=1)
+    config = SearchConfig(targets=(0.8, 0.4), pretrain_epochs=3, search_epochs=4, finetune_epochs=1)
     result = run_search(config, dataset, fleet)
     assert result.baseline_accuracy > 80
     assert len(result.points) == 2 and result.front
     strong = result.points[1]
     assert strong.fleet_latency_ms < result.baseline_fleet_latency_ms
     assert strong.fleet_latency_ms <= result.points[0].fleet_latency_ms
+    assert strong.fleet_latency_ms <= 0.4 * result.baseline_fleet_latency_ms + 1e-9  # the target is met
     assert any(layer.removed for layer in strong.spec.layers)  # the launch-bound target loses whole branches
     assert apply_spec(strong.spec)(torch.zeros(1, *DIGITS)).shape == (1, 10)
 

@@ -14,6 +14,7 @@ def search(
     input_shape: str,
     mode: str,
     objective: str,
+    targets: str,
     strengths: str,
     pretrain_epochs: int,
     search_epochs: int,
@@ -33,7 +34,7 @@ def search(
     from hdap.steps import search_step
 
     results = search_step(
-        surrogates.path, features.path, dataset, dataset_uri, model, input_shape, mode, objective, strengths,
+        surrogates.path, features.path, dataset, dataset_uri, model, input_shape, mode, objective, targets, strengths,
         pretrain_epochs, search_epochs, finetune_epochs, granule, accuracy_tolerance, truth_uri, seed, output_uri,
         run_name, architecture.path, front.path, report.path,
     )

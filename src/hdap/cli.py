@@ -204,10 +204,11 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
     build_model(arguments.get("model", "resnet20"), shape)
     from hdap.compress.search import SearchConfig
     from hdap.data import DATASETS
-    from hdap.steps import parse_strengths
+    from hdap.steps import parse_numbers
 
     SearchConfig(mode=arguments.get("search_mode", "fleet"), objective=arguments.get("objective", "latency"),
-                 strengths=parse_strengths(arguments.get("strengths", "1")))
+                 targets=parse_numbers(arguments.get("targets", "0.5"), "--targets"),
+                 strengths=parse_numbers(arguments.get("strengths", ""), "--strengths"))
     if arguments.get("dataset", "digits") not in DATASETS:
         raise HdapError(f"--dataset {arguments['dataset']}: use one of {', '.join(DATASETS)}.")
     if arguments.get("dataset", "digits") != "digits" and not arguments.get("dataset_uri"):
@@ -302,10 +303,10 @@ def print_search(front: dict[str, Any]) -> None:
     )
     truth = any("true_fleet_latency_ms" in p for p in front["points"])
     table = Table(show_edge=False)
-    for column in ("strength", "accuracy", "fleet latency ms", "speed-up", "weights kB", *(["true fleet ms"] if truth else []), "Pareto", "chosen"):
+    for column in ("search", "accuracy", "fleet latency ms", "speed-up", "weights kB", *(["true fleet ms"] if truth else []), "Pareto", "chosen"):
         table.add_column(column, justify="right")
     for p in front["points"]:
-        table.add_row(f"{p['strength']:g}", f"{p['accuracy']:.2f}%", f"{p['fleet_latency_ms']:.4f}", f"{baseline / p['fleet_latency_ms']:.2f}x",
+        table.add_row(p["setting"], f"{p['accuracy']:.2f}%", f"{p['fleet_latency_ms']:.4f}", f"{baseline / p['fleet_latency_ms']:.2f}x",
                       f"{p['size_bits'] / 8e3:.1f}", *([f"{p.get('true_fleet_latency_ms', float('nan')):.4f}"] if truth else []),
                       "yes" if p["pareto"] else "", "<-" if p.get("chosen") else "")
     console.print(table)
@@ -331,10 +332,11 @@ def run_command(
     dataset_uri: Annotated[str, typer.Option(help="The dataset in the store: CIFAR-10's python tarball, or an ImageFolder tree.")] = "",
     search_mode: Annotated[str, typer.Option(help="fleet (weighted over clusters), nominal (the datasheet device) or per-cluster.")] = "fleet",
     objective: Annotated[str, typer.Option(help="What the search lowers: latency, or memory (weight bits).")] = "latency",
-    strengths: Annotated[str, typer.Option(help="Cost strengths, one search each: the points of the Pareto front.")] = "0.25,0.5,1,2,4,8",
+    targets: Annotated[str, typer.Option(help="Cost targets as fractions of the uncompressed model's, one search each: the points of the Pareto front.")] = "0.8,0.65,0.5,0.4,0.3,0.2",
+    strengths: Annotated[str, typer.Option(help="Penalty strengths instead of targets (used when --targets is empty), e.g. 0.5,1,2.")] = "",
     pretrain_epochs: Annotated[int, typer.Option(help="Epochs of plain training of the uncompressed model.")] = 15,
     search_epochs: Annotated[int, typer.Option(help="Epochs of each search.")] = 10,
-    finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning each searched architecture before it is measured.")] = 5,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning each searched architecture (distilling the uncompressed model) before it is measured.")] = 10,
     granule: Annotated[int, typer.Option(help="Channels pruned together: 8 suits fp16 tiles, 32 int8 tiles.")] = 8,
     accuracy_tolerance: Annotated[float, typer.Option(help="Accuracy points the chosen architecture may lose.")] = 0.5,
 ) -> None:
@@ -345,7 +347,7 @@ def run_command(
              output_uri=output_uri, as_of=as_of,
              model=model, profiling_backend=profiling_backend, samples_per_layer=samples_per_layer, truth_uri=truth_uri,
              profiles_uri=profiles_uri, input_shape=input_shape, dataset=dataset, dataset_uri=dataset_uri,
-             search_mode=search_mode, objective=objective, strengths=strengths, pretrain_epochs=pretrain_epochs,
+             search_mode=search_mode, objective=objective, targets=targets, strengths=strengths, pretrain_epochs=pretrain_epochs,
              search_epochs=search_epochs, finetune_epochs=finetune_epochs, granule=granule,
              accuracy_tolerance=accuracy_tolerance)
     )

@@ -182,14 +182,12 @@ def surrogate_step(
     return metrics
 
 
-def parse_strengths(text: str) -> tuple[float, ...]:
+def parse_numbers(text: str, setting: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers ("" is an empty list)."""
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise HdapError(f"strengths '{text}' are not numbers: write them as 0.5,1,2,4,8.") from None
-    if not values:
-        raise HdapError("give at least one search strength, e.g. 0.5,1,2,4,8.")
-    return values
+        raise HdapError(f"{setting} '{text}' are not numbers: write them like 0.8,0.5,0.3.") from None
 
 
 def load_fleet_cost(surrogates_dir: str) -> tuple[FleetCost, dict]:
@@ -210,6 +208,7 @@ def search_step(
     input_shape: str,
     mode: str,
     objective: str,
+    targets: str,
     strengths: str,
     pretrain_epochs: int,
     search_epochs: int,
@@ -230,7 +229,8 @@ def search_step(
     if tuple(index["input_shape"]) != shape or index["model"] != model:
         raise HdapError(f"the surrogates were profiled for {index['model']} on {index['input_shape']} inputs, not {model} on "
                         f"{list(shape)}: run the surrogate and search steps with the same model and input_shape.")
-    config = SearchConfig(model=model, input_shape=shape, mode=mode, objective=objective, strengths=parse_strengths(strengths),
+    config = SearchConfig(model=model, input_shape=shape, mode=mode, objective=objective, targets=parse_numbers(targets, "targets"),
+                          strengths=parse_numbers(strengths, "strengths"),
                           pretrain_epochs=pretrain_epochs, search_epochs=search_epochs, finetune_epochs=finetune_epochs,
                           granule=granule, accuracy_tolerance=accuracy_tolerance, seed=seed)
     data = load_dataset(DataConfig(dataset, dataset_uri, shape, seed), store)

@@ -1,11 +1,14 @@
 """The joint pruning + mixed-precision search against the fleet-weighted cost.
 
-One search trains a copy of the (pre-trained) model wrapped in `SearchableModel` with
+One search trains a copy of the (pre-trained) model wrapped in `SearchableModel` with either
 
-    loss = cross-entropy + strength * cost(architecture) / cost(uncompressed model)
+    loss = cross-entropy + strength * cost(architecture) / cost(uncompressed model)      (penalty)
+    loss = cross-entropy + multiplier * (cost / (target * cost(uncompressed)) - 1)          (constraint)
 
-while the temperature falls, freezes the architecture, fine-tunes the weights a few epochs and
-measures accuracy. Several strengths give a Pareto front of (accuracy, fleet latency, size).
+where the constraint's multiplier rises while the cost is above the target and falls below it
+(dual ascent), so the search lands near the asked-for fraction of the uncompressed cost. The
+temperature falls, the architecture freezes, the weights fine-tune a few epochs, and accuracy is
+measured. Several targets (or strengths) give a Pareto front of (accuracy, fleet latency, size).
 The cost is the fleet-weighted latency from the clusters' surrogates (mode `fleet`, HDAP), one
 datasheet device's surrogate (`nominal`, the baseline to beat), or the weight memory in bits
 (objective `memory`). Mode `per-cluster` searches one architecture per cluster against its own
@@ -36,6 +39,7 @@ from hdap.progress import progress
 
 log = logging.getLogger("hdap")
 MODES = ("fleet", "nominal", "per-cluster")
+DISTILLATION_TEMPERATURE = 4.0
 OBJECTIVES = ("latency", "memory")
 
 
@@ -45,10 +49,14 @@ class SearchConfig:
     input_shape: tuple[int, int, int] = (1, 8, 8)
     mode: str = "fleet"
     objective: str = "latency"
-    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    # Cost targets as fractions of the uncompressed model's cost, one search each (the constraint
+    # form); or, where `targets` is empty, penalty strengths.
+    targets: tuple[float, ...] = (0.8, 0.65, 0.5, 0.4, 0.3, 0.2)
+    strengths: tuple[float, ...] = ()
+    multiplier_rate: float = 0.05  # dual-ascent step of the constraint's multiplier, per batch
     pretrain_epochs: int = 12  # plain training of the uncompressed model (the accuracy reference)
     search_epochs: int = 8
-    finetune_epochs: int = 3  # weights only, architecture frozen
+    finetune_epochs: int = 10  # weights only, architecture frozen
     batch_size: int = 64
     learning_rate: float = 0.05
     arch_learning_rate: float = 0.1
@@ -63,13 +71,21 @@ class SearchConfig:
             raise HdapError(f"unknown search mode '{self.mode}': use one of {', '.join(MODES)}.")
         if self.objective not in OBJECTIVES:
             raise HdapError(f"unknown search objective '{self.objective}': use one of {', '.join(OBJECTIVES)}.")
-        if not self.strengths or any(s < 0 for s in self.strengths):
-            raise HdapError("search strengths must be a non-empty list of non-negative numbers, e.g. 0.5,1,2,4,8.")
+        if not self.targets and not self.strengths:
+            raise HdapError("give the search cost targets (fractions of the uncompressed cost, e.g. 0.8,0.5,0.3) or strengths.")
+        if any(not 0 < t <= 1 for t in self.targets):
+            raise HdapError(f"cost targets {self.targets} must be fractions of the uncompressed cost in (0, 1], e.g. 0.8,0.5,0.3.")
+        if any(s < 0 for s in self.strengths):
+            raise HdapError(f"search strengths {self.strengths} must be non-negative numbers, e.g. 0.5,1,2,4,8.")
+
+    def settings(self) -> list[tuple[str, float]]:
+        """One (kind, value) per search: ("target", 0.5) or ("strength", 2.0)."""
+        return [("target", t) for t in self.targets] if self.targets else [("strength", s) for s in self.strengths]
 
 
 @dataclass
 class SearchPoint:
-    strength: float
+    setting: tuple[str, float]  # ("target", fraction of the uncompressed cost) or ("strength", penalty weight)
     accuracy: float  # percent, on the test split
     fleet_latency_ms: float  # fleet-weighted, by the fleet's surrogates
     cluster_latency_ms: list[float]
@@ -78,8 +94,13 @@ class SearchPoint:
     optimised_for: str = "fleet"  # the cost the search minimised
     pareto: bool = False
 
+    @property
+    def label(self) -> str:
+        kind, value = self.setting
+        return f"{kind} {value:g}"
+
     def summary(self) -> dict:
-        return {"strength": self.strength, "accuracy": round(self.accuracy, 3), "fleet_latency_ms": round(self.fleet_latency_ms, 5),
+        return {"setting": self.label, "accuracy": round(self.accuracy, 3), "fleet_latency_ms": round(self.fleet_latency_ms, 5),
                 "cluster_latency_ms": [round(v, 5) for v in self.cluster_latency_ms], "size_bits": self.size_bits,
                 "optimised_for": self.optimised_for, "pareto": self.pareto}
 
@@ -119,9 +140,11 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
 
 
 def train_epochs(model: nn.Module, dataset, epochs: int, config: SearchConfig, description: str,
-                 penalty=None, architecture: list[nn.Parameter] | None = None, on_epoch=None) -> None:
+                 penalty=None, architecture: list[nn.Parameter] | None = None, on_epoch=None,
+                 teacher: nn.Module | None = None) -> None:
     """SGD with a cosine schedule on the weights; Adam on the architecture parameters, if any.
-    `penalty()` is added to the loss on every batch; `on_epoch(epoch)` runs before each epoch."""
+    `penalty()` is added to the loss on every batch; `on_epoch(epoch)` runs before each epoch;
+    with a `teacher`, the loss also distils its softened predictions (Hinton et al.)."""
     if epochs <= 0:
         return
     ours = {id(p) for p in architecture or []}
@@ -136,7 +159,13 @@ def train_epochs(model: nn.Module, dataset, epochs: int, config: SearchConfig, d
         if on_epoch:
             on_epoch(epoch)
         for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch):
-            loss = loss_fn(model(x), y)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = torch.softmax(teacher(x) / DISTILLATION_TEMPERATURE, dim=1)
+                soft = torch.log_softmax(logits / DISTILLATION_TEMPERATURE, dim=1)
+                loss = loss + DISTILLATION_TEMPERATURE**2 * nn.functional.kl_div(soft, target, reduction="batchmean")
             if penalty is not None:
                 loss = loss + penalty()
             optimizer.zero_grad(set_to_none=True)
@@ -192,9 +221,39 @@ def pretrain(config: SearchConfig, dataset: Dataset) -> tuple[nn.Module, float, 
     return model, evaluate(model, dataset.test), time.perf_counter() - started
 
 
+class ConstraintPenalty:
+    """multiplier * (cost / target - 1), the multiplier updated by dual ascent after every batch.
+    The multiplier may turn negative: below the target the search is pushed back up, so it
+    settles at the target instead of sliding past it (a pruned branch is a cliff in the cost)."""
+
+    def __init__(self, cost, searchable: SearchableModel, target: float, rate: float) -> None:
+        self.cost, self.searchable, self.target, self.rate = cost, searchable, target, rate
+        self.multiplier = 0.0
+
+    def __call__(self) -> torch.Tensor:
+        excess = self.cost(self.searchable) / self.target - 1
+        penalty = self.multiplier * excess
+        self.multiplier = self.multiplier + self.rate * float(excess.detach())
+        return penalty
+
+
+def meet_target(searchable: SearchableModel, cost: ArchitectureCost, target: float) -> None:
+    """Turn the soft result into the hard architecture that keeps the most channels within the
+    target: granules ranked by their keep logit across all groups, the threshold lowered as far as
+    the cost allows. (Thresholding at 0 can land far from the target: a removed residual branch is
+    a cliff in the cost, and the constraint holds logits near 0 where the soft and hard costs part.)"""
+    logits = sorted({float(v) for group in searchable.keep_logits for v in group.detach()})
+    with torch.no_grad():
+        for threshold in [min(logits) - 1.0, *logits]:  # keep everything first, then drop the weakest
+            searchable.keep_threshold = threshold
+            if float(cost(searchable)) <= target + 1e-9:
+                return
+    log.warning("even the smallest architecture costs more than target %g of the uncompressed model", target)
+
+
 def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: SearchConfig, cost: ArchitectureCost,
-               strength: float) -> SearchableModel:
-    """One strength: search, freeze, fine-tune. Returns the frozen searchable model."""
+               setting: tuple[str, float]) -> SearchableModel:
+    """One search (a target or a strength): search, freeze, fine-tune. Returns the frozen searchable model."""
     torch.manual_seed(config.seed)
     model = copy.deepcopy(pretrained)
     searchable = SearchableModel(model, space_of(model))
@@ -202,12 +261,20 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     def on_epoch(epoch: int) -> None:
         searchable.temperature = _temperature(config, epoch)
 
-    train_epochs(searchable, dataset.train, config.search_epochs, config, f"searching (strength {strength:g})",
-                 penalty=lambda: strength * cost(searchable), architecture=searchable.architecture_parameters(),
-                 on_epoch=on_epoch)
+    kind, value = setting
+    if kind == "target":
+        penalty = ConstraintPenalty(cost, searchable, value, config.multiplier_rate)
+    else:
+        def penalty() -> torch.Tensor:
+            return value * cost(searchable)
+    train_epochs(searchable, dataset.train, config.search_epochs, config, f"searching ({kind} {value:g})",
+                 penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch)
     searchable.freeze()
-    tuned = SearchConfig(**{**config.__dict__, "learning_rate": config.learning_rate / 5})
-    train_epochs(searchable, dataset.train, config.finetune_epochs, tuned, f"fine-tuning (strength {strength:g})")
+    if kind == "target":
+        meet_target(searchable, cost, value)
+    # The fine-tune learns from the uncompressed model as well as the labels: it recovers more accuracy per epoch.
+    teacher = copy.deepcopy(pretrained).eval()
+    train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({kind} {value:g})", teacher=teacher)
     return searchable
 
 
@@ -264,18 +331,18 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
         compiled = CompiledFleetCost(surrogates, configs)
         return ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*baseline_inputs)))
 
-    def point(searchable: SearchableModel, strength: float, optimised_for: str) -> SearchPoint:
+    def point(searchable: SearchableModel, setting: tuple[str, float], optimised_for: str) -> SearchPoint:
         accuracy = evaluate(searchable, dataset.test)
         with torch.no_grad():
             inputs = stack_decisions(searchable.decisions())
             per_cluster = fleet_latency.per_cluster_latency(*inputs)
             latency = float((fleet_latency.weights * per_cluster).sum())
             bits = float(memory_bits(searchable))
-        metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, "strength": strength}
+        metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting[0]: setting[1]}
         spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
-        log.info("strength %g: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", strength, accuracy,
+        log.info("%s %g: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", *setting, accuracy,
                  latency, baseline_latency / latency, bits / 1e3)
-        return SearchPoint(strength, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for)
+        return SearchPoint(setting, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for)
 
     started = time.perf_counter()
     if config.mode == "per-cluster":
@@ -283,17 +350,17 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
         for cluster, (surrogate, weight) in enumerate(zip(fleet.surrogates, fleet.weights)):
             own = cost_for(FleetCost([surrogate], [1.0], fleet.precisions))
             cluster_points = [point(search_one(pretrained, space_of, dataset, config, own, s), s, f"cluster {cluster}")
-                              for s in config.strengths]
+                              for s in config.settings()]
             mark_pareto(cluster_points)
             best = choose(cluster_points, baseline_accuracy, config.accuracy_tolerance)
             chosen_per_cluster.append(best)
             points += cluster_points
-            log.info("cluster %d (weight %.2f): chose strength %g", cluster, weight, best.strength)
+            log.info("cluster %d (weight %.2f): chose %s", cluster, weight, best.label)
         chosen: SearchPoint | list[SearchPoint] = chosen_per_cluster
     else:
         surrogates = nominal if config.mode == "nominal" else fleet
         cost = cost_for(surrogates)
-        points = [point(search_one(pretrained, space_of, dataset, config, cost, s), s, config.mode) for s in config.strengths]
+        points = [point(search_one(pretrained, space_of, dataset, config, cost, s), s, config.mode) for s in config.settings()]
         mark_pareto(points)
         chosen = choose(points, baseline_accuracy, config.accuracy_tolerance)
     seconds["search"] = time.perf_counter() - started

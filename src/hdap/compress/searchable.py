@@ -53,6 +53,7 @@ class SearchableModel(nn.Module):
         self.space = space
         self.temperature = 1.0
         self.frozen = False
+        self.keep_threshold = 0.0  # a granule is kept when its logit is above this, once frozen
         self.keep_logits = nn.ParameterList(
             [nn.Parameter(torch.full((g.granules,), KEEP_LOGIT_INIT)) for g in space.groups])
         self.precision_logits = nn.ParameterDict(
@@ -151,7 +152,7 @@ class SearchableModel(nn.Module):
         if owner is not None:
             out = keep[owner[0].index].to(torch.float64).sum()
         cin = torch.tensor(float(shape.in_channels), dtype=torch.float64)
-        for group, channels, roots in self._input_masks[shape.name]:
+        for group, _channels, roots in self._input_masks[shape.name]:
             cin = cin - (1 - keep[group][roots].to(torch.float64)).sum()
         return cin, out
 
@@ -193,7 +194,7 @@ class SearchableModel(nn.Module):
     def kept_granules(self, group: int) -> list[bool]:
         """The hard decision: keep granules with a positive logit. A group that is not removable
         keeps at least its most important granule; a removable one may lose them all."""
-        kept = [bool(v > 0) for v in self.keep_logits[group].detach()]
+        kept = [bool(v > self.keep_threshold) for v in self.keep_logits[group].detach()]
         if not any(kept) and not self.space.groups[group].removable:
             kept[0] = True
         return kept

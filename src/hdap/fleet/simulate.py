@@ -191,3 +191,15 @@ def simulate_fleet(store: ObjectStore, config: SimulationConfig) -> SimulationRe
         truth_objects=truth_objects,
         group_shares={name: n / config.devices for name, n in sorted(counts.items())},
     )
+
+
+def simulate_features(sku_name: str, devices: int, days: int = 7, seed: int = 0,
+                      end: datetime = datetime(2026, 11, 20, tzinfo=timezone.utc)) -> tuple[pa.Table, dict[str, dict]]:
+    """A small simulated fleet in memory, without a store: the per-device feature table ingest
+    would produce, and the hidden truth per device. For tests and benchmarks."""
+    from hdap.fleet.ingest import aggregate_devices  # ingest is the consumer; import it only here
+
+    sku = get_sku(sku_name)
+    chunk = simulate_chunk(sku, 0, devices, days, end, seed)
+    features = aggregate_devices(pa.concat_tables([table for _, table in chunk.days]), [probe_column(p) for p in probes_for(sku)])
+    return features, {r["device_id"]: r for r in chunk.truth.to_pylist()}

@@ -25,6 +25,7 @@ from hdap.fleet.sku import get_sku
 from hdap.latency.backends import BackendUnavailable, MeasurementFailed, get_backend
 from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
 from hdap.latency.device_model import device_state, kernel_latency_ms
+from hdap.latency.fleet_cost import FleetCost
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile
 from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_surrogate, within
@@ -117,7 +118,7 @@ def device_seconds(profile: pa.Table) -> float:
     return len(profile) * SECONDS_PER_CONFIGURATION + sum(timed) * 1e-3 * TIMED_RUNS_PER_CONFIGURATION
 
 
-def _simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict]) -> SimulatedDevice:
+def simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict]) -> SimulatedDevice:
     row = features.filter(pa.compute.equal(features.column("device_id"), device_id)).to_pylist()
     if not row:
         raise HdapError(f"representative {device_id} is not in the feature table: run ingest and cluster on the same telemetry.")
@@ -179,7 +180,7 @@ def build_cluster_surrogates(
             profile = profile.filter(pa.compute.is_in(profile.column("precision"), value_set=pa.array(list(precisions))))
         else:
             if config.backend == "simulated":
-                backend = SimulatedBackend(_simulated_device(device_id, features, truth), seed=config.seed)
+                backend = SimulatedBackend(simulated_device(device_id, features, truth), seed=config.seed)
             else:
                 backend = get_backend(config.backend)
             source = config.backend
@@ -249,3 +250,11 @@ def simulated_fleet_latency_ms(configs: list[LayerConfig], features: pa.Table, t
         np.array([float(truth.get(i, {}).get("regulator_cap", 1.0)) for i in ids]),
     )
     return sum(kernel_latency_ms(sku, state, layer_kernel(c)) for c in configs)
+
+
+def simulated_fleet_cost(features: pa.Table, truth: dict[str, dict], clusters: list[tuple[str, float]], layers: list[LayerShape],
+                         precisions: tuple[str, ...], samples_per_layer: int = 30, seed: int = 0) -> FleetCost:
+    """The fleet cost of a simulated fleet: each (representative, weight) profiled on the simulated backend."""
+    surrogates = [simulated_surrogate(simulated_device(device_id, features, truth), layers, precisions, samples_per_layer, seed=seed)
+                  for device_id, _ in clusters]
+    return FleetCost(surrogates, [weight for _, weight in clusters], precisions)

@@ -31,10 +31,10 @@ def pareto_plot(result: SearchResult) -> str:
         ax.scatter([p.fleet_latency_ms], [p.accuracy], marker="*", s=260, color=PALETTE[3], edgecolor="#333", zorder=5)
     ax.scatter([], [], marker="*", s=120, color=PALETTE[3], label="chosen")
     for p in points:
-        ax.annotate(f"{p.strength:g}", (p.fleet_latency_ms, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(p.label, (p.fleet_latency_ms, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("fleet-weighted latency predicted by the surrogates (ms)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against fleet latency (marker area: weight memory; label: strength)")
+    ax.set_title("Accuracy against fleet latency (marker area: weight memory)")
     ax.legend(fontsize=8, loc="lower right")
     return to_img_tag(fig, "Pareto front of accuracy against fleet-weighted latency")
 
@@ -61,7 +61,7 @@ def search_report_html(result: SearchResult, model: str, mode: str, true_latency
     true_latency = true_latency or {}
     def row(index: int, p: SearchPoint) -> str:
         true = f"<td>{true_latency.get(index, float('nan')):.4f}</td>" if true_latency else ""
-        return (f"<tr{' class=chosen' if id(p) in chosen_ids else ''}><td>{p.strength:g}</td><td>{html.escape(p.optimised_for)}</td>"
+        return (f"<tr{' class=chosen' if id(p) in chosen_ids else ''}><td>{html.escape(p.label)}</td><td>{html.escape(p.optimised_for)}</td>"
                 f"<td>{p.accuracy:.2f}%</td><td>{p.fleet_latency_ms:.4f}</td>"
                 f"<td>{result.baseline_fleet_latency_ms / p.fleet_latency_ms:.2f}x</td><td>{p.size_bits / 8e3:.1f}</td>"
                 f"<td>{sum(layer.removed for layer in p.spec.layers)}</td>{true}<td>{'yes' if p.pareto else ''}</td></tr>")
@@ -84,7 +84,7 @@ def search_report_html(result: SearchResult, model: str, mode: str, true_latency
 {pareto_plot(result)}
 {cluster_plot(result)}
 <h2>Every point</h2>
-<table><tr><th>strength</th><th>optimised for</th><th>accuracy</th><th>fleet latency (ms)</th><th>speed-up</th><th>weights (kB)</th>
+<table><tr><th>search</th><th>optimised for</th><th>accuracy</th><th>fleet latency (ms)</th><th>speed-up</th><th>weights (kB)</th>
 <th>layers removed</th>{true_header}<th>Pareto</th></tr>{rows}</table>
 <h2>The chosen architecture</h2>
 <table><tr><th>layer</th><th>op</th><th>in</th><th>out</th><th>precision</th></tr>{layers}</table>

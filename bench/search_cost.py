@@ -1,0 +1,94 @@
+"""What the architecture parameters cost: one search epoch against one plain training epoch.
+
+The same model, data, batch size and optimiser, trained plainly and trained as a search (keep and
+precision logits, fake quantisation of weights and activations, the fleet-weighted latency from
+five cluster surrogates on every batch). Runs alternate (plain, search, plain, search, ...) so a
+noisy shared machine slows both alike; the figure is the ratio of the medians, in one run.
+
+    .venv/bin/python bench/search_cost.py           # ~3 minutes on 2 cores
+
+Saves bench/results/search_cost.json. Goal: a search costs at most 1.5x plain training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hdap.compress.search import ArchitectureCost, SearchConfig, train_epochs
+from hdap.compress.searchable import SearchableModel
+from hdap.compress.space import build_search_space
+from hdap.data import DataConfig, load_dataset
+from hdap.latency.backends.simulated import SimulatedDevice
+from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions
+from hdap.latency.fleet_profiling import simulated_surrogate
+from hdap.models import build_model, prunable_layers
+
+RESULTS = Path(__file__).parent / "results" / "search_cost.json"
+MENU = ("fp16", "int8")
+CLUSTERS = [SimulatedDevice("jetson-xavier-nx", mode, temperature, load) for mode, temperature, load in
+            (("20W", 55, 0.05), ("20W", 89, 0.05), ("15W", 52, 0.05), ("10W", 48, 0.05), ("10W", 50, 0.55))]
+
+
+def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: int) -> dict:
+    data = load_dataset(DataConfig("digits", input_shape=shape))
+    config = SearchConfig(model=model_name, input_shape=shape)
+    base = build_model(model_name, shape)
+    layers = prunable_layers(base, shape)
+    fleet = FleetCost([simulated_surrogate(d, layers, MENU, 12) for d in CLUSTERS], [0.3, 0.12, 0.25, 0.2, 0.13], MENU)
+    plain_seconds, search_seconds = [], []
+    for _ in range(repeats):
+        model = copy.deepcopy(base)
+        started = time.perf_counter()
+        train_epochs(model, data.train, epochs, config, "plain training")
+        plain_seconds.append(time.perf_counter() - started)
+
+        model = copy.deepcopy(base)
+        searchable = SearchableModel(model, build_search_space(model, shape, MENU))
+        compiled = CompiledFleetCost(fleet, [d.config for d in searchable.decisions()])
+        cost = ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions()))))
+        started = time.perf_counter()
+        train_epochs(searchable, data.train, epochs, config, "search", penalty=lambda s=searchable, c=cost: 2.0 * c(s),
+                     architecture=searchable.architecture_parameters())
+        search_seconds.append(time.perf_counter() - started)
+    plain, search = statistics.median(plain_seconds), statistics.median(search_seconds)
+    ratio = search / plain
+    print(f"{model_name} on {'x'.join(map(str, shape))} digits, {epochs} epochs: plain {plain:.2f} s, search {search:.2f} s "
+          f"-> {ratio:.2f}x (runs: plain {', '.join(f'{v:.2f}' for v in plain_seconds)}; search {', '.join(f'{v:.2f}' for v in search_seconds)})")
+    return {"model": model_name, "input_shape": list(shape), "epochs": epochs, "repeats": repeats,
+            "plain_seconds_median": round(plain, 3), "search_seconds_median": round(search, 3), "ratio": round(ratio, 3),
+            "plain_seconds": [round(v, 3) for v in plain_seconds], "search_seconds": [round(v, 3) for v in search_seconds]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repeat of one epoch (a smoke run, not the quoted figures)")
+    args = parser.parse_args()
+    epochs, repeats = (1, 1) if args.quick else (2, 5)
+    started = time.perf_counter()
+    cases = [measure("resnet20", (1, 8, 8), epochs, repeats),  # the demo
+             measure("resnet20", (3, 32, 32), epochs, repeats)]  # CIFAR-sized inputs (digits upsampled)
+    results = {
+        "cases": cases,
+        "goal": "search <= 1.5x plain training per epoch",
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - started),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "command": "python bench/search_cost.py" + (" --quick" if args.quick else ""),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"saved to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
