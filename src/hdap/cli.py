@@ -303,10 +303,11 @@ def print_search(front: dict[str, Any]) -> None:
     )
     truth = any("true_fleet_latency_ms" in p for p in front["points"])
     table = Table(show_edge=False)
-    for column in ("search", "accuracy", "fleet latency ms", "speed-up", "weights kB", *(["true fleet ms"] if truth else []), "Pareto", "chosen"):
+    kind = front["points"][0]["setting"].split()[0]
+    for column in (kind, "accuracy", "fleet latency ms", "speed-up", "weights kB", *(["true fleet ms"] if truth else []), "Pareto", "chosen"):
         table.add_column(column, justify="right")
     for p in front["points"]:
-        table.add_row(p["setting"], f"{p['accuracy']:.2f}%", f"{p['fleet_latency_ms']:.4f}", f"{baseline / p['fleet_latency_ms']:.2f}x",
+        table.add_row(p["setting"].split()[1], f"{p['accuracy']:.2f}%", f"{p['fleet_latency_ms']:.4f}", f"{baseline / p['fleet_latency_ms']:.2f}x",
                       f"{p['size_bits'] / 8e3:.1f}", *([f"{p.get('true_fleet_latency_ms', float('nan')):.4f}"] if truth else []),
                       "yes" if p["pareto"] else "", "<-" if p.get("chosen") else "")
     console.print(table)

@@ -31,10 +31,10 @@ def pareto_plot(result: SearchResult) -> str:
         ax.scatter([p.fleet_latency_ms], [p.accuracy], marker="*", s=260, color=PALETTE[3], edgecolor="#333", zorder=5)
     ax.scatter([], [], marker="*", s=120, color=PALETTE[3], label="chosen")
     for p in points:
-        ax.annotate(p.label, (p.fleet_latency_ms, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(f"{p.setting[1]:g}", (p.fleet_latency_ms, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("fleet-weighted latency predicted by the surrogates (ms)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against fleet latency (marker area: weight memory)")
+    ax.set_title("Accuracy against fleet latency (label: target; marker area: weight memory)")
     ax.legend(fontsize=8, loc="lower right")
     return to_img_tag(fig, "Pareto front of accuracy against fleet-weighted latency")
 
