@@ -203,3 +203,18 @@ def test_the_search_returns_a_pareto_front_on_digits_with_removed_branches() -> 
 def test_the_nominal_device_is_the_fastest_power_mode_cool_and_idle() -> None:
     device = nominal_device("jetson-xavier-nx")
     assert device.power_mode == "20W" and device.background_load == 0.0
+
+
+def test_per_cluster_mode_chooses_one_architecture_per_cluster_and_memory_mode_shrinks_weights() -> None:
+    dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
+    layers = prunable_layers(build_model("small-cnn", DIGITS), DIGITS)
+    fleet = FleetCost([simulated_surrogate(d, layers, MENU, 8) for d in (
+        SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55))],
+        [0.5, 0.5], MENU)
+    quick = dict(model="small-cnn", targets=(0.5,), pretrain_epochs=1, search_epochs=2, finetune_epochs=1)
+    per_cluster = run_search(SearchConfig(mode="per-cluster", **quick), dataset, fleet)
+    assert isinstance(per_cluster.chosen, list) and len(per_cluster.chosen) == 2
+    assert [p.optimised_for for p in per_cluster.points] == ["cluster 0", "cluster 1"]
+
+    memory = run_search(SearchConfig(objective="memory", **quick), dataset, fleet)
+    assert memory.points[0].size_bits <= 0.5 * memory.baseline_size_bits + 1e-6
