@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
+
+from record import record  # bench/record.py (the scripts run from bench/)
 
 from hdap.compress.search import ArchitectureCost, SearchConfig, train_epochs
 from hdap.compress.searchable import SearchableModel
@@ -31,7 +28,6 @@ from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decision
 from hdap.latency.fleet_profiling import simulated_surrogate
 from hdap.models import build_model, prunable_layers
 
-RESULTS = Path(__file__).parent / "results" / "search_cost.json"
 MENU = ("fp16", "int8")
 CLUSTERS = [SimulatedDevice("jetson-xavier-nx", mode, temperature, load) for mode, temperature, load in
             (("20W", 55, 0.05), ("20W", 89, 0.05), ("15W", 52, 0.05), ("10W", 48, 0.05), ("10W", 50, 0.55))]
@@ -78,16 +74,8 @@ def main() -> None:
     results = {
         "cases": cases,
         "goal": "search <= 1.5x plain training per epoch",
-        "quick": args.quick,
-        "seconds": round(time.perf_counter() - started),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "python bench/search_cost.py" + (" --quick" if args.quick else ""),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"saved to {RESULTS}")
+    record("search_cost", results, args.quick, started)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,10 @@ Prints and saves (bench/results/search_fleet.json):
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
-from pathlib import Path
+
+from record import record  # bench/record.py (the scripts run from bench/)
 
 from hdap.compress.search import SearchConfig, run_search
 from hdap.compress.spec import spec_layer_configs
@@ -35,7 +32,6 @@ from hdap.latency.fleet_cost import FleetCost
 from hdap.latency.fleet_profiling import nominal_device, simulated_fleet_cost, simulated_fleet_latency_ms, simulated_surrogate
 from hdap.models import build_model, prunable_layers
 
-RESULTS = Path(__file__).parent / "results" / "search_fleet.json"
 SKU = "jetson-xavier-nx"
 MENU = ("fp16", "int8")
 SHAPE = (1, 8, 8)
@@ -109,16 +105,8 @@ def main() -> None:
         "config": {k: v for k, v in config.__dict__.items() if k not in ("mode",)},
         "baseline_true_fleet_latency_ms": round(baseline_true, 5),
         "modes": modes, "two_x_goal": goal, "fleet_vs_nominal": comparison,
-        "quick": args.quick,
-        "seconds": round(time.perf_counter() - started),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "python bench/search_fleet.py" + (" --quick" if args.quick else ""),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"saved to {RESULTS}")
+    record("search_fleet", results, args.quick, started)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ Prints and saves bench/results/surrogate_accuracy.json:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
+
+from record import record  # bench/record.py (the scripts run from bench/)
 
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
 from hdap.fleet.ingest import aggregate_devices
@@ -39,7 +37,6 @@ from hdap.latency.profiling import plan_profile, profile_configs, run_profile
 from hdap.latency.surrogate import fit_model_overhead, fit_surrogate, within
 from hdap.models import build_model, prunable_layers
 
-RESULTS = Path(__file__).parent / "results" / "surrogate_accuracy.json"
 
 
 def held_out_accuracy(configs, latencies, seed=0) -> tuple[float, float, int]:
@@ -171,16 +168,8 @@ def main() -> None:
     results |= {
         "goals": {"onnxruntime_layers": ">= 95% within +-10%", "simulated_layers": ">= 99% within +-10%",
                   "whole_models": ">= 90% within +-10%", "fleet_mean_error": "< 3%"},
-        "quick": args.quick,
-        "seconds": round(time.perf_counter() - started),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "python bench/surrogate_accuracy.py" + (" --quick" if args.quick else ""),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"saved to {RESULTS}")
+    record("surrogate_accuracy", results, args.quick, started)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""Where benchmark figures go: bench/results/<name>.json, with when, where and how they were measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def record(name: str, results: dict, quick: bool, started: float) -> dict:
+    """Add the run's circumstances to `results`; save them unless it was a --quick smoke run."""
+    results |= {
+        "quick": quick,
+        "seconds": round(time.perf_counter() - started),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "command": f"python bench/{name}.py" + (" --quick" if quick else ""),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{name}.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"saved to {path}")
+    return results
