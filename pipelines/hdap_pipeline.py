@@ -59,8 +59,8 @@ def hdap_pipeline(
     profiles (profiles_uri/<device id>/profile.parquet) or with profiling_backend (simulated |
     onnxruntime | tensorrt); truth_uri names a simulated fleet's hidden truth. The search trains
     `model` on `dataset` (digits | cifar10 | imagefolder, the last two from dataset_uri) once per
-    cost target (a fraction of the uncompressed model's cost; or penalty strength where targets
-    is empty); search_mode is fleet | nominal | per-cluster, objective latency | memory. Outputs go
+    cost target (a fraction of the uncompressed model's cost; penalty strengths, when given,
+    replace the targets); search_mode is fleet | nominal | per-cluster, objective latency | memory. Outputs go
     to <output_uri>/<run name>/."""
     ingest_task = with_store_credentials(
         ingest(

@@ -77,3 +77,16 @@ def test_a_corrupt_cifar_tarball_is_a_clear_error(object_store, bucket) -> None:
     object_store.put_bytes(uri, b"not a tarball")
     with pytest.raises(HdapError, match="not a readable CIFAR-10 python tarball"):
         load_dataset(DataConfig("cifar10", uri, (3, 32, 32)), object_store)
+
+
+def test_image_folder_test_classes_are_numbered_as_the_training_classes(object_store, bucket) -> None:
+    def put(split: str, label: str, colour) -> None:
+        image = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(image, format="PNG")
+        object_store.put_bytes(f"s3://{bucket}/datasets/split/{split}/{label}/0.png", image.getvalue())
+
+    for label, colour in (("ant", (0, 0, 0)), ("bee", (128, 128, 128)), ("cat", (255, 255, 255))):
+        put("train", label, colour)
+    put("test", "cat", (255, 255, 255))  # the test split lacks ant and bee
+    data = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/datasets/split", (3, 8, 8)), object_store)
+    assert data.test.tensors[1].tolist() == [2]

@@ -218,3 +218,21 @@ def test_per_cluster_mode_chooses_one_architecture_per_cluster_and_memory_mode_s
 
     memory = run_search(SearchConfig(objective="memory", **quick), dataset, fleet)
     assert memory.points[0].size_bits <= 0.5 * memory.baseline_size_bits + 1e-6
+
+
+def test_a_concatenation_the_dependency_analysis_misreads_is_refused() -> None:
+    def conv(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class ConcatThenFlatten(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.p, self.q = nn.Conv2d(3, 16, 3, 1, 1), conv(16, 8), conv(16, 24)
+            self.fc = nn.Linear(32 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.fc(torch.flatten(torch.cat([self.q(x), self.p(x)], 1), 1))
+
+    with pytest.raises(HdapError, match="hdap cannot follow this graph"):
+        build_search_space(ConcatThenFlatten(), (3, 8, 8), MENU, granule=4)

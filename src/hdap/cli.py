@@ -334,7 +334,7 @@ def run_command(
     search_mode: Annotated[str, typer.Option(help="fleet (weighted over clusters), nominal (the datasheet device) or per-cluster.")] = "fleet",
     objective: Annotated[str, typer.Option(help="What the search lowers: latency, or memory (weight bits).")] = "latency",
     targets: Annotated[str, typer.Option(help="Cost targets as fractions of the uncompressed model's, one search each: the points of the Pareto front.")] = "0.8,0.65,0.5,0.4,0.3,0.2",
-    strengths: Annotated[str, typer.Option(help="Penalty strengths instead of targets (used when --targets is empty), e.g. 0.5,1,2.")] = "",
+    strengths: Annotated[str, typer.Option(help="Penalty strengths instead of cost targets (given, they replace --targets), e.g. 0.5,1,2.")] = "",
     pretrain_epochs: Annotated[int, typer.Option(help="Epochs of plain training of the uncompressed model.")] = 15,
     search_epochs: Annotated[int, typer.Option(help="Epochs of each search.")] = 10,
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning each searched architecture (distilling the uncompressed model) before it is measured.")] = 10,

@@ -79,8 +79,9 @@ class SearchConfig:
             raise HdapError(f"search strengths {self.strengths} must be non-negative numbers, e.g. 0.5,1,2,4,8.")
 
     def settings(self) -> list[tuple[str, float]]:
-        """One (kind, value) per search: ("target", 0.5) or ("strength", 2.0)."""
-        return [("target", t) for t in self.targets] if self.targets else [("strength", s) for s in self.strengths]
+        """One (kind, value) per search: ("target", 0.5) or ("strength", 2.0). Strengths, when
+        given, replace the targets."""
+        return [("strength", s) for s in self.strengths] if self.strengths else [("target", t) for t in self.targets]
 
 
 @dataclass

@@ -149,7 +149,7 @@ def build_search_space(model: nn.Module, input_shape: tuple[int, ...], precision
         importance = tp.importance.GroupMagnitudeImportance(p=2)(raw)
         order = [int(c) for c in torch.argsort(importance, descending=True, stable=True)]
         groups.append(ChannelGroup(len(groups), names[root_module], channels, min(granule, channels), members, order))
-    _check_layers_covered(layers, groups)
+    _check_one_owner(layers, groups)
     _mark_collapsible(model, layers, groups)
     protected = {layers[0].name, layers[-1].name} if protect_first_and_last else set()
     return SearchSpace(layers, groups, tuple(precisions), protected)
@@ -200,17 +200,27 @@ def _mark_collapsible(model: nn.Module, layers: list[LayerShape], groups: list[C
         if not readers or first is None or not first.all_input_nodes:
             continue
         block_input = first.all_input_nodes[0]
-        if all(m.layer in position and layers[position[m.layer]].op != "depthwise" and joins_skip(m.layer, block_input)
-               for m in readers):
+        # A removed branch computes zeros before its batch norm: only bias-free convolutions may vanish.
+        if all(m.layer in position and layers[position[m.layer]].op == "conv" and modules[m.layer].bias is None
+               and joins_skip(m.layer, block_input) for m in readers):
             group.collapsible = sorted(m.layer for m in readers)
 
 
-def _check_layers_covered(layers: list[LayerShape], groups: list[ChannelGroup]) -> None:
-    """Every layer's input channels must be accounted for by the groups feeding it, or by nothing
-    prunable at all: a layer fed by a prunable group the analysis lost would be mis-costed."""
-    for shape in layers:
-        fed = [m for g in groups for m in g.members if m.layer == shape.name and m.side == "in"]
-        for member in fed:
-            if max(member.channel_of_root, default=-1) >= shape.in_channels and shape.op != "depthwise":
-                raise HdapError(f"the dependency analysis mapped channels past layer {shape.name}'s {shape.in_channels} "
-                                "inputs: hdap cannot follow this graph.")
+def _check_one_owner(layers: list[LayerShape], groups: list[ChannelGroup]) -> None:
+    """Each layer's outputs belong to one group that covers all of them, each member maps root
+    channels to distinct channels of its layer: anything else means the dependency analysis
+    mis-read the graph (e.g. a concatenation before a flatten)."""
+    shapes = {shape.name: shape for shape in layers}
+    owners: dict[str, int] = {}
+    for group in groups:
+        for member in group.members:
+            shape = shapes[member.layer]
+            mapped = member.channel_of_root
+            width = shape.out_channels if member.side == "out" else shape.in_channels
+            wrong = (len(mapped) % group.channels or len(set(mapped)) != len(mapped) or max(mapped, default=0) >= width
+                     or (member.side == "out" and len(mapped) != width))
+            if wrong or (member.side == "out" and member.layer in owners):
+                raise HdapError(f"the dependency analysis mis-read the channels of layer {member.layer} (a concatenation "
+                                "or reshape Torch-Pruning cannot follow?): hdap cannot follow this graph.")
+            if member.side == "out":
+                owners[member.layer] = group.index

@@ -160,15 +160,25 @@ def _image_folder(store, uri: str, input_shape: tuple[int, int, int], seed: int)
             store.get_file(obj.uri, Path(folder) / obj.uri[len(prefix):])
         to_tensor = transforms.Compose([transforms.Resize(input_shape[1:]), transforms.ToTensor()])
 
-        def read(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        def read(root: Path, classes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
             try:
                 tree = datasets.ImageFolder(str(root), transform=to_tensor)
                 pairs = [tree[i] for i in range(len(tree))]
             except (FileNotFoundError, OSError) as err:
                 raise HdapError(f"the images under {uri} are not a <class>/<image> tree torchvision can read: {err}") from None
-            return _shape(torch.stack([p[0] for p in pairs]), input_shape), torch.tensor([p[1] for p in pairs])
+            labels = [p[1] for p in pairs]
+            if classes is not None:  # number the test classes as the training classes, by name
+                unknown = sorted(set(tree.class_to_idx) - set(classes))
+                if unknown:
+                    raise HdapError(f"{uri}/test has classes the training images do not: {', '.join(unknown)}.")
+                names = {index: name for name, index in tree.class_to_idx.items()}
+                labels = [classes[names[label]] for label in labels]
+            return _shape(torch.stack([p[0] for p in pairs]), input_shape), torch.tensor(labels), tree.class_to_idx
 
         root = Path(folder)
         if (root / "train").is_dir() and (root / "test").is_dir():
-            return (*read(root / "train"), *read(root / "test"))
-        return _split(*read(root), seed)
+            train_x, train_y, classes = read(root / "train")
+            test_x, test_y, _ = read(root / "test", classes)
+            return train_x, train_y, test_x, test_y
+        images, labels, _ = read(root)
+        return _split(images, labels, seed)
