@@ -28,8 +28,7 @@ from hdap.compress.spec import spec_layer_configs
 from hdap.data import DataConfig, load_dataset
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
 from hdap.fleet.simulate import simulate_features
-from hdap.latency.fleet_cost import FleetCost
-from hdap.latency.fleet_profiling import nominal_device, simulated_fleet_cost, simulated_fleet_latency_ms, simulated_surrogate
+from hdap.latency.fleet_profiling import nominal_fleet_cost, simulated_fleet_cost, simulated_fleet_latency_ms
 from hdap.models import build_model, prunable_layers
 
 SKU = "jetson-xavier-nx"
@@ -47,7 +46,7 @@ def main() -> None:
     clustering = cluster_devices(features, ClusterConfig(seed=0))
     layers = prunable_layers(build_model("resnet20", SHAPE), SHAPE)
     fleet = simulated_fleet_cost(features, truth, [(c.representative, c.weight) for c in clustering.clusters], layers, MENU)
-    nominal = FleetCost([simulated_surrogate(nominal_device(SKU), layers, MENU)], [1.0], MENU)
+    nominal = nominal_fleet_cost(SKU, layers, MENU)
     data = load_dataset(DataConfig("digits", input_shape=SHAPE))
     config = SearchConfig(model="resnet20", input_shape=SHAPE)
     if args.quick:

@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
-from hdap.fleet.ingest import aggregate_devices
-from hdap.fleet.schema import probe_column, probes_for
-from hdap.fleet.simulate import simulate_chunk
-from hdap.fleet.sku import get_sku
 from hdap.latency.backends.onnxruntime import BackgroundLoad, OnnxRuntimeBackend
-from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
-from hdap.latency.device_model import device_state, kernel_latency_ms
-from hdap.latency.fleet_profiling import device_seconds, random_variants
+from hdap.latency.backends.simulated import SimulatedBackend
+from hdap.fleet.simulate import simulate_features
+from hdap.latency.fleet_profiling import device_seconds, random_variants, simulated_device, simulated_fleet_latency_ms
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile
 from hdap.latency.surrogate import fit_model_overhead, fit_surrogate, within
 from hdap.models import build_model, prunable_layers
@@ -67,33 +62,15 @@ def onnxruntime_layers(samples: int, rounds: int) -> dict:
     return out
 
 
-def simulated_fleet(devices: int, seed: int = 0):
-    """A simulated fleet in memory: per-device features, hidden truth, and its clustering."""
-    sku = get_sku("jetson-xavier-nx")
-    chunk = simulate_chunk(sku, 0, devices, 7, datetime(2026, 11, 20, tzinfo=timezone.utc), seed)
-    import pyarrow as pa
-
-    reports = pa.concat_tables([t for _, t in chunk.days])
-    features = aggregate_devices(reports, [probe_column(p) for p in probes_for(sku)])
-    truth = {r["device_id"]: r for r in chunk.truth.to_pylist()}
-    return sku, features, truth, cluster_devices(features, ClusterConfig(seed=0))
-
-
-def device_of(row: dict, truth: dict) -> SimulatedDevice:
-    hidden = truth[row["device_id"]]
-    return SimulatedDevice(row["sku"], row["power_mode"], row["temperature_c_median"], row["background_load_median"],
-                           hidden["silicon_bin"], hidden["regulator_cap"])
-
-
 def simulated_layers_and_fleet_mean(devices: int, samples: int, variants: int) -> tuple[dict, dict]:
-    sku, features, truth, clustering = simulated_fleet(devices)
-    rows = {r["device_id"]: r for r in features.to_pylist()}
+    features, truth = simulate_features("jetson-xavier-nx", devices, days=7, seed=0)
+    clustering = cluster_devices(features, ClusterConfig(seed=0))
     layers = prunable_layers(build_model("resnet20"), (3, 224, 224))
     precisions = ("fp16", "int8")
     plan = plan_profile(layers, precisions, samples, granule=1, seed=0)
     layer_results, surrogates, seconds = {}, [], 0.0
     for cluster in clustering.clusters:
-        backend = SimulatedBackend(device_of(rows[cluster.representative], truth))
+        backend = SimulatedBackend(simulated_device(cluster.representative, features, truth))
         profile = run_profile(backend, plan)
         configs, latencies = profile_configs(profile)
         share, p95, n = held_out_accuracy(configs, latencies)
@@ -106,13 +83,9 @@ def simulated_layers_and_fleet_mean(devices: int, samples: int, variants: int) -
         seconds += device_seconds(profile)
 
     # Truth: every device's latency of each variant from the device model (noiseless).
-    every = [device_of(rows[d], truth) for d in features.column("device_id").to_pylist()]
-    state = device_state(sku, np.array([d.power_mode for d in every], dtype=object), np.array([d.temperature_c for d in every]),
-                         np.array([d.background_load for d in every]), np.array([d.silicon_bin for d in every]),
-                         np.array([d.regulator_cap for d in every]))
     errors = []
     for variant in random_variants(layers, precisions, variants, 8, seed=7):
-        true_mean = float(np.mean(sum(kernel_latency_ms(sku, state, layer_kernel(c)) for c in variant)))
+        true_mean = float(simulated_fleet_latency_ms(variant, features, truth).mean())
         estimate = sum(w * s.predict_model(variant) for w, s in surrogates)
         errors.append(abs(estimate / true_mean - 1))
     per_device = seconds / len(clustering.clusters)

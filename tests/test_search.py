@@ -33,6 +33,13 @@ def random_surrogate(layers, precisions, seed: int) -> LatencySurrogate:
     return LatencySurrogate(groups, 1.1, 0.2, {"fp16>int8": 0.5, "int8>int8": -0.1})
 
 
+def two_cluster_fleet(model: str, samples_per_layer: int) -> FleetCost:
+    """A fleet of two simulated Xavier NX clusters: healthy at 20 W (60%) and busy at 10 W (40%)."""
+    layers = prunable_layers(build_model(model, DIGITS), DIGITS)
+    devices = (SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55))
+    return FleetCost([simulated_surrogate(d, layers, MENU, samples_per_layer) for d in devices], [0.6, 0.4], MENU)
+
+
 def randomised(searchable: SearchableModel, seed: int = 0) -> SearchableModel:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -184,10 +191,7 @@ def test_every_zoo_model_yields_a_search_space() -> None:
 
 def test_the_search_returns_a_pareto_front_on_digits_with_removed_branches() -> None:
     dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
-    layers = prunable_layers(build_model("resnet20", DIGITS), DIGITS)
-    fleet = FleetCost([simulated_surrogate(d, layers, MENU, 12) for d in (
-        SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55))],
-        [0.6, 0.4], MENU)
+    fleet = two_cluster_fleet("resnet20", samples_per_layer=12)
     config = SearchConfig(targets=(0.8, 0.4), pretrain_epochs=3, search_epochs=4, finetune_epochs=1)
     result = run_search(config, dataset, fleet)
     assert result.baseline_accuracy > 80
@@ -207,10 +211,7 @@ def test_the_nominal_device_is_the_fastest_power_mode_cool_and_idle() -> None:
 
 def test_per_cluster_mode_chooses_one_architecture_per_cluster_and_memory_mode_shrinks_weights() -> None:
     dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
-    layers = prunable_layers(build_model("small-cnn", DIGITS), DIGITS)
-    fleet = FleetCost([simulated_surrogate(d, layers, MENU, 8) for d in (
-        SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55))],
-        [0.5, 0.5], MENU)
+    fleet = two_cluster_fleet("small-cnn", samples_per_layer=8)
     quick = dict(model="small-cnn", targets=(0.5,), pretrain_epochs=1, search_epochs=2, finetune_epochs=1)
     per_cluster = run_search(SearchConfig(mode="per-cluster", **quick), dataset, fleet)
     assert isinstance(per_cluster.chosen, list) and len(per_cluster.chosen) == 2

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hdap.config import parse_shape, parse_time
@@ -33,9 +32,9 @@ from hdap.latency.fleet_cost import FleetCost
 from hdap.latency.fleet_profiling import (
     SurrogateConfig,
     build_cluster_surrogates,
-    nominal_device,
+    load_truth,
+    nominal_fleet_cost,
     simulated_fleet_latency_ms,
-    simulated_surrogate,
 )
 from hdap.latency.surrogate import LatencySurrogate
 from hdap.models import build_model, prunable_layers
@@ -239,15 +238,13 @@ def search_step(
     layers = prunable_layers(build_model(model, shape, classes=data.classes), shape)
     nominal = None
     if mode == "nominal":
-        sku = features.column("sku")[0].as_py()
-        nominal = FleetCost([simulated_surrogate(nominal_device(sku), layers, fleet.precisions, seed=seed)], [1.0], fleet.precisions)
+        nominal = nominal_fleet_cost(features.column("sku")[0].as_py(), layers, fleet.precisions, seed=seed)
     result = run_search(config, data, fleet, nominal)
 
     # A simulated fleet knows its truth: what each point would cost the whole fleet, deployed.
     true_latency: dict[int, float] = {}
     if truth_uri and mode != "per-cluster":
-        tables = [store.get_table(o.uri) for o in store.list(truth_uri)]
-        truth = {r["device_id"]: r for r in pa.concat_tables(tables).to_pylist()} if tables else {}
+        truth = load_truth(store, truth_uri)
         for i, point in enumerate(result.points):
             true_latency[i] = float(simulated_fleet_latency_ms(spec_layer_configs(point.spec, layers), features, truth).mean())
 

@@ -29,10 +29,16 @@ def round_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -levels, levels)
 
 
+def activation_precision(precision: str) -> str:
+    """What a layer's inputs run at: its own precision, but int8 under weight-only int4/int2
+    (engines quantise only the weights below 8 bits)."""
+    return precision if precision in ("fp32", "fp16", "int8") else "int8"
+
+
 def round_activation(x: torch.Tensor, precision: str, amax: torch.Tensor) -> torch.Tensor:
-    """The activation as the engine sees it at `precision`; `amax` is the layer's running
-    maximum of |x| (a 0-d tensor). Below 8 bits only weights are quantised (weight-only int4/int2,
-    as engines run them), so activations stay int8."""
+    """The activation as the engine sees it in a layer at `precision`; `amax` is the layer's
+    running maximum of |x| (a 0-d tensor)."""
+    precision = activation_precision(precision)
     if precision == "fp32":
         return x
     if precision == "fp16":
@@ -42,21 +48,12 @@ def round_activation(x: torch.Tensor, precision: str, amax: torch.Tensor) -> tor
     return torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros(1, dtype=torch.int32), -levels, levels)
 
 
-def quantize_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
-    return _straight_through(weight, round_weight(weight.detach(), precision))
-
-
-def quantize_activation(x: torch.Tensor, precision: str, amax: torch.Tensor) -> torch.Tensor:
-    return _straight_through(x, round_activation(x.detach(), precision, amax))
-
-
 def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], rounding) -> torch.Tensor:
     """sum_p probs[p] * rounding(x, p) with straight-through gradients, in few autograd steps:
     as the probabilities sum to one this is x + sum_p probs[p] * (r_p - x), the rounding
     differences computed without autograd. A hard choice (no gradient) rounds once."""
     if not probs.requires_grad:
-        rounded = rounding(x.detach(), precisions[int(probs.argmax())])
-        return x + (rounded - x).detach()
+        return _straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
     with torch.no_grad():
         offsets = [rounding(x, p) - x for p in precisions]
     mixed = x

@@ -33,7 +33,7 @@ from hdap.compress.space import SearchSpace, build_search_space
 from hdap.compress.spec import ArchitectureSpec, export_spec
 from hdap.data import Dataset
 from hdap.errors import HdapError
-from hdap.latency.fleet_cost import BITS, CompiledFleetCost, FleetCost, stack_decisions
+from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions, weight_bits
 from hdap.models import build_model
 from hdap.progress import progress
 
@@ -50,7 +50,7 @@ class SearchConfig:
     mode: str = "fleet"
     objective: str = "latency"
     # Cost targets as fractions of the uncompressed model's cost, one search each (the constraint
-    # form); or, where `targets` is empty, penalty strengths.
+    # form); penalty strengths, when given, replace them.
     targets: tuple[float, ...] = (0.8, 0.65, 0.5, 0.4, 0.3, 0.2)
     strengths: tuple[float, ...] = ()
     multiplier_rate: float = 0.05  # dual-ascent step of the constraint's multiplier, per batch
@@ -180,16 +180,6 @@ def train_epochs(model: nn.Module, dataset, epochs: int, config: SearchConfig, d
 
 
 # -- costs ------------------------------------------------------------------------------------
-def memory_bits(searchable: SearchableModel) -> torch.Tensor:
-    in_channels, out_channels, probs, present = stack_decisions(searchable.decisions())
-    bits = torch.tensor([BITS[p] for p in searchable.space.precisions], dtype=torch.float64)
-    total = torch.zeros((), dtype=torch.float64)
-    for layer, shape in enumerate(searchable.space.layers):
-        fan_in = 1 if shape.op == "depthwise" else in_channels[layer]
-        total = total + present[layer] * shape.kernel_size**2 * fan_in * out_channels[layer] * (probs[layer] * bits).sum()
-    return total
-
-
 class ArchitectureCost:
     """What one search minimises, normalised by the uncompressed model's value."""
 
@@ -198,7 +188,7 @@ class ArchitectureCost:
 
     def __call__(self, searchable: SearchableModel) -> torch.Tensor:
         if self.objective == "memory":
-            return memory_bits(searchable) / self.baseline
+            return weight_bits(searchable.decisions(), searchable.space.precisions) / self.baseline
         return self.latency.fleet_weighted_latency(*stack_decisions(searchable.decisions())) / self.baseline
 
 
@@ -313,7 +303,8 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     def space_of(model: nn.Module) -> SearchSpace:
         return build_search_space(model, config.input_shape, fleet.precisions, config.granule)
 
-    reference = SearchableModel(copy.deepcopy(pretrained), space_of(copy.deepcopy(pretrained)))
+    uncompressed = copy.deepcopy(pretrained)
+    reference = SearchableModel(uncompressed, space_of(uncompressed))
     log.info("search space: %s", reference.space.describe())
     reference.freeze()
     full = reference.decisions()  # every channel kept; every layer at the default precision:
@@ -323,12 +314,11 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     fleet_latency = CompiledFleetCost(fleet, configs)
     baseline_inputs = stack_decisions(full)
     baseline_latency = float(fleet_latency.fleet_weighted_latency(*baseline_inputs))
-    baseline_bits = sum(s.kernel_size**2 * (1 if s.op == "depthwise" else s.in_channels) * s.out_channels
-                        * BITS[reference.space.default_precision] for s in reference.space.layers)
+    baseline_bits = float(weight_bits(full, fleet.precisions))
 
     def cost_for(surrogates: FleetCost) -> ArchitectureCost:
         if config.objective == "memory":
-            return ArchitectureCost("memory", None, float(baseline_bits))
+            return ArchitectureCost("memory", None, baseline_bits)
         compiled = CompiledFleetCost(surrogates, configs)
         return ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*baseline_inputs)))
 
@@ -338,7 +328,7 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
             inputs = stack_decisions(searchable.decisions())
             per_cluster = fleet_latency.per_cluster_latency(*inputs)
             latency = float((fleet_latency.weights * per_cluster).sum())
-            bits = float(memory_bits(searchable))
+            bits = float(weight_bits(searchable.decisions(), searchable.space.precisions))
         metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting[0]: setting[1]}
         spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
         log.info("%s %g: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", *setting, accuracy,
@@ -366,5 +356,5 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
         chosen = choose(points, baseline_accuracy, config.accuracy_tolerance)
     seconds["search"] = time.perf_counter() - started
     baseline_clusters = [float(v) for v in fleet_latency.per_cluster_latency(*baseline_inputs)]
-    return SearchResult(baseline_accuracy, baseline_latency, float(baseline_bits), reference.space.default_precision,
+    return SearchResult(baseline_accuracy, baseline_latency, baseline_bits, reference.space.default_precision,
                         baseline_clusters, points, chosen, seconds)

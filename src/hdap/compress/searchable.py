@@ -2,14 +2,14 @@
 
     searchable = SearchableModel(model, space)
     loss = task_loss(searchable(x), y) + strength * cost(searchable.decisions()) / baseline_cost
-    spec = searchable.export(...)
+    searchable.freeze(); spec = export_spec(searchable, ...)   # hdap.compress.spec
 
 Each channel granule has a keep logit, each layer a logit per precision of the menu. In training,
 a granule's keep probability (sigmoid of logit / temperature) scales its channels where other
 layers read them, and a layer's weights and inputs are the precision mix of their fake-quantised
 versions (softmax of logits / temperature), as in Motetti et al. and PLiNIO's MPS. Lowering the
-temperature makes both choices crisp; `freeze()` makes them hard (keep if logit > 0, argmax
-precision) for the final fine-tune and export. The same soft quantities feed the latency
+temperature makes both choices crisp; `freeze()` makes them hard (keep if logit > threshold,
+argmax precision) for the final fine-tune and export. The same soft quantities feed the latency
 surrogates through `decisions()`, so the cost's gradient reaches every logit.
 """
 
@@ -110,10 +110,6 @@ class SearchableModel(nn.Module):
     def architecture_parameters(self) -> list[nn.Parameter]:
         return list(self.keep_logits) + list(self.precision_logits.values())
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        ours = {id(p) for p in self.architecture_parameters()}
-        return [p for p in self.model.parameters() if id(p) not in ours]
-
     def freeze(self) -> None:
         """Hard decisions from now on: the architecture the fine-tune and export see."""
         self.frozen = True
@@ -186,10 +182,6 @@ class SearchableModel(nn.Module):
                 return layers
         finally:
             self.frozen = was_frozen
-
-    def hard_configs(self) -> list[LayerConfig]:
-        """The layers the frozen architecture runs (removed branches left out)."""
-        return [config for _, config in self.hard_layers() if config is not None]
 
     def kept_granules(self, group: int) -> list[bool]:
         """The hard decision: keep granules with a positive logit. A group that is not removable

@@ -124,8 +124,6 @@ def build_search_space(model: nn.Module, input_shape: tuple[int, ...], precision
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
         raw_groups = list(graph.get_all_groups(ignored_layers=[last], root_module_types=[nn.Conv2d, nn.Linear]))
-    except HdapError:
-        raise
     except Exception as err:  # noqa: BLE001 - any failure of the tracer means the graph is beyond it
         raise HdapError(f"the dependency analysis could not follow this model's graph ({type(err).__name__}: {err}); "
                         "hdap needs a model Torch-Pruning can trace.") from None

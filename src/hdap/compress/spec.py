@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from hdap.compress.quantize import activation_precision
 from hdap.compress.searchable import SearchableModel
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig, LayerShape
@@ -90,9 +91,9 @@ def export_spec(searchable: SearchableModel, model_name: str, input_shape: tuple
         if config is None:
             layers.append(LayerSpec(shape.name, shape.op, 0, 0, [], "", "", removed=True))
             continue
-        activation = config.precision if config.precision in ("fp32", "fp16", "int8") else "int8"
         layers.append(LayerSpec(shape.name, shape.op, config.in_channels, config.out_channels,
-                                kept_by_layer.get(shape.name, list(range(shape.out_channels))), config.precision, activation))
+                                kept_by_layer.get(shape.name, list(range(shape.out_channels))), config.precision,
+                                activation_precision(config.precision)))
     return ArchitectureSpec(model_name, list(input_shape), classes, list(space.precisions), layers, groups, metrics or {})
 
 

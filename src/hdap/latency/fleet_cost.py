@@ -16,7 +16,7 @@ import torch
 
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig
-from hdap.latency.surrogate import LatencySurrogate, LayerDecision, transition_key
+from hdap.latency.surrogate import LatencySurrogate, LayerDecision, straight_through_ceil, transition_key
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int2": 2}
 
@@ -41,14 +41,19 @@ class FleetCost:
         return (weights * self.per_cluster_latency(decisions)).sum()
 
     def memory_bits(self, decisions: list[LayerDecision]) -> torch.Tensor:
-        """Weight memory: parameters kept times the expected bits per parameter."""
-        bits = torch.tensor([BITS[p] for p in self.precisions], dtype=torch.float64)
-        total = torch.zeros((), dtype=torch.float64)
-        for d in decisions:
-            k2 = d.config.kernel_size**2
-            fan_in = 1 if d.config.op == "depthwise" else d.in_channels
-            total = total + d.present * k2 * fan_in * d.out_channels * (d.precision_probs.to(torch.float64) * bits).sum()
-        return total
+        return weight_bits(decisions, self.precisions)
+
+
+def weight_bits(decisions: list[LayerDecision], precisions: tuple[str, ...]) -> torch.Tensor:
+    """Weight memory: parameters kept times the expected bits per parameter (precision
+    probabilities over `precisions`)."""
+    bits = torch.tensor([BITS[p] for p in precisions], dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for d in decisions:
+        k2 = d.config.kernel_size**2
+        fan_in = 1 if d.config.op == "depthwise" else d.in_channels
+        total = total + d.present * k2 * fan_in * d.out_channels * (d.precision_probs.to(torch.float64) * bits).sum()
+    return total
 
 
 class CompiledFleetCost:
@@ -93,8 +98,8 @@ class CompiledFleetCost:
         tile = t["tile"]
         cout = out_channels.to(torch.float64)
         cin = torch.where(self.depthwise, cout, in_channels.to(torch.float64))
-        tiled_out = _straight_through_ceil(cout, tile)
-        tiled_in = torch.where(self.depthwise, torch.ones_like(tile), _straight_through_ceil(cin, tile))
+        tiled_out = straight_through_ceil(cout, tile)
+        tiled_in = torch.where(self.depthwise, torch.ones_like(tile), straight_through_ceil(cin, tile))
         macs = self.out_area * self.kernel_area * tiled_out * tiled_in
         weights = self.kernel_area * cout * torch.where(self.depthwise, torch.ones_like(cin), cin)
         compute = t["compute_ms_per_gmac"] * macs / 1e9
@@ -115,11 +120,6 @@ class CompiledFleetCost:
     def fleet_weighted_latency(self, in_channels: torch.Tensor, out_channels: torch.Tensor, precision_probs: torch.Tensor,
                                present: torch.Tensor | None = None) -> torch.Tensor:
         return (self.weights * self.per_cluster_latency(in_channels, out_channels, precision_probs, present)).sum()
-
-
-def _straight_through_ceil(channels: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
-    rounded = torch.ceil(channels / tile - 1e-6) * tile
-    return channels + (rounded - channels).detach()
 
 
 def stack_decisions(decisions: list[LayerDecision]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -118,6 +118,12 @@ def device_seconds(profile: pa.Table) -> float:
     return len(profile) * SECONDS_PER_CONFIGURATION + sum(timed) * 1e-3 * TIMED_RUNS_PER_CONFIGURATION
 
 
+def load_truth(store: ObjectStore, truth_uri: str) -> dict[str, dict]:
+    """A simulated fleet's hidden truth (silicon bin, regulator cap) per device id."""
+    tables = [store.get_table(o.uri) for o in store.list(truth_uri)]
+    return {r["device_id"]: r for r in pa.concat_tables(tables).to_pylist()} if tables else {}
+
+
 def simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict]) -> SimulatedDevice:
     row = features.filter(pa.compute.equal(features.column("device_id"), device_id)).to_pylist()
     if not row:
@@ -144,11 +150,7 @@ def build_cluster_surrogates(
     layers: list[LayerShape],
     config: SurrogateConfig,
 ) -> tuple[list[ClusterSurrogate], tuple[str, ...]]:
-    truth: dict[str, dict] = {}
-    if config.truth_uri and store is not None:
-        tables = [store.get_table(o.uri) for o in store.list(config.truth_uri)]
-        if tables:
-            truth = {r["device_id"]: r for r in pa.concat_tables(tables).to_pylist()}
+    truth = load_truth(store, config.truth_uri) if config.truth_uri and store is not None else {}
     sku = features.column("sku")[0].as_py()
     if config.samples_per_layer < 3:
         raise HdapError(f"samples_per_layer={config.samples_per_layer} is too few to fit and check a surrogate: use 3 or more.")
@@ -258,3 +260,8 @@ def simulated_fleet_cost(features: pa.Table, truth: dict[str, dict], clusters: l
     surrogates = [simulated_surrogate(simulated_device(device_id, features, truth), layers, precisions, samples_per_layer, seed=seed)
                   for device_id, _ in clusters]
     return FleetCost(surrogates, [weight for _, weight in clusters], precisions)
+
+
+def nominal_fleet_cost(sku_name: str, layers: list[LayerShape], precisions: tuple[str, ...], seed: int = 0) -> FleetCost:
+    """A "fleet" of one datasheet device (the SKU's nominal device, simulated): the baseline to beat."""
+    return FleetCost([simulated_surrogate(nominal_device(sku_name), layers, precisions, seed=seed)], [1.0], precisions)

@@ -49,7 +49,7 @@ def group_key(config: LayerConfig, precision: str | None = None) -> GroupKey:
 TILE_CANDIDATES = (1, 4, 8, 16, 32)
 
 
-def straight_through_ceil(channels: torch.Tensor, tile: int) -> torch.Tensor:
+def straight_through_ceil(channels: torch.Tensor, tile: int | torch.Tensor) -> torch.Tensor:
     """Round up to a multiple of `tile` going forward; gradient as if unrounded."""
     rounded = torch.ceil(channels / tile - 1e-6) * tile
     return channels + (rounded - channels).detach()
