@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/surrogate_accuracy.py
 	$(BIN)/python bench/search_fleet.py
 	$(BIN)/python bench/search_cost.py
+	$(BIN)/python bench/pipeline_demo.py
 
 compile: $(STAMP)
 	$(BIN)/hdap compile --output hdap-pipeline.yaml

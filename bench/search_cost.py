@@ -19,7 +19,8 @@ import time
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
-from hdap.compress.search import ArchitectureCost, SearchConfig, train_epochs
+from hdap.compress.search import ArchitectureCost, SearchConfig
+from hdap.compress.training import train_epochs
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
 from hdap.data import DataConfig, load_dataset
@@ -52,7 +53,7 @@ def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: 
         cost = ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions()))))
         started = time.perf_counter()
         train_epochs(searchable, data.train, epochs, config, "search", penalty=lambda s=searchable, c=cost: 2.0 * c(s),
-                     architecture=searchable.architecture_parameters())
+                     architecture=searchable.architecture_parameters(), arch_learning_rate=config.arch_learning_rate)
         search_seconds.append(time.perf_counter() - started)
     plain, search = statistics.median(plain_seconds), statistics.median(search_seconds)
     ratio = search / plain

@@ -8,3 +8,5 @@ HDAP_STEP_IMAGE at compile time (built from images/Dockerfile.cpu, with hdap ins
 import os
 
 STEP_IMAGE = os.environ.get("HDAP_STEP_IMAGE", "hdap-step:0.1.0")
+# The build step's image: with TensorRT and CUDA (images/Dockerfile.gpu) where engines are built.
+GPU_STEP_IMAGE = os.environ.get("HDAP_GPU_STEP_IMAGE", STEP_IMAGE)

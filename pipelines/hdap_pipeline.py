@@ -1,9 +1,13 @@
-"""The hdap pipeline: store -> ingest -> cluster -> surrogate -> search (-> fine-tune -> build)."""
+"""The hdap pipeline: store -> ingest -> cluster -> surrogate -> search -> fine-tune -> build -> registry."""
+
+import os
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
 
+from components.build import build
 from components.cluster import cluster
+from components.finetune import finetune
 from components.ingest import ingest
 from components.search import search
 from components.surrogate import surrogate
@@ -18,8 +22,24 @@ STORE_SECRET_KEYS = {
 }
 
 
+# Where the build step runs on a cluster, read at compile time (`hdap compile --build-accelerator ...`):
+# engines are not portable between GPUs or TensorRT versions, so the step asks for a GPU and can
+# be pinned to nodes of the target SKU (a node label key=value).
+BUILD_ACCELERATOR = os.environ.get("HDAP_BUILD_ACCELERATOR", "")  # e.g. nvidia.com/gpu; empty: CPU only
+BUILD_NODE_LABEL = os.environ.get("HDAP_BUILD_NODE_LABEL", "")  # e.g. nvidia.com/gpu.product=Jetson-Xavier-NX
+
+
 def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return kubernetes.use_secret_as_env(task, secret_name=STORE_SECRET, secret_key_to_env=STORE_SECRET_KEYS)
+
+
+def on_build_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    if BUILD_ACCELERATOR:
+        task.set_accelerator_type(BUILD_ACCELERATOR).set_accelerator_limit(1)
+    if BUILD_NODE_LABEL:
+        key, _, value = BUILD_NODE_LABEL.partition("=")
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    return task
 
 
 @dsl.pipeline(
@@ -53,6 +73,11 @@ def hdap_pipeline(
     finetune_epochs: int = 10,
     granule: int = 8,
     accuracy_tolerance: float = 0.5,
+    qat_epochs: int = 8,
+    qat_learning_rate: float = 0.01,
+    registry_uri: str = "s3://hdap/registry",
+    tensorrt: str = "auto",
+    onnxruntime_threads: int = 1,
 ) -> Artifact:
     """k=0 chooses the number of clusters in [k_min, k_max]; as_of (ISO time) fixes "now" for the
     future-timestamp check, empty means the clock. Representatives are profiled from their uploaded
@@ -60,8 +85,11 @@ def hdap_pipeline(
     onnxruntime | tensorrt); truth_uri names a simulated fleet's hidden truth. The search trains
     `model` on `dataset` (digits | cifar10 | imagefolder, the last two from dataset_uri) once per
     cost target (a fraction of the uncompressed model's cost; penalty strengths, when given,
-    replace the targets); search_mode is fleet | nominal | per-cluster, objective latency | memory. Outputs go
-    to <output_uri>/<run name>/."""
+    replace the targets); search_mode is fleet | nominal | per-cluster, objective latency | memory. The chosen
+    architecture is fine-tuned quantization-aware for qat_epochs, exported as QDQ ONNX, built for ONNX Runtime
+    (and TensorRT: auto | off | required) and, if its accuracy stays within accuracy_tolerance points of the
+    uncompressed model's, published to <registry_uri>/<model>/<run name>/ (per-cluster mode stops after the
+    search). Outputs go to <output_uri>/<run name>/."""
     ingest_task = with_store_credentials(
         ingest(
             telemetry_uri=telemetry_uri,
@@ -97,7 +125,7 @@ def hdap_pipeline(
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
     ).set_display_name("latency surrogates")
-    with_store_credentials(
+    search_task = with_store_credentials(
         search(
             surrogates=surrogate_task.outputs["surrogates"],
             features=ingest_task.outputs["features"],
@@ -120,4 +148,37 @@ def hdap_pipeline(
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
     ).set_display_name("prune + precision search").set_cpu_limit("4").set_memory_limit("8G")
+    with dsl.If(search_mode != "per-cluster", name="one-architecture"):
+        finetune_task = with_store_credentials(
+            finetune(
+                architecture=search_task.outputs["architecture"],
+                dataset=dataset,
+                dataset_uri=dataset_uri,
+                epochs=qat_epochs,
+                learning_rate=qat_learning_rate,
+                seed=seed,
+                output_uri=output_uri,
+                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            )
+        ).set_display_name("quantization-aware fine-tune").set_cpu_limit("4").set_memory_limit("8G").set_retry(2)
+        on_build_nodes(with_store_credentials(
+            build(
+                model=finetune_task.outputs["model"],
+                surrogates=surrogate_task.outputs["surrogates"],
+                features=ingest_task.outputs["features"],
+                clusters=cluster_task.outputs["clusters"],
+                assignments=cluster_task.outputs["assignments"],
+                front=search_task.outputs["front"],
+                dataset=dataset,
+                dataset_uri=dataset_uri,
+                truth_uri=truth_uri,
+                registry_uri=registry_uri,
+                accuracy_tolerance=accuracy_tolerance,
+                tensorrt=tensorrt,
+                threads=onnxruntime_threads,
+                seed=seed,
+                output_uri=output_uri,
+                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            )
+        ).set_display_name("export + build + publish"))
     return cluster_task.outputs["clusters"]

@@ -83,3 +83,46 @@ def fleet_10k(object_store: ObjectStore):
     truth = pa.concat_tables([object_store.get_table(o.uri) for o in object_store.list(config.truth_uri)])
     groups = dict(zip(truth.column("device_id").to_pylist(), truth.column("group").to_pylist()))
     return config.telemetry_uri, result, groups
+
+
+def searched_resnet20(directory: Path, epochs: int = 3, seed: int = 0):
+    """A ResNet-20 trained briefly on digits and an architecture "searched" for it (random but
+    mostly-kept channels, one residual branch removed, fp16/int8 mixed), written as the search
+    step writes it: (spec, dataset)."""
+    import copy
+    import json
+
+    import torch
+
+    from hdap.compress.search import SearchConfig, plain_weights
+    from hdap.compress.searchable import SearchableModel
+    from hdap.compress.space import build_search_space
+    from hdap.compress.spec import export_spec
+    from hdap.compress.training import train_epochs
+    from hdap.data import DataConfig, load_dataset
+    from hdap.models import build_model
+
+    shape = (1, 8, 8)
+    data = load_dataset(DataConfig("digits", "", shape, seed))
+    torch.manual_seed(seed)
+    model = build_model("resnet20", shape)
+    train_epochs(model, data.train, epochs, SearchConfig(seed=seed), "training")
+    space = build_search_space(copy.deepcopy(model), shape, ("fp16", "int8"))
+    searchable = SearchableModel(copy.deepcopy(model), space)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for logits in searchable.keep_logits:
+            logits.copy_(torch.rand(logits.shape, generator=generator) * 4 - 1)
+        searchable.keep_logits[next(g.index for g in space.groups if g.root == "stages.4.conv1")].fill_(-5)
+        for logits in searchable.precision_logits.values():
+            logits.copy_(torch.rand(logits.shape, generator=generator) * 2 - 1)
+    searchable.freeze()
+    spec = export_spec(searchable, "resnet20", shape, data.classes, {"size_bits": 1.0})
+    directory.mkdir(parents=True, exist_ok=True)
+    spec.save(directory / "architecture.json")
+    torch.save(plain_weights(searchable), directory / "architecture.weights.pt")
+    torch.save(model.state_dict(), directory / "uncompressed.weights.pt")
+    (directory / "index.json").write_text(json.dumps({
+        "mode": "fleet", "architectures": [{"clusters": "all", "spec": "architecture.json", "weights": "architecture.weights.pt"}],
+        "uncompressed_weights": "uncompressed.weights.pt", "default_precision": "fp16"}))
+    return spec, data

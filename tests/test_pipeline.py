@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hdap.deploy.registry import verify_entry
 from hdap.store import ObjectStore, StoreConfig
 from tests.fixtures import AS_OF, simulate
 
@@ -27,15 +28,30 @@ def test_hdap_compile_writes_ir_yaml_with_every_component_and_the_parameters(tmp
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(output.read_text()))
     spec, platform = documents[0], documents[1]
-    assert {"comp-ingest", "comp-cluster", "comp-surrogate", "comp-search"} <= set(spec["components"])
+    assert {"comp-ingest", "comp-cluster", "comp-surrogate", "comp-search", "comp-finetune", "comp-build"} <= set(spec["components"])
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert {"telemetry_uri", "sku", "k", "k_min", "k_max", "seed", "output_uri", "as_of",
             "model", "profiling_backend", "samples_per_layer", "truth_uri", "profiles_uri", "dataset", "dataset_uri",
-            "search_mode", "objective", "targets", "strengths", "granule", "accuracy_tolerance"} <= set(parameters)
+            "search_mode", "objective", "targets", "strengths", "granule", "accuracy_tolerance", "qat_epochs", "registry_uri",
+            "tensorrt"} <= set(parameters)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example.com/hdap-step:1"}
     secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert all(e["secretAsEnv"][0]["secretName"] == "hdap-s3" for e in secrets.values())
+
+
+def test_the_build_step_can_ask_for_a_gpu_and_be_pinned_to_nodes_of_the_target_sku(tmp_path: Path) -> None:
+    output = tmp_path / "pipeline.yaml"
+    result = hdap("compile", "--output", str(output), "--image", "reg/step:1", "--gpu-image", "reg/step-gpu:1",
+                  "--build-accelerator", "nvidia.com/gpu", "--build-node-label", "nvidia.com/gpu.product=Orin")
+    assert result.returncode == 0, result.stderr
+    spec, platform = list(yaml.safe_load_all(output.read_text()))[:2]
+    build = spec["deploymentSpec"]["executors"]["exec-build"]["container"]
+    assert build["image"] == "reg/step-gpu:1"
+    assert build["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu" and build["resources"]["accelerator"]["resourceCount"] == "1"
+    assert spec["deploymentSpec"]["executors"]["exec-search"]["container"]["image"] == "reg/step:1"
+    selector = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-build"]["nodeSelector"]
+    assert selector == {"labels": {"nvidia.com/gpu.product": "Orin"}}
 
 
 @pytest.mark.slow
@@ -45,6 +61,7 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
         "run", "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--as-of", AS_OF.isoformat(),
         "--model", "small-cnn", "--samples-per-layer", "12", "--truth-uri", config.truth_uri,
         "--targets", "0.6,0.3", "--pretrain-epochs", "2", "--search-epochs", "2", "--finetune-epochs", "1",
+        "--qat-epochs", "1", "--accuracy-tolerance", "100", "--registry-uri", f"s3://{bucket}/registry",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -53,6 +70,15 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     assert "800 devices ingested, 0 rows quarantined" in printed
     assert "latency surrogates for small-cnn (fp16/int8), one per cluster, profiled by simulated" in printed
     assert "search (fleet, latency): uncompressed small-cnn" in printed
+    assert "fine-tuned and built: accuracy" in printed and "TensorRT engine not built" in printed
+    assert f"published to s3://{bucket}/registry/small-cnn/" in printed
+    run_report = next((tmp_path / ".hdap" / "runs").glob("*/report.html"))
+    assert f"report: {run_report}" in printed.replace(" ", "") or str(run_report.name) in printed
+    assert run_report.read_text().count("<img") >= 5
+    latest = object_store.get_json(f"s3://{bucket}/registry/small-cnn/latest.json")
+    manifest = verify_entry(object_store, latest["manifest"].removesuffix("/manifest.json"))
+    assert {"model.onnx", "architecture.json", "quantization.json", "weights.pt"} <= set(manifest["files"])
+    assert manifest["accuracy"]["onnxruntime_agreement"] >= 0.99 and manifest["run"]["name"] == latest["version"]
     report = next((tmp_path / ".hdap" / "runs").glob("*/fleet-report.html"))
     assert next((tmp_path / ".hdap" / "runs").glob("*/search-report.html")).read_text().count("<img") >= 2
     front = object_store.get_json(next(o.uri for o in object_store.list(f"s3://{bucket}/runs/") if o.uri.endswith("front.json")))
@@ -61,7 +87,8 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     runs = object_store.list(f"s3://{bucket}/runs/")
     assert {Path(o.uri).name for o in runs} >= {"features.parquet", "quarantine.parquet", "clusters.json", "assignments.parquet",
                                                 "report.html", "fleet.json", "cluster-0.json", "profile-cluster-0.parquet",
-                                                "front.json", "architecture.json", "index.json"}
+                                                "front.json", "architecture.json", "index.json", "checkpoint.pt",
+                                                "quantization.json", "build.json", "model.onnx", "uncompressed.onnx"}
 
 
 @pytest.mark.slow

@@ -178,10 +178,17 @@ def profile_command(
 def compile_command(
     output: Annotated[Path, typer.Option(help="Where to write the pipeline's IR YAML.")] = Path("hdap-pipeline.yaml"),
     image: Annotated[Optional[str], typer.Option(help="Step image the components run in on a cluster (sets HDAP_STEP_IMAGE).")] = None,
+    gpu_image: Annotated[Optional[str], typer.Option(help="Image of the build step, with TensorRT (images/Dockerfile.gpu); default the step image.")] = None,
+    build_accelerator: Annotated[str, typer.Option(help="Accelerator the build step requests, e.g. nvidia.com/gpu; empty: none.")] = "",
+    build_node_label: Annotated[str, typer.Option(help="Pin the build step to nodes with this label (key=value), e.g. of the target SKU.")] = "",
 ) -> None:
     """Compile the pipeline to Kubeflow IR YAML, to upload in the Kubeflow UI or submit with the kfp client."""
-    if image:
-        os.environ["HDAP_STEP_IMAGE"] = image
+    if build_node_label and "=" not in build_node_label:
+        raise HdapError(f"--build-node-label {build_node_label!r} is not a node label: write it as key=value.")
+    for name, value in (("HDAP_STEP_IMAGE", image), ("HDAP_GPU_STEP_IMAGE", gpu_image or image),
+                        ("HDAP_BUILD_ACCELERATOR", build_accelerator), ("HDAP_BUILD_NODE_LABEL", build_node_label)):
+        if value:
+            os.environ[name] = value
     from pipelines.compile import compile_pipeline
 
     compile_pipeline(output)
@@ -215,6 +222,10 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
         raise HdapError(f"--dataset {arguments['dataset']} is read from the store: give its s3:// URI with --dataset-uri.")
     if arguments.get("profiling_backend", "simulated") not in ("simulated", "onnxruntime", "tensorrt"):
         raise HdapError(f"--profiling-backend {arguments['profiling_backend']}: use simulated, onnxruntime or tensorrt.")
+    if arguments.get("tensorrt", "auto") not in ("auto", "off", "required"):
+        raise HdapError(f"--tensorrt {arguments['tensorrt']}: use auto, off or required.")
+    if arguments.get("qat_epochs", 8) < 0 or arguments.get("qat_learning_rate", 0.01) <= 0 or arguments.get("onnxruntime_threads", 1) < 1:
+        raise HdapError("--qat-epochs must be 0 or more, --qat-learning-rate positive and --onnxruntime-threads at least 1.")
     if arguments.get("k", 0) < 0 or arguments.get("samples_per_layer", 30) < 3:
         raise HdapError("--k must be 0 (automatic) or positive, and --samples-per-layer at least 3.")
     config = StoreConfig.resolve()
@@ -255,6 +266,11 @@ def run_pipeline_locally(arguments: dict[str, Any]) -> dict[str, Any]:
     summary["search_report_path"] = str(search_report)
     summary["ingest"] = ingest_summary
     summary["report_path"] = str(report)
+    if store.exists(run_uri + "/build/build.json"):
+        summary["build"] = store.get_json(run_uri + "/build/build.json")
+        run_report = report.parent / "report.html"
+        store.get_file(run_uri + "/build/report.html", run_report)
+        summary["run_report_path"] = str(run_report)
     return summary
 
 
@@ -291,8 +307,31 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"held-out layers within +-10%: {accuracy}"
     )
     print_search(summary["search"])
+    if "build" in summary:
+        print_build(summary["build"])
     console.print(f"outputs in the store: [bold]{summary['store_prefix'].rsplit('/', 1)[0]}/[/]")
-    console.print(f"reports: [bold]{summary['search_report_path']}[/], {summary['report_path']} and {summary['surrogate_report_path']}")
+    if "run_report_path" in summary:
+        console.print(f"report: [bold]{summary['run_report_path']}[/]")
+    console.print(f"stage reports: {summary['search_report_path']}, {summary['report_path']} and {summary['surrogate_report_path']}")
+
+
+def print_build(build: dict[str, Any]) -> None:
+    accuracy, fleet, ort_timing, trt = build["accuracy"], build["fleet"], build["onnxruntime"], build["tensorrt"]
+    true = (f", simulated fleet truth {fleet['true_before_ms']:.4f} -> {fleet['true_after_ms']:.4f} ms ({fleet['true_speedup']:.2f}x)"
+            if "true_speedup" in fleet else "")
+    console.print(
+        f"fine-tuned and built: accuracy {accuracy['uncompressed']:.2f}% uncompressed -> {accuracy['onnxruntime']:.2f}% "
+        f"(ONNX Runtime; agrees with the fake-quantised model on {100 * accuracy['onnxruntime_agreement']:.1f}% of test images)"
+    )
+    console.print(f"fleet-weighted latency predicted {fleet['predicted_before_ms']:.4f} -> {fleet['predicted_after_ms']:.4f} ms "
+                  f"([bold]{fleet['predicted_speedup']:.2f}x[/]){true}")
+    console.print(f"ONNX Runtime on this machine ({ort_timing['threads']} thread): {ort_timing['uncompressed_latency_ms']:.4f} -> "
+                  f"{ort_timing['latency_ms']:.4f} ms ({ort_timing['speedup']:.2f}x); ONNX {build['size']['uncompressed_onnx_bytes'] / 1e3:.0f} -> "
+                  f"{build['size']['onnx_bytes'] / 1e3:.0f} kB")
+    console.print(f"TensorRT: {trt['latency_ms']:.4f} ms on {trt['gpu']} ({trt['speedup']:.2f}x)" if trt["built"]
+                  else f"TensorRT engine not built: {trt.get('reason', '')}")
+    console.print(f"published to [bold]{build['registry_uri']}[/]" if build["published"]
+                  else f"[yellow]not published:[/] {build['gate']['message']}")
 
 
 def print_search(front: dict[str, Any]) -> None:
@@ -339,7 +378,12 @@ def run_command(
     search_epochs: Annotated[int, typer.Option(help="Epochs of each search.")] = 10,
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning each searched architecture (distilling the uncompressed model) before it is measured.")] = 10,
     granule: Annotated[int, typer.Option(help="Channels pruned together: 8 suits fp16 tiles, 32 int8 tiles.")] = 8,
-    accuracy_tolerance: Annotated[float, typer.Option(help="Accuracy points the chosen architecture may lose.")] = 0.5,
+    accuracy_tolerance: Annotated[float, typer.Option(help="Accuracy points the chosen architecture may lose; also the registry's quality gate.")] = 0.5,
+    qat_epochs: Annotated[int, typer.Option(help="Epochs of quantization-aware fine-tuning of the chosen architecture.")] = 8,
+    qat_learning_rate: Annotated[float, typer.Option(help="Learning rate of the quantization-aware fine-tune.")] = 0.01,
+    registry_uri: Annotated[str, typer.Option(help="The model registry: entries go to <registry-uri>/<model>/<run name>/.")] = "s3://hdap/registry",
+    tensorrt: Annotated[str, typer.Option(help="TensorRT engine: auto (where a GPU and TensorRT exist), off, or required.")] = "auto",
+    onnxruntime_threads: Annotated[int, typer.Option(help="Threads ONNX Runtime uses when timing the built model.")] = 1,
 ) -> None:
     """Run the pipeline on this machine with kfp.local (no Kubernetes, no Docker) and print a summary."""
     _setup_logging()
@@ -350,7 +394,8 @@ def run_command(
              profiles_uri=profiles_uri, input_shape=input_shape, dataset=dataset, dataset_uri=dataset_uri,
              search_mode=search_mode, objective=objective, targets=targets, strengths=strengths, pretrain_epochs=pretrain_epochs,
              search_epochs=search_epochs, finetune_epochs=finetune_epochs, granule=granule,
-             accuracy_tolerance=accuracy_tolerance)
+             accuracy_tolerance=accuracy_tolerance, qat_epochs=qat_epochs, qat_learning_rate=qat_learning_rate,
+             registry_uri=registry_uri, tensorrt=tensorrt, onnxruntime_threads=onnxruntime_threads)
     )
     print_summary(summary)
 

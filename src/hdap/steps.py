@@ -14,17 +14,26 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import onnx
 import pyarrow.parquet as pq
+import torch
 
 from hdap.config import parse_shape, parse_time
+from hdap.compress.finetune import FinetuneConfig, load_finetuned, quantization_aware_finetune, save_finetuned, trained_model
 from hdap.compress.search import SearchConfig, run_search
-from hdap.compress.spec import spec_layer_configs
+from hdap.compress.spec import ArchitectureSpec, spec_layer_configs
+from hdap.compress.training import labels, per_class_accuracy, predictions
 from hdap.data import DataConfig, load_dataset
+from hdap.deploy.export import export_float_onnx, export_qdq_onnx, fold_batch_norms, quantized_layer_names
+from hdap.deploy.onnxruntime_build import compare_latency, inference_session, onnx_predictions
+from hdap.deploy.registry import QualityGate, publish_if_accepted
+from hdap.deploy.tensorrt_build import build_engine, tensorrt_unavailable_reason
 from hdap.errors import HdapError
 from hdap.fleet.cluster import ClusterConfig, cluster_devices
 from hdap.fleet.ingest import IngestConfig, ingest_telemetry
@@ -255,10 +264,20 @@ def search_step(
     entries = []
     for cluster, point in enumerate(chosen):
         name = "architecture.json" if len(chosen) == 1 else f"cluster-{index['clusters'][cluster]['cluster']}.json"
+        weights = name.removesuffix(".json") + ".weights.pt"
         point.spec.save(directory / name)
-        store.put_file(join_uri(prefix, name), directory / name)
-        entries.append({"clusters": "all" if len(chosen) == 1 else index["clusters"][cluster]["cluster"], "spec": name})
-    (directory / "index.json").write_text(json.dumps({"mode": mode, "architectures": entries}, indent=2))
+        torch.save(point.weights, directory / weights)
+        for file in (name, weights):
+            store.put_file(join_uri(prefix, file), directory / file)
+        entries.append({"clusters": "all" if len(chosen) == 1 else index["clusters"][cluster]["cluster"], "spec": name,
+                        "weights": weights})
+    # The trained uncompressed model: the fine-tune's teacher and the build's baseline.
+    torch.save(result.baseline_weights, directory / "uncompressed.weights.pt")
+    store.put_file(join_uri(prefix, "uncompressed.weights.pt"), directory / "uncompressed.weights.pt")
+    (directory / "index.json").write_text(json.dumps({"mode": mode, "architectures": entries,
+                                                      "uncompressed_weights": "uncompressed.weights.pt",
+                                                      "baseline_accuracy": result.baseline_accuracy,
+                                                      "default_precision": result.default_precision}, indent=2))
     store.put_file(join_uri(prefix, "index.json"), directory / "index.json")
     front = {
         "model": model, "mode": mode, "objective": objective, "baseline_accuracy": result.baseline_accuracy,
@@ -287,3 +306,196 @@ def search_step(
     if true_latency and len(chosen) == 1:
         metrics["chosen_true_fleet_latency_ms"] = round(true_latency[result.points.index(best)], 5)
     return metrics
+
+
+def _single_architecture(architecture_dir: str) -> tuple[dict, Path]:
+    """The search's index and its one architecture (fleet and nominal modes)."""
+    directory = Path(architecture_dir)
+    index = json.loads((directory / "index.json").read_text())
+    if len(index["architectures"]) != 1:
+        raise HdapError(f"the search chose {len(index['architectures'])} architectures (mode {index['mode']}); the fine-tune "
+                        "and build stages take one: run the search in fleet or nominal mode.")
+    return index, directory
+
+
+class StoreCheckpoints:
+    """Fine-tune checkpoints as one object in the store: a retried step finds its predecessor's."""
+
+    def __init__(self, store: ObjectStore, uri: str) -> None:
+        self.store, self.uri = store, uri
+
+    def load(self) -> bytes | None:
+        return self.store.get_bytes(self.uri) if self.store.exists(self.uri) else None
+
+    def save(self, data: bytes) -> None:
+        self.store.put_bytes(self.uri, data)
+
+
+@step
+def finetune_step(
+    architecture_dir: str,
+    dataset: str,
+    dataset_uri: str,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    output_uri: str,
+    run_name: str,
+    model_dir: str,
+) -> dict[str, float]:
+    store = ObjectStore.from_environment()
+    index, directory = _single_architecture(architecture_dir)
+    entry = index["architectures"][0]
+    spec = ArchitectureSpec.load(directory / entry["spec"])
+    config = FinetuneConfig(epochs=epochs, learning_rate=learning_rate, seed=seed)
+    data = load_dataset(DataConfig(dataset, dataset_uri, tuple(spec.input_shape), seed), store)
+    prefix = run_prefix(output_uri, run_name, "finetune")
+    result = quantization_aware_finetune(
+        spec, torch.load(directory / entry["weights"], weights_only=True),
+        torch.load(directory / index["uncompressed_weights"], weights_only=True), data, config,
+        StoreCheckpoints(store, join_uri(prefix, "checkpoint.pt")))
+    save_finetuned(result.model, spec, model_dir)
+    shutil.copy(directory / index["uncompressed_weights"], Path(model_dir) / "uncompressed.weights.pt")
+    summary = result.metrics() | {"per_class_before": result.per_class_before, "per_class_after": result.per_class_after,
+                                  "epochs": epochs, "classes": spec.classes}
+    (Path(model_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    for name in ("architecture.json", "weights.pt", "quantization.json", "summary.json"):
+        store.put_file(join_uri(prefix, name), Path(model_dir) / name)
+    return result.metrics()
+
+
+@step
+def build_step(
+    model_dir: str,
+    surrogates_dir: str,
+    features_path: str,
+    clusters_path: str,
+    assignments_path: str,
+    front_path: str,
+    dataset: str,
+    dataset_uri: str,
+    truth_uri: str,
+    registry_uri: str,
+    accuracy_tolerance: float,
+    tensorrt: str,
+    threads: int,
+    seed: int,
+    output_uri: str,
+    run_name: str,
+    engines_dir: str,
+    report_path: str,
+) -> dict[str, float]:
+    from hdap.report.run import run_report_html
+
+    if tensorrt not in ("auto", "off", "required"):
+        raise HdapError(f"tensorrt='{tensorrt}': use auto (build where a GPU and TensorRT exist), off or required.")
+    store = ObjectStore.from_environment()
+    prefix = run_prefix(output_uri, run_name, "build")
+    front = json.loads(Path(front_path).read_text())
+    finetuned = json.loads((Path(model_dir) / "summary.json").read_text())
+    plain, spec, amax = load_finetuned(model_dir, fake_quantized=False)
+    fake_quantized, _, _ = load_finetuned(model_dir)
+    shape = tuple(spec.input_shape)
+    data = load_dataset(DataConfig(dataset, dataset_uri, shape, seed), store)
+    uncompressed = trained_model(spec.model, shape, spec.classes,
+                                 torch.load(Path(model_dir) / "uncompressed.weights.pt", weights_only=True))
+
+    engines = Path(engines_dir)
+    engines.mkdir(parents=True, exist_ok=True)
+    qdq = export_qdq_onnx(plain, amax, shape)
+    baseline = export_float_onnx(fold_batch_norms(uncompressed), shape)
+    onnx.save(qdq, engines / "model.onnx")
+    onnx.save(baseline, engines / "uncompressed.onnx")
+    log.info("exported %s: %d Q/DQ layers, %d fp16 layers", engines / "model.onnx",
+             sum(p == "int8" for p in quantized_layer_names(qdq).values()), sum(p == "fp16" for p in quantized_layer_names(qdq).values()))
+
+    truth_labels = labels(data.test)
+    reference = predictions(fake_quantized, data.test)
+    ours = onnx_predictions(inference_session(qdq, threads), data.test)
+    theirs = onnx_predictions(inference_session(baseline, threads), data.test)
+    accuracy = lambda predicted: 100.0 * float((predicted == truth_labels).float().mean())  # noqa: E731
+    timing = compare_latency(qdq, baseline, shape, threads=threads)
+    log.info("ONNX Runtime on this machine: %.4f ms vs %.4f ms uncompressed (%.2fx), accuracy %.2f%%",
+             timing.latency_ms, timing.baseline_latency_ms, timing.speedup, accuracy(ours))
+
+    trt_summary: dict = {"built": False}
+    reason = "switched off (--tensorrt off)" if tensorrt == "off" else tensorrt_unavailable_reason()
+    if reason is None:
+        engine = build_engine(qdq, shape, data.test, timing_cache=engines / "timing.cache")
+        base_engine = build_engine(baseline, shape, data.test, timing_cache=engines / "timing.cache")
+        (engines / "model.plan").write_bytes(engine.plan)
+        trt_summary = {"built": True, "latency_ms": engine.latency_ms, "uncompressed_latency_ms": base_engine.latency_ms,
+                       "speedup": base_engine.latency_ms / engine.latency_ms, "accuracy": accuracy(engine.predictions),
+                       "gpu": engine.gpu, "version": engine.version}
+    elif tensorrt == "required":
+        raise HdapError(f"a TensorRT engine was required but {reason}: run the build step on a GPU node with the GPU image.")
+    else:
+        trt_summary["reason"] = reason
+        log.info("TensorRT engine not built: %s", reason)
+
+    # What the surrogates predict per cluster, and what the simulated fleet would truly see.
+    fleet, surrogates_index = load_fleet_cost(surrogates_dir)
+    layers = prunable_layers(build_model(spec.model, shape, classes=spec.classes), shape)
+    after_configs = spec_layer_configs(spec, layers)
+    before_configs = [layer.config(precision=front["default_precision"]) for layer in layers]
+    clusters_latency = [{"cluster": c["cluster"], "weight": w, "predicted_before_ms": s.predict_model(before_configs),
+                         "predicted_after_ms": s.predict_model(after_configs)}
+                        for c, s, w in zip(surrogates_index["clusters"], fleet.surrogates, fleet.weights)]
+    fleet_summary = {"predicted_before_ms": sum(c["weight"] * c["predicted_before_ms"] for c in clusters_latency),
+                     "predicted_after_ms": sum(c["weight"] * c["predicted_after_ms"] for c in clusters_latency)}
+    fleet_summary["predicted_speedup"] = fleet_summary["predicted_before_ms"] / fleet_summary["predicted_after_ms"]
+    features = pq.read_table(features_path)
+    if truth_uri:
+        truth = load_truth(store, truth_uri)
+        fleet_summary["true_before_ms"] = float(simulated_fleet_latency_ms(before_configs, features, truth).mean())
+        fleet_summary["true_after_ms"] = float(simulated_fleet_latency_ms(after_configs, features, truth).mean())
+        fleet_summary["true_speedup"] = fleet_summary["true_before_ms"] / fleet_summary["true_after_ms"]
+
+    original = {layer.name: layer.out_channels for layer in layers}
+    summary = {
+        "model": spec.model, "version": run_name, "input_shape": list(shape), "published": False, "registry_uri": "",
+        "accuracy": {"uncompressed": front["baseline_accuracy"], "before_finetune": finetuned["accuracy_before"],
+                     "fake_quantized": accuracy(reference), "onnxruntime": accuracy(ours),
+                     "onnxruntime_agreement": float((ours == reference).float().mean()),
+                     "uncompressed_onnxruntime": accuracy(theirs),
+                     "per_class_before": finetuned["per_class_before"], "per_class_after": per_class_accuracy(ours, truth_labels, spec.classes),
+                     "per_class_uncompressed": per_class_accuracy(theirs, truth_labels, spec.classes)},
+        "size": {"uncompressed_onnx_bytes": (engines / "uncompressed.onnx").stat().st_size,
+                 "onnx_bytes": (engines / "model.onnx").stat().st_size,
+                 "uncompressed_weight_bits": front["baseline_size_bits"],
+                 "weight_bits": spec.metrics.get("size_bits", float("nan"))},
+        "onnxruntime": timing.summary(), "tensorrt": trt_summary, "clusters": clusters_latency, "fleet": fleet_summary,
+        "layers": [{"name": layer.name, "op": layer.op, "in_channels": layer.in_channels, "out_channels": layer.out_channels,
+                    "original_out_channels": original[layer.name], "weight_precision": layer.weight_precision,
+                    "removed": layer.removed} for layer in spec.layers],
+        "run": {"name": run_name, "outputs": run_prefix(output_uri, run_name, "")},
+    }
+    files = {"model.onnx": engines / "model.onnx", "architecture.json": Path(model_dir) / "architecture.json",
+             "quantization.json": Path(model_dir) / "quantization.json", "weights.pt": Path(model_dir) / "weights.pt"}
+    if trt_summary["built"]:
+        files["model.plan"] = engines / "model.plan"
+    metadata = {key: summary[key] for key in ("accuracy", "size", "onnxruntime", "tensorrt", "clusters", "fleet", "run")}
+    entry, gate_message = publish_if_accepted(store, QualityGate(accuracy_tolerance), accuracy(ours), front["baseline_accuracy"],
+                                              registry_uri, spec.model, run_name, files, metadata)
+    gate_passed = entry is not None
+    summary |= {"registry_uri": entry or "", "published": gate_passed,
+                "gate": {"passed": gate_passed, "tolerance": accuracy_tolerance, "message": gate_message}}
+    clusters = json.loads(Path(clusters_path).read_text())
+    Path(report_path).write_text(run_report_html(summary, front, clusters, features, pq.read_table(assignments_path)))
+    (engines / "build.json").write_text(json.dumps(summary, indent=2))
+    for name, path in (("report.html", Path(report_path)), ("build.json", engines / "build.json"),
+                       ("model.onnx", engines / "model.onnx"), ("uncompressed.onnx", engines / "uncompressed.onnx")):
+        store.put_file(join_uri(prefix, name), path)
+    if not gate_passed:
+        raise HdapError(f"the quality gate refused the model: {gate_message} (report: {join_uri(prefix, 'report.html')}).")
+
+    metrics = {"accuracy_uncompressed": front["baseline_accuracy"], "accuracy_onnxruntime": accuracy(ours),
+               "onnxruntime_agreement": summary["accuracy"]["onnxruntime_agreement"],
+               "onnxruntime_latency_ms": timing.latency_ms, "onnxruntime_speedup": timing.speedup,
+               "predicted_fleet_speedup": fleet_summary["predicted_speedup"], "tensorrt_built": float(trt_summary["built"]),
+               "onnx_bytes": summary["size"]["onnx_bytes"]}
+    if "true_speedup" in fleet_summary:
+        metrics["true_fleet_speedup"] = fleet_summary["true_speedup"]
+    if trt_summary["built"]:
+        metrics["tensorrt_latency_ms"] = trt_summary["latency_ms"]
+    return {k: round(float(v), 5) for k, v in metrics.items()}

@@ -13,7 +13,7 @@ import torch
 INTEGER_LEVELS = {"int8": 127, "int4": 7, "int2": 1}
 
 
-def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+def straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach()
 
 
@@ -53,7 +53,7 @@ def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], round
     as the probabilities sum to one this is x + sum_p probs[p] * (r_p - x), the rounding
     differences computed without autograd. A hard choice (no gradient) rounds once."""
     if not probs.requires_grad:
-        return _straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
+        return straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
     with torch.no_grad():
         offsets = [rounding(x, p) - x for p in precisions]
     mixed = x

@@ -20,26 +20,24 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.utils import parametrize
 
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import SearchSpace, build_search_space
 from hdap.compress.spec import ArchitectureSpec, export_spec
+from hdap.compress.training import evaluate, train_epochs
 from hdap.data import Dataset
 from hdap.errors import HdapError
 from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions, weight_bits
 from hdap.models import build_model
-from hdap.progress import progress
 
 log = logging.getLogger("hdap")
 MODES = ("fleet", "nominal", "per-cluster")
-DISTILLATION_TEMPERATURE = 4.0
 OBJECTIVES = ("latency", "memory")
 
 
@@ -94,6 +92,9 @@ class SearchPoint:
     spec: ArchitectureSpec
     optimised_for: str = "fleet"  # the cost the search minimised
     pareto: bool = False
+    # The fine-tuned weights of the searched model, before its channels are removed (the
+    # uncompressed model's state-dict keys): what the fine-tune stage starts from.
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -116,67 +117,11 @@ class SearchResult:
     points: list[SearchPoint]
     chosen: SearchPoint | list[SearchPoint]  # one point, or one per cluster in per-cluster mode
     seconds: dict[str, float] = field(default_factory=dict)
+    baseline_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the uncompressed model, trained
 
     @property
     def front(self) -> list[SearchPoint]:
         return [p for p in self.points if p.pareto]
-
-
-# -- training ---------------------------------------------------------------------------------
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
-    """Accuracy in percent."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in DataLoader(dataset, batch_size=batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
-    model.train(was_training)
-    return 100.0 * correct / len(dataset)
-
-
-def train_epochs(model: nn.Module, dataset, epochs: int, config: SearchConfig, description: str,
-                 penalty=None, architecture: list[nn.Parameter] | None = None, on_epoch=None,
-                 teacher: nn.Module | None = None) -> None:
-    """SGD with a cosine schedule on the weights; Adam on the architecture parameters, if any.
-    `penalty()` is added to the loss on every batch; `on_epoch(epoch)` runs before each epoch;
-    with a `teacher`, the loss also distils its softened predictions (Hinton et al.)."""
-    if epochs <= 0:
-        return
-    ours = {id(p) for p in architecture or []}
-    weights = [p for p in model.parameters() if id(p) not in ours and p.requires_grad]
-    optimizer = torch.optim.SGD(weights, lr=config.learning_rate, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = epochs * math.ceil(len(dataset) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    arch_optimizer = torch.optim.Adam(architecture, lr=config.arch_learning_rate) if architecture else None
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for epoch in progress(range(epochs), description):
-        if on_epoch:
-            on_epoch(epoch)
-        for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = torch.softmax(teacher(x) / DISTILLATION_TEMPERATURE, dim=1)
-                soft = torch.log_softmax(logits / DISTILLATION_TEMPERATURE, dim=1)
-                loss = loss + DISTILLATION_TEMPERATURE**2 * nn.functional.kl_div(soft, target, reduction="batchmean")
-            if penalty is not None:
-                loss = loss + penalty()
-            optimizer.zero_grad(set_to_none=True)
-            if arch_optimizer:
-                arch_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if arch_optimizer:
-                arch_optimizer.step()
-            schedule.step()
 
 
 # -- costs ------------------------------------------------------------------------------------
@@ -259,7 +204,8 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
         def penalty() -> torch.Tensor:
             return value * cost(searchable)
     train_epochs(searchable, dataset.train, config.search_epochs, config, f"searching ({kind} {value:g})",
-                 penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch)
+                 penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch,
+                 arch_learning_rate=config.arch_learning_rate)
     searchable.freeze()
     if kind == "target":
         meet_target(searchable, cost, value)
@@ -267,6 +213,15 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     teacher = copy.deepcopy(pretrained).eval()
     train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({kind} {value:g})", teacher=teacher)
     return searchable
+
+
+def plain_weights(searchable: SearchableModel) -> dict[str, torch.Tensor]:
+    """The searched model's own weights (unquantised, all channels), keyed like the zoo model's."""
+    plain = copy.deepcopy(searchable.model)
+    for name, module in plain.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    return {k: v for k, v in plain.state_dict().items() if not k.endswith("hdap_input_amax")}
 
 
 def mark_pareto(points: list[SearchPoint]) -> None:
@@ -331,9 +286,10 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
             bits = float(weight_bits(searchable.decisions(), searchable.space.precisions))
         metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting[0]: setting[1]}
         spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
+        weights = plain_weights(searchable)
         log.info("%s %g: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", *setting, accuracy,
                  latency, baseline_latency / latency, bits / 1e3)
-        return SearchPoint(setting, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for)
+        return SearchPoint(setting, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for, weights=weights)
 
     started = time.perf_counter()
     if config.mode == "per-cluster":
@@ -357,4 +313,4 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     seconds["search"] = time.perf_counter() - started
     baseline_clusters = [float(v) for v in fleet_latency.per_cluster_latency(*baseline_inputs)]
     return SearchResult(baseline_accuracy, baseline_latency, baseline_bits, reference.space.default_precision,
-                        baseline_clusters, points, chosen, seconds)
+                        baseline_clusters, points, chosen, seconds, baseline_weights=copy.deepcopy(pretrained.state_dict()))

@@ -1,0 +1,93 @@
+"""What the whole pipeline achieves on the `make run` demo, measured end to end.
+
+Starts its own embedded object store, simulates the demo fleet (Jetson Xavier NX, 5,000 devices,
+7 days), runs all six stages through kfp.local with the demo's defaults (digits + ResNet-20), and
+reads the build step's figures back from the store:
+- accuracy of the published ONNX model (ONNX Runtime) against the uncompressed model;
+- fleet-weighted latency, uncompressed (default precision) against compressed, as the surrogates
+  predict it and as the simulated fleet's truth has it (mean over every device);
+- ONNX Runtime latency on this machine, compressed against the uncompressed fp32 ONNX, timed in
+  alternating rounds in one run (the ratio is the figure; absolute times drift on shared machines);
+- agreement of ONNX Runtime with the fake-quantised PyTorch model; sizes; wall time of the run.
+
+    .venv/bin/python bench/pipeline_demo.py          # ~6 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from record import record  # bench/record.py (the scripts run from bench/)
+
+from hdap.embedded_store import EmbeddedStore
+from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+from hdap.store import ObjectStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small fleet and few epochs (a smoke run, not the quoted figures)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hdap-bench-") as root:
+        embedded = EmbeddedStore(Path(root) / "store")
+        config = embedded.up(s3_port=free_port())
+        os.environ.update(config.as_environment())
+        os.environ["HDAP_HOME"] = str(Path(root) / ".hdap")
+        try:
+            store = ObjectStore(config)
+            store.ensure_bucket("hdap")
+            simulation = SimulationConfig(sku="jetson-xavier-nx", devices=500 if args.quick else 5000, days=7, seed=0,
+                                          telemetry_uri="s3://hdap/demo/telemetry", truth_uri="s3://hdap/demo/ground-truth")
+            simulate_fleet(store, simulation)
+            from hdap.cli import run_pipeline_locally
+
+            arguments = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, k=0, k_min=2, k_max=8, seed=0,
+                             output_uri="s3://hdap/runs", as_of="", truth_uri=simulation.truth_uri)
+            if args.quick:
+                arguments |= dict(targets="0.6,0.3", pretrain_epochs=3, search_epochs=3, finetune_epochs=1, qat_epochs=1,
+                                  accuracy_tolerance=100.0)
+            pipeline_started = time.perf_counter()
+            summary = run_pipeline_locally(arguments)
+            pipeline_seconds = time.perf_counter() - pipeline_started
+        finally:
+            embedded.down()
+    build = summary["build"]
+    accuracy, fleet, timing = build["accuracy"], build["fleet"], build["onnxruntime"]
+    results = {
+        "model": build["model"], "devices": simulation.devices, "clusters": summary["k"],
+        "pipeline_seconds": round(pipeline_seconds, 1),
+        "accuracy_uncompressed": accuracy["uncompressed"], "accuracy_onnxruntime": accuracy["onnxruntime"],
+        "accuracy_change_points": round(accuracy["onnxruntime"] - accuracy["uncompressed"], 3),
+        "onnxruntime_agreement": accuracy["onnxruntime_agreement"],
+        "predicted_fleet_ms": [round(fleet["predicted_before_ms"], 5), round(fleet["predicted_after_ms"], 5)],
+        "predicted_fleet_speedup": round(fleet["predicted_speedup"], 3),
+        "true_fleet_ms": [round(fleet["true_before_ms"], 5), round(fleet["true_after_ms"], 5)],
+        "true_fleet_speedup": round(fleet["true_speedup"], 3),
+        "onnxruntime": timing, "onnx_kb": [round(build["size"]["uncompressed_onnx_bytes"] / 1e3, 1), round(build["size"]["onnx_bytes"] / 1e3, 1)],
+        "published": build["published"], "gate": build["gate"]["message"], "tensorrt": build["tensorrt"],
+        "chosen": next((p["setting"] for p in summary["search"]["points"] if p.get("chosen")), None),
+    }
+    print(f"\npipeline: {results['pipeline_seconds']:.0f} s for {simulation.devices:,} devices, {summary['k']} clusters")
+    print(f"accuracy: {accuracy['uncompressed']:.2f}% uncompressed -> {accuracy['onnxruntime']:.2f}% ONNX Runtime "
+          f"({results['accuracy_change_points']:+.2f} points); agreement with PyTorch {100 * accuracy['onnxruntime_agreement']:.1f}%")
+    print(f"fleet-weighted latency: predicted {results['predicted_fleet_speedup']:.2f}x lower, simulated truth {results['true_fleet_speedup']:.2f}x lower")
+    print(f"ONNX Runtime on this machine: {timing['uncompressed_latency_ms']:.4f} -> {timing['latency_ms']:.4f} ms "
+          f"({timing['speedup']:.2f}x, median of {timing['rounds']} alternating rounds)")
+    print(f"published: {build['published']} ({build['gate']['message']})")
+    record("pipeline_demo", results, args.quick, started)
+
+
+if __name__ == "__main__":
+    main()

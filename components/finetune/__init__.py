@@ -1,0 +1,3 @@
+from components.finetune.component import finetune
+
+__all__ = ["finetune"]

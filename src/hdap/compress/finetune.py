@@ -1,0 +1,149 @@
+"""Quantization-aware fine-tuning of the searched architecture, distilling the uncompressed model.
+
+The searched weights are pruned physically (`build_pruned_model`), fake quantisation at each
+layer's precision is attached, activation ranges are calibrated on a few batches, and the model
+trains with labels plus the uncompressed model's softened predictions. After every epoch a
+checkpoint goes wherever `checkpoints` puts it (the object store, in the pipeline), so a failed
+run resumes from its last epoch instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from hdap.compress.apply import activation_amax, attach_fake_quantization, build_pruned_model, calibrate, plain_state_dict
+from hdap.compress.spec import ArchitectureSpec
+from hdap.compress.training import _loader, labels, per_class_accuracy, predictions, train_epochs
+from hdap.data import Dataset
+from hdap.errors import HdapError
+from hdap.models import build_model
+
+log = logging.getLogger("hdap")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 8
+    batch_size: int = 64
+    learning_rate: float = 0.01  # lower than training from scratch: the weights are already good
+    calibration_batches: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise HdapError(f"fine-tune settings {asdict(self)} are out of range: epochs >= 0, batch_size >= 1, learning_rate > 0.")
+
+
+class Checkpoints(Protocol):
+    def load(self) -> bytes | None: ...
+    def save(self, data: bytes) -> None: ...
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module  # fake-quantised, trained, in eval mode
+    teacher_accuracy: float
+    accuracy_before: float  # pruned and quantised, before the fine-tune
+    accuracy_after: float
+    per_class_before: list[float]
+    per_class_after: list[float]
+    resumed_from_epoch: int = 0
+    seconds: float = 0.0
+    amax: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        return {"teacher_accuracy": round(self.teacher_accuracy, 3), "accuracy_before": round(self.accuracy_before, 3),
+                "accuracy_after": round(self.accuracy_after, 3), "resumed_from_epoch": self.resumed_from_epoch,
+                "finetune_seconds": round(self.seconds, 1)}
+
+
+def trained_model(name: str, input_shape: tuple[int, ...], classes: int, weights: dict[str, torch.Tensor]) -> nn.Module:
+    model = build_model(name, input_shape, classes=classes)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _fingerprint(spec: ArchitectureSpec, config: FinetuneConfig) -> str:
+    """What a checkpoint must match to be resumed: the architecture and the training settings."""
+    text = json.dumps({"spec": spec.to_json() | {"metrics": {}}, "config": asdict(config)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[str, torch.Tensor],
+                                teacher_weights: dict[str, torch.Tensor], data: Dataset, config: FinetuneConfig,
+                                checkpoints: Checkpoints | None = None) -> FinetuneResult:
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    shape = tuple(spec.input_shape)
+    teacher = trained_model(spec.model, shape, spec.classes, teacher_weights)
+    model = attach_fake_quantization(build_pruned_model(spec, searched_weights))
+    calibrate(model, (batch for _, batch in zip(range(config.calibration_batches),
+                                                 _loader(data.train, config.batch_size, True, config.seed))))
+    truth = labels(data.test)
+    teacher_predicted = predictions(teacher, data.test)
+    before = predictions(model, data.test)
+
+    fingerprint = _fingerprint(spec, config)
+    start_epoch, resume = 0, None
+    saved = checkpoints.load() if checkpoints else None
+    if saved is not None:
+        state = torch.load(io.BytesIO(saved), weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            start_epoch, resume = state["epoch"] + 1, state["training"]
+            log.info("resuming the fine-tune after epoch %d of %d from its checkpoint", start_epoch, config.epochs)
+        else:
+            log.info("ignoring a checkpoint of another architecture or fine-tune setting")
+
+    def save_checkpoint(epoch: int, training: dict) -> None:
+        if checkpoints is None:
+            return
+        buffer = io.BytesIO()
+        torch.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "training": training}, buffer)
+        checkpoints.save(buffer.getvalue())
+
+    train_epochs(model, data.train, config.epochs, config, "quantization-aware fine-tune", teacher=teacher,
+                 start_epoch=start_epoch, resume=resume, after_epoch=save_checkpoint)
+    model.eval()
+    after = predictions(model, data.test)
+    accuracy = lambda predicted: 100.0 * float((predicted == truth).float().mean())  # noqa: E731
+    result = FinetuneResult(model, accuracy(teacher_predicted), accuracy(before), accuracy(after),
+                            per_class_accuracy(before, truth, data.classes), per_class_accuracy(after, truth, data.classes),
+                            start_epoch, time.perf_counter() - started, activation_amax(model))
+    log.info("fine-tune: %.2f%% -> %.2f%% (uncompressed %.2f%%) in %.0f s", result.accuracy_before, result.accuracy_after,
+             result.teacher_accuracy, result.seconds)
+    return result
+
+
+# -- the fine-tuned model on disk ---------------------------------------------------------------
+def save_finetuned(model: nn.Module, spec: ArchitectureSpec, directory: str | Path) -> None:
+    """architecture.json + weights.pt (plain pruned weights) + quantization.json (activation ranges):
+    everything `load_finetuned` needs, nothing of the training code's state."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    amax = activation_amax(model)
+    spec.save(directory / "architecture.json")
+    torch.save(plain_state_dict(model), directory / "weights.pt")
+    (directory / "quantization.json").write_text(json.dumps({"activation_amax": amax}, indent=2))
+
+
+def load_finetuned(directory: str | Path, fake_quantized: bool = True) -> tuple[nn.Module, ArchitectureSpec, dict[str, float]]:
+    """(model in eval mode, its spec, activation ranges); fake-quantised unless asked otherwise."""
+    directory = Path(directory)
+    spec = ArchitectureSpec.load(directory / "architecture.json")
+    amax = json.loads((directory / "quantization.json").read_text())["activation_amax"]
+    model = build_pruned_model(spec)
+    model.load_state_dict(torch.load(directory / "weights.pt", weights_only=True))
+    if fake_quantized:
+        attach_fake_quantization(model, amax)
+    return model.eval(), spec, amax

@@ -1,0 +1,105 @@
+"""Training loops shared by the search and the fine-tune: SGD with a cosine schedule, optional
+distillation from a teacher, evaluation, and resuming from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hdap.progress import progress
+
+DISTILLATION_TEMPERATURE = 4.0
+
+
+class TrainingSettings(Protocol):
+    batch_size: int
+    learning_rate: float
+    seed: int
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def predictions(model: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
+    """The model's predicted class for every example, in order."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(x).argmax(1) for x, _ in DataLoader(dataset, batch_size=batch_size)])
+    model.train(was_training)
+    return predicted
+
+
+def labels(dataset) -> torch.Tensor:
+    return torch.cat([y for _, y in DataLoader(dataset, batch_size=1024)])
+
+
+def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
+    """Accuracy in percent."""
+    return 100.0 * float((predictions(model, dataset, batch_size) == labels(dataset)).float().mean())
+
+
+def per_class_accuracy(predicted: torch.Tensor, truth: torch.Tensor, classes: int) -> list[float]:
+    """Accuracy in percent per class (NaN for a class with no test example)."""
+    return [100.0 * float((predicted[truth == c] == c).float().mean()) if bool((truth == c).any()) else float("nan")
+            for c in range(classes)]
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss at DISTILLATION_TEMPERATURE."""
+    target = torch.softmax(teacher_logits / DISTILLATION_TEMPERATURE, dim=1)
+    soft = torch.log_softmax(logits / DISTILLATION_TEMPERATURE, dim=1)
+    return DISTILLATION_TEMPERATURE**2 * nn.functional.kl_div(soft, target, reduction="batchmean")
+
+
+def train_epochs(model: nn.Module, dataset, epochs: int, config: TrainingSettings, description: str,
+                 penalty=None, architecture: list[nn.Parameter] | None = None, on_epoch=None,
+                 teacher: nn.Module | None = None, arch_learning_rate: float = 0.1,
+                 start_epoch: int = 0, resume: dict[str, Any] | None = None, after_epoch=None) -> None:
+    """SGD with a cosine schedule on the weights; Adam on the architecture parameters, if any.
+    `penalty()` is added to the loss on every batch; `on_epoch(epoch)` runs before each epoch;
+    with a `teacher`, the loss also distils its softened predictions (Hinton et al.).
+    To resume, pass `start_epoch` and the `resume` state an earlier `after_epoch(epoch, state)` was given."""
+    if epochs <= 0 or start_epoch >= epochs:
+        return
+    ours = {id(p) for p in architecture or []}
+    weights = [p for p in model.parameters() if id(p) not in ours and p.requires_grad]
+    optimizer = torch.optim.SGD(weights, lr=config.learning_rate, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = epochs * math.ceil(len(dataset) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    arch_optimizer = torch.optim.Adam(architecture, lr=arch_learning_rate) if architecture else None
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+    loss_fn = nn.CrossEntropyLoss()
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    for epoch in progress(range(start_epoch, epochs), description):
+        if on_epoch:
+            on_epoch(epoch)
+        for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = loss + distillation_loss(logits, teacher_logits)
+            if penalty is not None:
+                loss = loss + penalty()
+            optimizer.zero_grad(set_to_none=True)
+            if arch_optimizer:
+                arch_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if arch_optimizer:
+                arch_optimizer.step()
+            schedule.step()
+        if after_epoch:
+            after_epoch(epoch, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})

@@ -1,0 +1,86 @@
+"""The model registry in the object store: `s3://<registry>/<model>/<version>/`, where devices fetch models.
+
+An entry holds the ONNX graph, any engines, the architecture spec and `manifest.json` (sha256
+of every file, metrics, per-cluster latency, the pipeline run that made it). The manifest is
+written last, so an entry without one is incomplete and `latest` never points at it. Versions
+are never overwritten. A quality gate runs before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hdap.errors import HdapError
+from hdap.store import ObjectStore, join_uri
+
+log = logging.getLogger("hdap")
+MANIFEST_FORMAT = "hdap.registry/1"
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    tolerance: float  # accuracy points the published model may lose against the uncompressed one
+
+    def check(self, accuracy: float, baseline_accuracy: float) -> tuple[bool, str]:
+        """(passed, one sentence saying why)."""
+        lost = baseline_accuracy - accuracy
+        if lost <= self.tolerance + 1e-9:
+            return True, (f"accuracy {accuracy:.2f}% is within {self.tolerance:g} points of the uncompressed "
+                          f"model's {baseline_accuracy:.2f}%")
+        return False, (f"accuracy {accuracy:.2f}% lost {lost:.2f} points against the uncompressed model's "
+                       f"{baseline_accuracy:.2f}%, more than the {self.tolerance:g} allowed: nothing was published; "
+                       "search with more accuracy headroom (a higher cost target), fine-tune longer, or raise the tolerance")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def entry_uri(registry_uri: str, model: str, version: str) -> str:
+    return join_uri(registry_uri, model, version)
+
+
+def publish(store: ObjectStore, registry_uri: str, model: str, version: str, files: dict[str, Path], metadata: dict) -> str:
+    """Upload `files` (name in the entry -> local path) and then their manifest; return the entry's URI."""
+    uri = entry_uri(registry_uri, model, version)
+    if store.exists(join_uri(uri, "manifest.json")):
+        raise HdapError(f"the registry already holds {model} version {version} at {uri}: versions are never overwritten; "
+                        "publish under a new version (a new run name).")
+    entries = {}
+    for name, path in files.items():
+        store.put_file(join_uri(uri, name), path)
+        entries[name] = {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
+    manifest = {"format": MANIFEST_FORMAT, "model": model, "version": version,
+                "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": entries, **metadata}
+    store.put_json(join_uri(uri, "manifest.json"), manifest)
+    store.put_json(join_uri(registry_uri, model, "latest.json"), {"version": version, "manifest": join_uri(uri, "manifest.json")})
+    log.info("published %s version %s to %s (%d files)", model, version, uri, len(files))
+    return uri
+
+
+def publish_if_accepted(store: ObjectStore, gate: QualityGate, accuracy: float, baseline_accuracy: float, registry_uri: str,
+                        model: str, version: str, files: dict[str, Path], metadata: dict) -> tuple[str | None, str]:
+    """(the entry's URI, or None when the gate refused the model; the gate's sentence). A refused
+    model writes nothing to the registry."""
+    passed, message = gate.check(accuracy, baseline_accuracy)
+    if not passed:
+        log.warning("quality gate: %s", message)
+        return None, message
+    return publish(store, registry_uri, model, version, files, metadata | {"gate": message}), message
+
+
+def verify_entry(store: ObjectStore, uri: str) -> dict:
+    """The entry's manifest, after checking every file it lists against its sha256."""
+    manifest = store.get_json(join_uri(uri, "manifest.json"))
+    for name, entry in manifest["files"].items():
+        if hashlib.sha256(store.get_bytes(join_uri(uri, name))).hexdigest() != entry["sha256"]:
+            raise HdapError(f"{join_uri(uri, name)} does not match its manifest's sha256: the entry is corrupt; publish it again.")
+    return manifest

@@ -1,0 +1,142 @@
+"""Apply, quantization-aware fine-tune, QDQ ONNX export, ONNX Runtime and TensorRT builds, the registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from onnx import TensorProto
+
+from hdap.compress.apply import build_pruned_model
+from hdap.compress.finetune import FinetuneConfig, load_finetuned, quantization_aware_finetune, save_finetuned
+from hdap.compress.spec import ArchitectureSpec
+from hdap.compress.training import predictions
+from hdap.deploy.export import export_qdq_onnx, quantized_layer_names
+from hdap.deploy.onnxruntime_build import inference_session, onnx_predictions
+from hdap.deploy.registry import QualityGate, publish_if_accepted, verify_entry
+from hdap.deploy.tensorrt_build import build_engine, tensorrt_unavailable_reason
+from hdap.models import build_model
+from hdap.steps import StoreCheckpoints
+from tests.fixtures import searched_resnet20
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """The searched ResNet-20 fine-tuned for two epochs and saved as the fine-tune step saves it."""
+    directory = tmp_path_factory.mktemp("search")
+    spec, data = searched_resnet20(directory)
+    result = quantization_aware_finetune(spec, torch.load(directory / "architecture.weights.pt"),
+                                         torch.load(directory / "uncompressed.weights.pt"), data, FinetuneConfig(epochs=2))
+    model_dir = tmp_path_factory.mktemp("model")
+    save_finetuned(result.model, spec, model_dir)
+    return model_dir, directory, spec, data, result
+
+
+def test_the_pruned_model_is_physically_smaller_and_keeps_the_searched_channels(finetuned) -> None:
+    _, _, spec, _, _ = finetuned
+    pruned = build_pruned_model(spec)
+    full = build_model("resnet20", (1, 8, 8))
+    assert sum(p.numel() for p in pruned.parameters()) < 0.9 * sum(p.numel() for p in full.parameters())
+    modules = dict(pruned.named_modules())
+    for layer in spec.layers:
+        assert (layer.name in modules) != layer.removed
+        if not layer.removed:
+            module = modules[layer.name]
+            assert getattr(module, "out_channels", getattr(module, "out_features", None)) == len(layer.kept_out_channels)
+    assert pruned(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_fine_tune_recovers_accuracy_and_reports_it_per_class(finetuned) -> None:
+    _, _, spec, _, result = finetuned
+    assert result.accuracy_after > result.accuracy_before - 1.0
+    assert result.accuracy_after > 80
+    assert len(result.per_class_after) == spec.classes
+
+
+def test_qdq_nodes_sit_exactly_on_the_layers_the_spec_quantized(finetuned) -> None:
+    model_dir, _, spec, _, _ = finetuned
+    plain, _, amax = load_finetuned(model_dir, fake_quantized=False)
+    graph = export_qdq_onnx(plain, amax, (1, 8, 8))
+    expected = {layer.name: layer.weight_precision for layer in spec.layers if not layer.removed}
+    assert quantized_layer_names(graph) == expected
+    int8 = [name for name, precision in expected.items() if precision == "int8"]
+    assert 0 < len(int8) < len(expected)
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) == len(int8)
+    initializers = {i.name: i.data_type for i in graph.graph.initializer}
+    assert all(initializers[f"{name}.weight_int8"] == TensorProto.INT8 for name in int8)
+    assert not any(layer.removed and any(n.startswith(layer.name + ".") for n in initializers) for layer in spec.layers)
+
+
+def test_onnx_runtime_agrees_with_the_fake_quantized_model_on_at_least_99_percent(finetuned) -> None:
+    model_dir, _, _, data, _ = finetuned
+    fake_quantized, _, _ = load_finetuned(model_dir)
+    plain, _, amax = load_finetuned(model_dir, fake_quantized=False)
+    ours = onnx_predictions(inference_session(export_qdq_onnx(plain, amax, (1, 8, 8))), data.test)
+    agreement = float((ours == predictions(fake_quantized, data.test)).float().mean())
+    assert agreement >= 0.99
+
+
+def test_a_fine_tune_that_failed_resumes_from_its_last_checkpoint_in_the_store(finetuned, object_store, bucket) -> None:
+    _, directory, spec, data, _ = finetuned
+    checkpoints = StoreCheckpoints(object_store, f"s3://{bucket}/run/finetune/checkpoint.pt")
+
+    class CrashAfterFirstEpoch:
+        saves = 0
+
+        def load(self):
+            return checkpoints.load()
+
+        def save(self, data: bytes) -> None:
+            checkpoints.save(data)
+            self.saves += 1
+            if self.saves == 1:
+                raise RuntimeError("the node was preempted")
+
+    weights, teacher = torch.load(directory / "architecture.weights.pt"), torch.load(directory / "uncompressed.weights.pt")
+    config = FinetuneConfig(epochs=3)
+    with pytest.raises(RuntimeError, match="preempted"):
+        quantization_aware_finetune(spec, weights, teacher, data, config, CrashAfterFirstEpoch())
+    resumed = quantization_aware_finetune(spec, weights, teacher, data, config, checkpoints)
+    assert resumed.resumed_from_epoch == 1
+    other = quantization_aware_finetune(spec, weights, teacher, data, FinetuneConfig(epochs=1), checkpoints)
+    assert other.resumed_from_epoch == 0  # another setting does not take this checkpoint
+
+
+def test_the_quality_gate_refuses_a_model_that_lost_accuracy_and_leaves_the_registry_untouched(finetuned, object_store, bucket, tmp_path) -> None:
+    model_dir, _, _, _, _ = finetuned
+    registry = f"s3://{bucket}/registry"
+    files = {name: model_dir / name for name in ("architecture.json", "weights.pt", "quantization.json")}
+    entry, _ = publish_if_accepted(object_store, QualityGate(0.5), 98.0, 98.2, registry, "resnet20", "v1", files, {"run": "a"})
+    assert entry == f"{registry}/resnet20/v1"
+    before = {(o.uri, o.size) for o in object_store.list(registry + "/")}
+    entry, message = publish_if_accepted(object_store, QualityGate(0.5), 96.0, 98.2, registry, "resnet20", "v2", files, {"run": "b"})
+    assert entry is None and "lost 2.20 points" in message and "nothing was published" in message
+    assert {(o.uri, o.size) for o in object_store.list(registry + "/")} == before
+    assert object_store.get_json(f"{registry}/resnet20/latest.json")["version"] == "v1"
+
+
+def test_a_published_entry_lists_every_file_with_its_sha256_and_is_never_overwritten(finetuned, object_store, bucket) -> None:
+    from hdap.deploy.registry import publish
+    from hdap.errors import HdapError
+
+    model_dir, _, _, _, _ = finetuned
+    registry = f"s3://{bucket}/registry"
+    files = {name: model_dir / name for name in ("architecture.json", "weights.pt")}
+    uri = publish(object_store, registry, "resnet20", "r1", files, {"accuracy": {"onnxruntime": 98.0}})
+    manifest = verify_entry(object_store, uri)
+    assert set(manifest["files"]) == set(files) and manifest["accuracy"]["onnxruntime"] == 98.0
+    assert ArchitectureSpec.from_json(json.loads(object_store.get_bytes(f"{uri}/architecture.json"))).model == "resnet20"
+    with pytest.raises(HdapError, match="never overwritten"):
+        publish(object_store, registry, "resnet20", "r1", files, {})
+
+
+@pytest.mark.skipif(tensorrt_unavailable_reason() is not None, reason=f"TensorRT build: {tensorrt_unavailable_reason()}")
+def test_tensorrt_builds_a_strongly_typed_engine_that_agrees_with_onnx_runtime(finetuned, tmp_path) -> None:
+    model_dir, _, _, data, _ = finetuned
+    plain, _, amax = load_finetuned(model_dir, fake_quantized=False)
+    graph = export_qdq_onnx(plain, amax, (1, 8, 8))
+    engine = build_engine(graph, (1, 8, 8), data.test, timing_cache=tmp_path / "timing.cache")
+    assert engine.plan and engine.latency_ms > 0 and (tmp_path / "timing.cache").exists()
+    ours = onnx_predictions(inference_session(graph), data.test)
+    assert float((engine.predictions == ours).float().mean()) >= 0.99
