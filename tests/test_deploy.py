@@ -99,6 +99,9 @@ def test_a_fine_tune_that_failed_resumes_from_its_last_checkpoint_in_the_store(f
         quantization_aware_finetune(spec, weights, teacher, data, config, CrashAfterFirstEpoch())
     resumed = quantization_aware_finetune(spec, weights, teacher, data, config, checkpoints)
     assert resumed.resumed_from_epoch == 1
+    uninterrupted = quantization_aware_finetune(spec, weights, teacher, data, config)
+    for key, value in uninterrupted.model.state_dict().items():  # resuming lands where an unbroken run does
+        assert torch.allclose(resumed.model.state_dict()[key], value, atol=1e-5), key
     other = quantization_aware_finetune(spec, weights, teacher, data, FinetuneConfig(epochs=1), checkpoints)
     assert other.resumed_from_epoch == 0  # another setting does not take this checkpoint
 
@@ -116,19 +119,23 @@ def test_the_quality_gate_refuses_a_model_that_lost_accuracy_and_leaves_the_regi
     assert object_store.get_json(f"{registry}/resnet20/latest.json")["version"] == "v1"
 
 
-def test_a_published_entry_lists_every_file_with_its_sha256_and_is_never_overwritten(finetuned, object_store, bucket) -> None:
+def test_a_published_entry_lists_every_file_with_its_sha256_and_is_never_overwritten(finetuned, object_store, bucket, tmp_path) -> None:
     from hdap.deploy.registry import publish
     from hdap.errors import HdapError
 
     model_dir, _, _, _, _ = finetuned
     registry = f"s3://{bucket}/registry"
     files = {name: model_dir / name for name in ("architecture.json", "weights.pt")}
-    uri = publish(object_store, registry, "resnet20", "r1", files, {"accuracy": {"onnxruntime": 98.0}})
+    uri = publish(object_store, registry, "resnet20", "r1", files, {"accuracy": {"onnxruntime": 98.0, "per_class": [float("nan")]}})
     manifest = verify_entry(object_store, uri)
-    assert set(manifest["files"]) == set(files) and manifest["accuracy"]["onnxruntime"] == 98.0
+    assert set(manifest["files"]) == set(files) and manifest["accuracy"] == {"onnxruntime": 98.0, "per_class": [None]}
     assert ArchitectureSpec.from_json(json.loads(object_store.get_bytes(f"{uri}/architecture.json"))).model == "resnet20"
+    assert publish(object_store, registry, "resnet20", "r1", files, {}) == uri  # a retried step: the same files again
+    other = tmp_path / "other.json"
+    other.write_text("{}")
     with pytest.raises(HdapError, match="never overwritten"):
-        publish(object_store, registry, "resnet20", "r1", files, {})
+        publish(object_store, registry, "resnet20", "r1", {"architecture.json": other}, {})
+    assert verify_entry(object_store, uri)["files"] == manifest["files"]
 
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is not None, reason=f"TensorRT build: {tensorrt_unavailable_reason()}")

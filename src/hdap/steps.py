@@ -28,7 +28,7 @@ from hdap.config import parse_shape, parse_time
 from hdap.compress.finetune import FinetuneConfig, load_finetuned, quantization_aware_finetune, save_finetuned, trained_model
 from hdap.compress.search import SearchConfig, run_search
 from hdap.compress.spec import ArchitectureSpec, spec_layer_configs
-from hdap.compress.training import labels, per_class_accuracy, predictions
+from hdap.compress.training import accuracy_percent, labels, per_class_accuracy, predictions
 from hdap.data import DataConfig, load_dataset
 from hdap.deploy.export import export_float_onnx, export_qdq_onnx, fold_batch_norms, quantized_layer_names
 from hdap.deploy.onnxruntime_build import compare_latency, inference_session, onnx_predictions
@@ -406,14 +406,14 @@ def build_step(
     baseline = export_float_onnx(fold_batch_norms(uncompressed), shape)
     onnx.save(qdq, engines / "model.onnx")
     onnx.save(baseline, engines / "uncompressed.onnx")
-    log.info("exported %s: %d Q/DQ layers, %d fp16 layers", engines / "model.onnx",
-             sum(p == "int8" for p in quantized_layer_names(qdq).values()), sum(p == "fp16" for p in quantized_layer_names(qdq).values()))
+    written = list(quantized_layer_names(qdq).values())
+    log.info("exported %s: %d int8 (Q/DQ) layers, %d fp16 layers", engines / "model.onnx", written.count("int8"), written.count("fp16"))
 
     truth_labels = labels(data.test)
     reference = predictions(fake_quantized, data.test)
     ours = onnx_predictions(inference_session(qdq, threads), data.test)
     theirs = onnx_predictions(inference_session(baseline, threads), data.test)
-    accuracy = lambda predicted: 100.0 * float((predicted == truth_labels).float().mean())  # noqa: E731
+    accuracy = functools.partial(accuracy_percent, truth=truth_labels)
     timing = compare_latency(qdq, baseline, shape, threads=threads)
     log.info("ONNX Runtime on this machine: %.4f ms vs %.4f ms uncompressed (%.2fx), accuracy %.2f%%",
              timing.latency_ms, timing.baseline_latency_ms, timing.speedup, accuracy(ours))
@@ -421,15 +421,23 @@ def build_step(
     trt_summary: dict = {"built": False}
     reason = "switched off (--tensorrt off)" if tensorrt == "off" else tensorrt_unavailable_reason()
     if reason is None:
-        engine = build_engine(qdq, shape, data.test, timing_cache=engines / "timing.cache")
-        base_engine = build_engine(baseline, shape, data.test, timing_cache=engines / "timing.cache")
-        (engines / "model.plan").write_bytes(engine.plan)
-        trt_summary = {"built": True, "latency_ms": engine.latency_ms, "uncompressed_latency_ms": base_engine.latency_ms,
-                       "speedup": base_engine.latency_ms / engine.latency_ms, "accuracy": accuracy(engine.predictions),
-                       "gpu": engine.gpu, "version": engine.version}
-    elif tensorrt == "required":
-        raise HdapError(f"a TensorRT engine was required but {reason}: run the build step on a GPU node with the GPU image.")
-    else:
+        try:
+            engine = build_engine(qdq, shape, data.test, timing_cache=engines / "timing.cache")
+            base_engine = build_engine(baseline, shape, data.test, timing_cache=engines / "timing.cache")
+        except HdapError as err:
+            if tensorrt == "required":
+                raise
+            reason = str(err)
+        else:
+            (engines / "model.plan").write_bytes(engine.plan)
+            # The baseline engine is the uncompressed fp32 graph, as ONNX Runtime's is.
+            trt_summary = {"built": True, "latency_ms": engine.latency_ms, "uncompressed_latency_ms": base_engine.latency_ms,
+                           "speedup": base_engine.latency_ms / engine.latency_ms, "accuracy": accuracy(engine.predictions),
+                           "agreement_with_onnxruntime": float((engine.predictions == ours).float().mean()),
+                           "gpu": engine.gpu, "version": engine.version}
+    if reason is not None:
+        if tensorrt == "required":
+            raise HdapError(f"a TensorRT engine was required but {reason}: run the build step on a GPU node with the GPU image.")
         trt_summary["reason"] = reason
         log.info("TensorRT engine not built: %s", reason)
 
@@ -473,7 +481,12 @@ def build_step(
     files = {"model.onnx": engines / "model.onnx", "architecture.json": Path(model_dir) / "architecture.json",
              "quantization.json": Path(model_dir) / "quantization.json", "weights.pt": Path(model_dir) / "weights.pt"}
     if trt_summary["built"]:
-        files["model.plan"] = engines / "model.plan"
+        engine_ok, engine_message = QualityGate(accuracy_tolerance).check(trt_summary["accuracy"], front["baseline_accuracy"])
+        if engine_ok:
+            files["model.plan"] = engines / "model.plan"
+        else:
+            trt_summary["published"] = False
+            log.warning("the TensorRT engine is not published: its %s", engine_message)
     metadata = {key: summary[key] for key in ("accuracy", "size", "onnxruntime", "tensorrt", "clusters", "fleet", "run")}
     entry, gate_message = publish_if_accepted(store, QualityGate(accuracy_tolerance), accuracy(ours), front["baseline_accuracy"],
                                               registry_uri, spec.model, run_name, files, metadata)

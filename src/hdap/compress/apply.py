@@ -6,7 +6,7 @@
     amax, weights = activation_amax(model), plain_state_dict(model)    # what the export needs
 
 Weights are quantised per output channel and symmetric, activations per tensor with a scale from
-a running maximum of the layer's input, zero-point 0 throughout: what TensorRT's explicit
+a moving maximum of the layer's input, zero-point 0 throughout: what TensorRT's explicit
 quantisation accepts and what `hdap.deploy.export` writes into the ONNX graph. fp16 layers are a
 round trip through half precision. The rounding itself is `hdap.compress.quantize`'s, the same
 the search trained with.
@@ -75,7 +75,7 @@ def attach_fake_quantization(model: nn.Module, amax: dict[str, float] | None = N
     for name, module in layers.items():
         weight_precision, _ = module.hdap_precision
         module.register_buffer("hdap_input_amax", torch.tensor(float((amax or {}).get(name, 0.0))))
-        module.hdap_quantize_handle = module.register_forward_pre_hook(_observe_and_quantize)
+        module.register_forward_pre_hook(_observe_and_quantize)
         parametrize.register_parametrization(module, "weight", _QuantizedWeight(weight_precision))
     return model
 

@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from hdap.compress.apply import activation_amax, attach_fake_quantization, build_pruned_model, calibrate, plain_state_dict
 from hdap.compress.spec import ArchitectureSpec
-from hdap.compress.training import _loader, labels, per_class_accuracy, predictions, train_epochs
+from hdap.compress.training import _loader, accuracy_percent, labels, per_class_accuracy, predictions, train_epochs
 from hdap.data import Dataset
 from hdap.errors import HdapError
 from hdap.models import build_model
@@ -59,7 +59,6 @@ class FinetuneResult:
     per_class_after: list[float]
     resumed_from_epoch: int = 0
     seconds: float = 0.0
-    amax: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return {"teacher_accuracy": round(self.teacher_accuracy, 3), "accuracy_before": round(self.accuracy_before, 3),
@@ -73,10 +72,15 @@ def trained_model(name: str, input_shape: tuple[int, ...], classes: int, weights
     return model.eval()
 
 
-def _fingerprint(spec: ArchitectureSpec, config: FinetuneConfig) -> str:
-    """What a checkpoint must match to be resumed: the architecture and the training settings."""
-    text = json.dumps({"spec": spec.to_json() | {"metrics": {}}, "config": asdict(config)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _fingerprint(spec: ArchitectureSpec, config: FinetuneConfig, *weights: dict[str, torch.Tensor]) -> str:
+    """What a checkpoint must match to be resumed: the architecture, the training settings and
+    the weights it started from (the searched model's and the teacher's)."""
+    digest = hashlib.sha256(json.dumps({"spec": spec.to_json() | {"metrics": {}}, "config": asdict(config)}, sort_keys=True).encode())
+    for state in weights:
+        for key in sorted(state):
+            digest.update(key.encode())
+            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[str, torch.Tensor],
@@ -93,11 +97,11 @@ def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[s
     teacher_predicted = predictions(teacher, data.test)
     before = predictions(model, data.test)
 
-    fingerprint = _fingerprint(spec, config)
+    fingerprint = _fingerprint(spec, config, searched_weights, teacher_weights)
     start_epoch, resume = 0, None
     saved = checkpoints.load() if checkpoints else None
     if saved is not None:
-        state = torch.load(io.BytesIO(saved), weights_only=False)
+        state = torch.load(io.BytesIO(saved), weights_only=True)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             start_epoch, resume = state["epoch"] + 1, state["training"]
@@ -116,10 +120,9 @@ def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[s
                  start_epoch=start_epoch, resume=resume, after_epoch=save_checkpoint)
     model.eval()
     after = predictions(model, data.test)
-    accuracy = lambda predicted: 100.0 * float((predicted == truth).float().mean())  # noqa: E731
-    result = FinetuneResult(model, accuracy(teacher_predicted), accuracy(before), accuracy(after),
-                            per_class_accuracy(before, truth, data.classes), per_class_accuracy(after, truth, data.classes),
-                            start_epoch, time.perf_counter() - started, activation_amax(model))
+    result = FinetuneResult(model, accuracy_percent(teacher_predicted, truth), accuracy_percent(before, truth),
+                            accuracy_percent(after, truth), per_class_accuracy(before, truth, data.classes),
+                            per_class_accuracy(after, truth, data.classes), start_epoch, time.perf_counter() - started)
     log.info("fine-tune: %.2f%% -> %.2f%% (uncompressed %.2f%%) in %.0f s", result.accuracy_before, result.accuracy_after,
              result.teacher_accuracy, result.seconds)
     return result

@@ -45,7 +45,8 @@ def round_activation(x: torch.Tensor, precision: str, amax: torch.Tensor) -> tor
         return x.half().float()
     levels = INTEGER_LEVELS["int8"]
     scale = (amax.clamp_min(1e-8) / levels).reshape(1).float()
-    return torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros(1, dtype=torch.int32), -levels, levels)
+    # Saturate as QuantizeLinear does (to -128, not -127): inputs below -amax are common with a moving maximum.
+    return torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros(1, dtype=torch.int32), -levels - 1, levels)
 
 
 def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], rounding) -> torch.Tensor:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from hdap.compress.apply import plain_state_dict
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import SearchSpace, build_search_space
 from hdap.compress.spec import ArchitectureSpec, export_spec
@@ -217,11 +217,7 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
 
 def plain_weights(searchable: SearchableModel) -> dict[str, torch.Tensor]:
     """The searched model's own weights (unquantised, all channels), keyed like the zoo model's."""
-    plain = copy.deepcopy(searchable.model)
-    for name, module in plain.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-    return {k: v for k, v in plain.state_dict().items() if not k.endswith("hdap_input_amax")}
+    return {key: value.clone() for key, value in plain_state_dict(searchable.model).items()}
 
 
 def mark_pareto(points: list[SearchPoint]) -> None:

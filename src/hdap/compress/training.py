@@ -40,9 +40,13 @@ def labels(dataset) -> torch.Tensor:
     return torch.cat([y for _, y in DataLoader(dataset, batch_size=1024)])
 
 
+def accuracy_percent(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    return 100.0 * float((predicted == truth).float().mean())
+
+
 def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
     """Accuracy in percent."""
-    return 100.0 * float((predictions(model, dataset, batch_size) == labels(dataset)).float().mean())
+    return accuracy_percent(predictions(model, dataset, batch_size), labels(dataset))
 
 
 def per_class_accuracy(predicted: torch.Tensor, truth: torch.Tensor, classes: int) -> list[float]:

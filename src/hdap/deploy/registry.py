@@ -3,13 +3,15 @@
 An entry holds the ONNX graph, any engines, the architecture spec and `manifest.json` (sha256
 of every file, metrics, per-cluster latency, the pipeline run that made it). The manifest is
 written last, so an entry without one is incomplete and `latest` never points at it. Versions
-are never overwritten. A quality gate runs before anything is written.
+are never overwritten: publishing the same files again (a retried step) is a no-op, other files
+under a published version are refused. A quality gate runs before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,19 +53,45 @@ def entry_uri(registry_uri: str, model: str, version: str) -> str:
 def publish(store: ObjectStore, registry_uri: str, model: str, version: str, files: dict[str, Path], metadata: dict) -> str:
     """Upload `files` (name in the entry -> local path) and then their manifest; return the entry's URI."""
     uri = entry_uri(registry_uri, model, version)
-    if store.exists(join_uri(uri, "manifest.json")):
-        raise HdapError(f"the registry already holds {model} version {version} at {uri}: versions are never overwritten; "
-                        "publish under a new version (a new run name).")
-    entries = {}
-    for name, path in files.items():
-        store.put_file(join_uri(uri, name), path)
-        entries[name] = {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
-    manifest = {"format": MANIFEST_FORMAT, "model": model, "version": version,
-                "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": entries, **metadata}
-    store.put_json(join_uri(uri, "manifest.json"), manifest)
-    store.put_json(join_uri(registry_uri, model, "latest.json"), {"version": version, "manifest": join_uri(uri, "manifest.json")})
-    log.info("published %s version %s to %s (%d files)", model, version, uri, len(files))
+    entries = {name: {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size} for name, path in files.items()}
+    manifest_uri = join_uri(uri, "manifest.json")
+    if store.exists(manifest_uri):
+        if store.get_json(manifest_uri)["files"] != entries:
+            raise HdapError(f"the registry already holds other files as {model} version {version} at {uri}: versions are never "
+                            "overwritten; publish under a new version (a new run name).")
+        log.info("%s version %s is already published with these files (a retried step)", model, version)
+    else:
+        for name, path in files.items():
+            store.put_file(join_uri(uri, name), path)
+        manifest = {"format": MANIFEST_FORMAT, "model": model, "version": version,
+                    "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": entries,
+                    **_finite_json(metadata)}
+        store.put_json(manifest_uri, manifest)
+        log.info("published %s version %s to %s (%d files)", model, version, uri, len(files))
+    _advance_latest(store, registry_uri, model, version, manifest_uri)
     return uri
+
+
+def _advance_latest(store: ObjectStore, registry_uri: str, model: str, version: str, manifest_uri: str) -> None:
+    """Point latest.json at this version unless a version published later holds it already."""
+    latest_uri = join_uri(registry_uri, model, "latest.json")
+    published_at = store.get_json(manifest_uri)["published_at"]
+    if store.exists(latest_uri):
+        current = store.get_json(latest_uri)
+        if current.get("published_at", "") > published_at:
+            return
+    store.put_json(latest_uri, {"version": version, "manifest": manifest_uri, "published_at": published_at})
+
+
+def _finite_json(value):
+    """NaN and infinities become null: device clients parse the manifest as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def publish_if_accepted(store: ObjectStore, gate: QualityGate, accuracy: float, baseline_accuracy: float, registry_uri: str,

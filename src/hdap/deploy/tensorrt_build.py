@@ -52,12 +52,12 @@ def _engine_plan(trt, logger, model: onnx.ModelProto, input_shape: tuple[int, ..
     return bytes(plan)
 
 
-def _run(context, stream, images: torch.Tensor) -> torch.Tensor:
+def _bind(context, images: torch.Tensor) -> torch.Tensor:
+    """Point the engine at `images` and a fresh output buffer (returned; keep it alive)."""
     context.set_input_shape("input", tuple(images.shape))
     output = torch.empty(tuple(context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
     context.set_tensor_address("input", images.data_ptr())
     context.set_tensor_address("logits", output.data_ptr())
-    context.execute_async_v3(stream.cuda_stream)
     return output
 
 
@@ -74,22 +74,26 @@ def build_engine(model: onnx.ModelProto, input_shape: tuple[int, ...], dataset, 
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     context = engine.create_execution_context()
     stream = torch.cuda.Stream()
-    one = torch.randn(1, *input_shape, device="cuda")
-    for _ in range(warmup):
-        _run(context, stream, one)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        _run(context, stream, one)
-        end.record(stream)
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    images = torch.stack([x for x, _ in dataset])
-    predicted = []
-    for i in range(0, len(images), MAX_BATCH):
-        batch = images[i:i + MAX_BATCH].contiguous().cuda()
-        output = _run(context, stream, batch)
-        stream.synchronize()
-        predicted.append(output.argmax(1).cpu())
+    # Every copy and allocation on the engine's stream, so it never reads a half-copied batch.
+    with torch.cuda.stream(stream):
+        one = torch.randn(1, *input_shape, device="cuda")
+        output = _bind(context, one)
+        for _ in range(warmup):
+            context.execute_async_v3(stream.cuda_stream)
+        times = []
+        for _ in range(repeats):  # only the engine is timed
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            context.execute_async_v3(stream.cuda_stream)
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        images = torch.stack([x for x, _ in dataset])
+        predicted = []
+        for i in range(0, len(images), MAX_BATCH):
+            batch = images[i:i + MAX_BATCH].contiguous().cuda(non_blocking=False)
+            output = _bind(context, batch)
+            context.execute_async_v3(stream.cuda_stream)
+            stream.synchronize()
+            predicted.append(output.argmax(1).cpu())
     return EngineBuild(plan, statistics.median(times), torch.cat(predicted), torch.cuda.get_device_name(0), trt.__version__)
