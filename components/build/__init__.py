@@ -1,0 +1,3 @@
+from components.build.component import build
+
+__all__ = ["build"]
