@@ -8,7 +8,6 @@ TensorRT or a GPU is missing `tensorrt_unavailable_reason()` says why and caller
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import onnx
 import torch
 
 from hdap.errors import HdapError
-from hdap.latency.backends.tensorrt import tensorrt_unavailable_reason
+from hdap.latency.backends.tensorrt import engine_latency_ms, tensorrt_unavailable_reason
 
 __all__ = ["EngineBuild", "build_engine", "tensorrt_unavailable_reason"]
 MAX_BATCH = 256
@@ -77,17 +76,8 @@ def build_engine(model: onnx.ModelProto, input_shape: tuple[int, ...], dataset, 
     # Every copy and allocation on the engine's stream, so it never reads a half-copied batch.
     with torch.cuda.stream(stream):
         one = torch.randn(1, *input_shape, device="cuda")
-        output = _bind(context, one)
-        for _ in range(warmup):
-            context.execute_async_v3(stream.cuda_stream)
-        times = []
-        for _ in range(repeats):  # only the engine is timed
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
-            context.execute_async_v3(stream.cuda_stream)
-            end.record(stream)
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+        output = _bind(context, one)  # bound (and kept alive) while timing
+        latency = engine_latency_ms(context, stream, warmup, repeats)  # only the engine is timed
         images = torch.stack([x for x, _ in dataset])
         predicted = []
         for i in range(0, len(images), MAX_BATCH):
@@ -96,4 +86,4 @@ def build_engine(model: onnx.ModelProto, input_shape: tuple[int, ...], dataset, 
             context.execute_async_v3(stream.cuda_stream)
             stream.synchronize()
             predicted.append(output.argmax(1).cpu())
-    return EngineBuild(plan, statistics.median(times), torch.cat(predicted), torch.cuda.get_device_name(0), trt.__version__)
+    return EngineBuild(plan, latency, torch.cat(predicted), torch.cuda.get_device_name(0), trt.__version__)

@@ -28,6 +28,23 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
+def engine_latency_ms(context, stream, warmup: int, repeats: int) -> float:
+    """Median time of one engine run, by CUDA events on `stream` (its tensors already bound)."""
+    import torch
+
+    for _ in range(warmup):
+        context.execute_async_v3(stream.cuda_stream)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        context.execute_async_v3(stream.cuda_stream)
+        end.record(stream)
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 class TensorRTBackend:
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
@@ -79,14 +96,4 @@ class TensorRTBackend:
             buffer = torch.empty(shape, dtype=torch.float32, device="cuda")
             context.set_tensor_address(name, buffer.data_ptr())
             setattr(self, f"_buffer_{index}", buffer)  # keep alive while timing
-        for _ in range(self.warmup):
-            context.execute_async_v3(stream.cuda_stream)
-        times = []
-        for _ in range(self.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
-            context.execute_async_v3(stream.cuda_stream)
-            end.record(stream)
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
+        return engine_latency_ms(context, stream, self.warmup, self.repeats)
