@@ -30,16 +30,17 @@ def cluster_scatter(clustering: Clustering) -> str:
     return to_img_tag(fig, "scatter of devices coloured by cluster")
 
 
-def cluster_shares(clustering: Clustering) -> str:
-    fig, ax = figure(5, 3.2)
-    ids = [c.id for c in clustering.clusters]
-    shares = [100 * c.weight for c in clustering.clusters]
-    bars = ax.bar(ids, shares, color=[PALETTE[i % 10] for i in ids])
-    ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
-    ax.set_xticks(ids)
-    ax.set_xlabel("cluster")
+def cluster_shares(clusters: dict) -> str:
+    """How much of the fleet each cluster is (the weight its latency carries in the fleet objective), from
+    the clusters.json summary the cluster step writes (`Clustering.summary()`)."""
+    fig, ax = figure(5, 3.4)
+    ids = [c["id"] for c in clusters["clusters"]]
+    bars = ax.bar(ids, [100 * c["weight"] for c in clusters["clusters"]], color=[PALETTE[i % 10] for i in ids])
+    ax.bar_label(bars, [f"{100 * c['weight']:.1f}%\n{c['size']:,} devices" for c in clusters["clusters"]], fontsize=8)
+    ax.set_xticks(ids, [f"cluster {i}" for i in ids])
     ax.set_ylabel("share of fleet (%)")
-    ax.set_title("Fleet share per cluster")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the two-line labels
+    ax.set_title(f"Fleet share per cluster (k={clusters['k']})")
     return to_img_tag(fig, "bar chart of fleet share per cluster")
 
 
@@ -88,7 +89,7 @@ def cluster_table(clustering: Clustering) -> str:
 
 
 def clustering_report_html(clustering: Clustering) -> str:
-    plots = [cluster_scatter(clustering), cluster_shares(clustering), cluster_latency(clustering)]
+    plots = [cluster_scatter(clustering), cluster_shares(clustering.summary()), cluster_latency(clustering)]
     if clustering.scores:
         plots.append(silhouette_curve(clustering))
     devices = sum(c.size for c in clustering.clusters)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from matplotlib.patches import Patch
 
 from hdap.report.figures import PAGE_STYLE, PALETTE, figure, to_img_tag
+from hdap.report.fleet import cluster_shares
 
 SCATTER_POINTS = 5000  # more points only blur the picture and bloat the page
 SCATTER_AXES = ("probe_conv3x3_fp16_median_ms", "probe_launch_median_ms")  # compute-bound against overhead-bound
@@ -91,19 +92,6 @@ def device_scatter(clusters: dict, features: pa.Table, assignments: pa.Table) ->
     for handle in legend.legend_handles:
         handle.set_sizes([40])
     return to_img_tag(fig, "scatter of devices by probe latency, coloured by cluster")
-
-
-def cluster_shares(clusters: dict) -> str:
-    """How much of the fleet each cluster is: the weight its latency carries in the fleet objective."""
-    fig, ax = figure(5, 3.4)
-    ids = [c["id"] for c in clusters["clusters"]]
-    bars = ax.bar(ids, [100 * c["weight"] for c in clusters["clusters"]], color=[PALETTE[i % 10] for i in ids])
-    ax.bar_label(bars, [f"{100 * c['weight']:.1f}%\n{c['size']:,} devices" for c in clusters["clusters"]], fontsize=8)
-    ax.set_xticks(ids, [f"cluster {i}" for i in ids])
-    ax.set_ylabel("share of fleet (%)")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the two-line labels
-    ax.set_title(f"Fleet share per cluster (k={clusters['k']})")
-    return to_img_tag(fig, "bar chart of fleet share per cluster")
 
 
 # -- what compression bought -----------------------------------------------------------------
