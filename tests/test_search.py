@@ -47,6 +47,8 @@ def randomised(searchable: SearchableModel, seed: int = 0) -> SearchableModel:
             logits.copy_(torch.rand(logits.shape, generator=generator) * 4 - 2)
         for logits in searchable.precision_logits.values():
             logits.copy_(torch.rand(logits.shape, generator=generator) * 2 - 1)
+        for logit in searchable.branch_logits.values():
+            logit.copy_(torch.rand((), generator=generator) * 6 - 1)  # most branches stay, some go
     return searchable
 
 
@@ -91,6 +93,23 @@ def test_the_fleet_cost_gradient_reaches_every_keep_and_precision_logit() -> Non
         assert logits.grad is not None and logits.grad.abs().sum() > 0
     for logits in searchable.precision_logits.values():
         assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert len(searchable.branch_logits) == 9  # one per ResNet-20 basic block
+    for logit in searchable.branch_logits.values():
+        assert logit.grad is not None and logit.grad.abs() > 0
+
+
+def test_the_task_loss_reaches_every_branch_logit_past_the_branchs_batch_norm() -> None:
+    """A scale applied inside a branch would be undone by its batch norm; the branch logit scales
+    what the branch adds to the skip, so the task loss says what each branch is worth."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", DIGITS)
+    space = build_search_space(model, DIGITS, MENU)
+    assert {g.branch_end for g in space.groups if g.removable} == {f"stages.{b}.bn2" for b in range(9)}
+    searchable = SearchableModel(model, space)
+    loss = nn.functional.cross_entropy(searchable(torch.randn(16, *DIGITS)), torch.randint(0, 10, (16,)))
+    loss.backward()
+    for logit in searchable.branch_logits.values():
+        assert logit.grad is not None and logit.grad.abs() > 0
 
 
 def test_a_reloaded_spec_rebuilds_the_searched_model_exactly(tmp_path) -> None:
@@ -107,12 +126,16 @@ def test_a_reloaded_spec_rebuilds_the_searched_model_exactly(tmp_path) -> None:
                 module.bias.uniform_(-0.5, 0.5)
     space = build_search_space(model, DIGITS, ("fp32",))
     searchable = randomised(SearchableModel(model, space), seed=4)
-    with torch.no_grad():  # remove one residual branch outright
+    with torch.no_grad():  # remove one residual branch by its channels, one by its branch logit, keep the rest
         searchable.keep_logits[next(g.index for g in space.groups if g.root == "stages.4.conv1")].fill_(-5)
+        for group in space.groups:
+            if group.removable:
+                searchable.branch_logits[str(group.index)].fill_(-1.0 if group.root == "stages.7.conv1" else 1.0)
     searchable.freeze()
     searchable.eval()
     spec = export_spec(searchable, "resnet20", DIGITS, 10)
     assert spec.layer("stages.4.conv1").removed and spec.layer("stages.4.conv2").removed
+    assert spec.layer("stages.7.conv1").removed and spec.layer("stages.7.conv2").removed
     x = torch.randn(4, *DIGITS)
     with torch.no_grad():
         expected = searchable(x)

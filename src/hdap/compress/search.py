@@ -175,10 +175,11 @@ class ConstraintPenalty:
 
 def meet_target(searchable: SearchableModel, cost: ArchitectureCost, target: float) -> None:
     """Turn the soft result into the hard architecture that keeps the most channels within the
-    target: granules ranked by their keep logit across all groups, the threshold lowered as far as
+    target: granules and branches ranked by their logits across all groups, the threshold lowered as far as
     the cost allows. (Thresholding at 0 can land far from the target: a removed residual branch is
     a cliff in the cost, and the constraint holds logits near 0 where the soft and hard costs part.)"""
-    logits = sorted({float(v) for group in searchable.keep_logits for v in group.detach()})
+    logits = sorted({float(v) for group in [*searchable.keep_logits, *searchable.branch_logits.values()]
+                     for v in group.detach().flatten()})
     with torch.no_grad():
         for threshold in [min(logits) - 1.0, *logits]:  # keep everything first, then drop the weakest
             searchable.keep_threshold = threshold
@@ -209,7 +210,14 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     searchable.freeze()
     if kind == "target":
         meet_target(searchable, cost, value)
-    # The fine-tune learns from the uncompressed model as well as the labels: it recovers more accuracy per epoch.
+    # The search chose the architecture; its weights were trained under soft channel masks and
+    # precision mixes and suit the hard architecture worse than the uncompressed model's do
+    # (ResNet-20 on digits, 12 layers removed: 92% from the searched weights, 99% from the
+    # pre-trained ones). So the fine-tune starts from the pre-trained weights, as one-shot
+    # architecture searches retrain what they found, and learns from the uncompressed model as
+    # well as the labels (distillation recovers more accuracy per epoch).
+    searchable.load_plain_weights(pretrained.state_dict())
+    torch.manual_seed(config.seed)
     teacher = copy.deepcopy(pretrained).eval()
     train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({kind} {value:g})", teacher=teacher)
     return searchable

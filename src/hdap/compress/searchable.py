@@ -4,13 +4,19 @@
     loss = task_loss(searchable(x), y) + strength * cost(searchable.decisions()) / baseline_cost
     searchable.freeze(); spec = export_spec(searchable, ...)   # hdap.compress.spec
 
-Each channel granule has a keep logit, each layer a logit per precision of the menu. In training,
-a granule's keep probability (sigmoid of logit / temperature) scales its channels where other
-layers read them, and a layer's weights and inputs are the precision mix of their fake-quantised
-versions (softmax of logits / temperature), as in Motetti et al. and PLiNIO's MPS. Lowering the
-temperature makes both choices crisp; `freeze()` makes them hard (keep if logit > threshold,
-argmax precision) for the final fine-tune and export. The same soft quantities feed the latency
-surrogates through `decisions()`, so the cost's gradient reaches every logit.
+Each channel granule has a keep logit, each removable residual branch a branch logit, each layer
+a logit per precision of the menu. In training, a granule's keep probability (sigmoid of logit /
+temperature) scales its channels where other layers read them, a branch's probability scales what
+it adds to the skip (after its batch norm, which would undo a scale applied before it), and a
+layer's weights and inputs are the precision mix of their fake-quantised versions (softmax of
+logits / temperature), as in Motetti et al. and PLiNIO's MPS. Lowering the temperature makes the
+choices crisp; `freeze()` makes them hard (keep if logit > threshold, argmax precision) for the
+final fine-tune and export. The same soft quantities feed the latency surrogates through
+`decisions()`, so the cost's gradient reaches every logit.
+
+The branch logit is what lets the search remove the right branches on launch-bound devices, where
+only a branch removed as a whole saves time: without it a branch lives while any of its granules
+does, so narrow branches (few granules) vanish first whatever they are worth to the task.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class SearchableModel(nn.Module):
         self.keep_threshold = 0.0  # a granule is kept when its logit is above this, once frozen
         self.keep_logits = nn.ParameterList(
             [nn.Parameter(torch.full((g.granules,), KEEP_LOGIT_INIT)) for g in space.groups])
+        self.branch_logits = nn.ParameterDict(
+            {str(g.index): nn.Parameter(torch.tensor(KEEP_LOGIT_INIT)) for g in space.groups if g.removable})
         self.precision_logits = nn.ParameterDict(
             {_key(s.name): nn.Parameter(torch.zeros(len(space.precisions))) for s in space.layers if s.name not in space.protected})
         for index, group in enumerate(space.groups):
@@ -75,6 +83,9 @@ class SearchableModel(nn.Module):
             self._handles.append(module.register_forward_pre_hook(self._input_hook(shape)))
             parametrize.register_parametrization(
                 module, "weight", _MixedPrecisionWeight(space.precisions, lambda name=shape.name: self.precision_probabilities(name)))
+        for group in space.groups:
+            if group.removable and group.branch_end:
+                self._handles.append(modules[group.branch_end].register_forward_hook(self._branch_hook(group.index)))
         self._keep: list[torch.Tensor] = []
         # The layers that vanish with a removable group: its own and the ones reading it.
         self._branch_of = {layer: g.index for g in space.groups if g.removable
@@ -96,7 +107,11 @@ class SearchableModel(nn.Module):
         if self.frozen:
             return torch.tensor(float(any(self.kept_granules(group))), dtype=torch.float64)
         dropped = 1 - torch.sigmoid(self.keep_logits[group] / self.temperature).to(torch.float64)
-        return 1 - dropped.prod()
+        return self.branch_probability(group).to(torch.float64) * (1 - dropped.prod())
+
+    def branch_probability(self, group: int) -> torch.Tensor:
+        """The soft probability a removable group's branch stays (its branch logit alone)."""
+        return torch.sigmoid(self.branch_logits[str(group)] / self.temperature)
 
     def precision_probabilities(self, layer: str) -> torch.Tensor:
         precisions = self.space.precisions
@@ -108,13 +123,24 @@ class SearchableModel(nn.Module):
         return torch.softmax(logits / self.temperature, dim=0)
 
     def architecture_parameters(self) -> list[nn.Parameter]:
-        return list(self.keep_logits) + list(self.precision_logits.values())
+        return list(self.keep_logits) + list(self.branch_logits.values()) + list(self.precision_logits.values())
 
     def freeze(self) -> None:
         """Hard decisions from now on: the architecture the fine-tune and export see."""
         self.frozen = True
         for parameter in self.architecture_parameters():
             parameter.requires_grad_(False)
+
+    def load_plain_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a plain model's weights (the zoo model's keys) and forget the activation ranges,
+        which the next batches measure afresh."""
+        own = self.model.state_dict()
+        mapped = {key: state_dict[key.replace("parametrizations.weight.original", "weight")] for key in own
+                  if not key.endswith("hdap_input_amax")}
+        self.model.load_state_dict(mapped, strict=False)
+        for module in self.model.modules():
+            if hasattr(module, "hdap_input_amax"):
+                module.hdap_input_amax.zero_()
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +165,12 @@ class SearchableModel(nn.Module):
             mixed = mix(x, self.precision_probabilities(shape.name), self.space.precisions,
                         lambda value, precision: round_activation(value, precision, amax))
             return (mixed, *inputs[1:])
+        return hook
+
+    def _branch_hook(self, group: int):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+            # Frozen, a removed branch is already zero where its channels are read (the masks).
+            return output if self.frozen else output * self.branch_probability(group)
         return hook
 
     # -- what the cost sees -------------------------------------------------------------------
@@ -184,9 +216,12 @@ class SearchableModel(nn.Module):
             self.frozen = was_frozen
 
     def kept_granules(self, group: int) -> list[bool]:
-        """The hard decision: keep granules with a positive logit. A group that is not removable
-        keeps at least its most important granule; a removable one may lose them all."""
+        """The hard decision: keep granules with a logit above the threshold. A group that is not
+        removable keeps at least its most important granule; a removable one may lose them all, and
+        loses them all when its branch logit is at or below the threshold."""
         kept = [bool(v > self.keep_threshold) for v in self.keep_logits[group].detach()]
+        if str(group) in self.branch_logits and not float(self.branch_logits[str(group)].detach()) > self.keep_threshold:
+            return [False] * len(kept)
         if not any(kept) and not self.space.groups[group].removable:
             kept[0] = True
         return kept

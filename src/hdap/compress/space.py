@@ -54,6 +54,9 @@ class ChannelGroup:
     # drop out of the network (a residual branch removed: fewer kernels, what launch-bound
     # devices need). Empty: the group always keeps at least one granule.
     collapsible: list[str] = field(default_factory=list)
+    # The module whose output is the branch's contribution to the add (e.g. its last batch
+    # norm): where the search scales the branch by the probability it stays. "" if not a module.
+    branch_end: str = ""
 
     @property
     def removable(self) -> bool:
@@ -179,17 +182,18 @@ def _mark_collapsible(model: nn.Module, layers: list[LayerShape], groups: list[C
                 stack.extend(current.all_input_nodes)
         return False
 
-    def joins_skip(layer: str, block_input: fx.Node) -> bool:
+    def branch_end(layer: str, block_input: fx.Node) -> fx.Node | None:
+        """The node whose output `layer`'s branch adds to the skip, or None if it does not join one."""
         node = calls.get(layer)
         while node is not None and len(node.users) == 1:
             user = next(iter(node.users))
             if user.op == "call_function" and user.target in _ADDS:
                 others = [a for a in user.args if isinstance(a, fx.Node) and a is not node]
-                return len(others) == 1 and descends_from(others[0], block_input)
+                return node if len(others) == 1 and descends_from(others[0], block_input) else None
             passthrough = (user.op == "call_module" and isinstance(modules.get(user.target), ELEMENTWISE)) or (
                 user.op == "call_function" and user.target in (torch.relu, nn.functional.relu))
             node = user if passthrough else None
-        return False
+        return None
 
     for group in groups:
         readers = [m for m in group.members if m.side == "in"]
@@ -199,9 +203,14 @@ def _mark_collapsible(model: nn.Module, layers: list[LayerShape], groups: list[C
             continue
         block_input = first.all_input_nodes[0]
         # A removed branch computes zeros before its batch norm: only bias-free convolutions may vanish.
-        if all(m.layer in position and layers[position[m.layer]].op == "conv" and modules[m.layer].bias is None
-               and joins_skip(m.layer, block_input) for m in readers):
+        if not all(m.layer in position and layers[position[m.layer]].op == "conv" and modules[m.layer].bias is None
+                   for m in readers):
+            continue
+        ends = [branch_end(m.layer, block_input) for m in readers]
+        if all(end is not None for end in ends):
             group.collapsible = sorted(m.layer for m in readers)
+            if len(ends) == 1 and ends[0].op == "call_module":
+                group.branch_end = str(ends[0].target)
 
 
 def _check_one_owner(layers: list[LayerShape], groups: list[ChannelGroup]) -> None:
