@@ -82,6 +82,21 @@ def test_the_compiled_fleet_cost_equals_the_surrogates_own_model_cost_and_gradie
         assert torch.allclose(a, b, atol=1e-12)
 
 
+def test_the_searchables_fast_cost_inputs_equal_its_decisions_with_their_gradients() -> None:
+    model = build_model("resnet20", DIGITS)
+    searchable = randomised(SearchableModel(model, build_search_space(model, DIGITS, MENU)), seed=3)
+    searchable.temperature = 0.7
+    parameters = searchable.architecture_parameters()
+    slow, fast = stack_decisions(searchable.decisions()), searchable.cost_inputs()
+    for a, b in zip(slow, fast):
+        assert torch.allclose(a, b, atol=1e-9)
+    weights = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i, t in enumerate(slow)]
+    slow_grad = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, slow)), parameters, allow_unused=True)
+    fast_grad = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, fast)), parameters, allow_unused=True)
+    for a, b in zip(slow_grad, fast_grad):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-7)
+
+
 def test_the_fleet_cost_gradient_reaches_every_keep_and_precision_logit() -> None:
     model = build_model("resnet20", DIGITS)
     space = build_search_space(model, DIGITS, MENU)

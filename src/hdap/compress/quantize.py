@@ -25,8 +25,14 @@ def round_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
         return weight.half().float()
     levels = INTEGER_LEVELS[precision]
     scale = weight.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-8) / levels
-    zero = torch.zeros(len(scale), dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -levels, levels)
+    return _quantise(weight.detach(), scale.view(-1, *([1] * (weight.dim() - 1))), -levels, levels)
+
+
+def _quantise(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """x rounded to the integer grid of `scale` (half to even, as QuantizeLinear) and saturated.
+    Written out rather than torch.fake_quantize_*: those also build a gradient mask the
+    straight-through estimator here never uses, and cost several times as much on small tensors."""
+    return torch.clamp(torch.round(x / scale), low, high) * scale
 
 
 def activation_precision(precision: str) -> str:
@@ -44,20 +50,38 @@ def round_activation(x: torch.Tensor, precision: str, amax: torch.Tensor) -> tor
     if precision == "fp16":
         return x.half().float()
     levels = INTEGER_LEVELS["int8"]
-    scale = (amax.clamp_min(1e-8) / levels).reshape(1).float()
+    scale = (amax.clamp_min(1e-8) / levels).float()
     # Saturate as QuantizeLinear does (to -128, not -127): inputs below -amax are common with a moving maximum.
-    return torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros(1, dtype=torch.int32), -levels - 1, levels)
+    return _quantise(x.detach(), scale, -levels - 1, levels)
 
 
 def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], rounding) -> torch.Tensor:
-    """sum_p probs[p] * rounding(x, p) with straight-through gradients, in few autograd steps:
-    as the probabilities sum to one this is x + sum_p probs[p] * (r_p - x), the rounding
-    differences computed without autograd. A hard choice (no gradient) rounds once."""
+    """sum_p probs[p] * rounding(x, p) with straight-through gradients: as the probabilities sum
+    to one this is x + sum_p probs[p] * (r_p - x), the rounding differences computed without
+    autograd and the sum one autograd step (`_PrecisionMix`). A hard choice (no gradient) rounds once."""
     if not probs.requires_grad:
         return straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
     with torch.no_grad():
         offsets = [rounding(x, p) - x for p in precisions]
-    mixed = x
-    for index, offset in enumerate(offsets):
-        mixed = mixed + probs[index].to(x.dtype) * offset
-    return mixed
+    return _PrecisionMix.apply(x, probs, *offsets)
+
+
+class _PrecisionMix(torch.autograd.Function):
+    """x + sum_p probs[p] * offsets[p]; the gradient passes to x unchanged (straight through) and
+    to probs[p] as <grad, offsets[p]>. One autograd node instead of two per precision: the search
+    runs this twice per layer per batch, and on small inputs its cost is the number of steps."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, probs: torch.Tensor, *offsets: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(*offsets)
+        ctx.probs_dtype = probs.dtype
+        mixed = x.clone()
+        for weight, offset in zip(probs.tolist(), offsets):
+            mixed.add_(offset, alpha=weight)
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        offsets = ctx.saved_tensors
+        grad_probs = torch.stack([torch.vdot(grad.reshape(-1), offset.reshape(-1)) for offset in offsets]).to(ctx.probs_dtype)
+        return (grad, grad_probs, *([None] * len(offsets)))

@@ -134,7 +134,7 @@ class ArchitectureCost:
     def __call__(self, searchable: SearchableModel) -> torch.Tensor:
         if self.objective == "memory":
             return weight_bits(searchable.decisions(), searchable.space.precisions) / self.baseline
-        return self.latency.fleet_weighted_latency(*stack_decisions(searchable.decisions())) / self.baseline
+        return self.latency.fleet_weighted_latency(*searchable.cost_inputs()) / self.baseline
 
 
 def _temperature(config: SearchConfig, epoch: int) -> float:

@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from hdap.compress.quantize import mix, round_activation, round_weight
 from hdap.compress.space import SearchSpace
+from hdap.latency.fleet_cost import stack_decisions
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.surrogate import LayerDecision
 
@@ -90,6 +91,7 @@ class SearchableModel(nn.Module):
         # The layers that vanish with a removable group: its own and the ones reading it.
         self._branch_of = {layer: g.index for g in space.groups if g.removable
                            for layer in [m.layer for m in g.members if m.side == "out"] + g.collapsible}
+        self._build_cost_tables()
 
     # -- the architecture's probabilities ------------------------------------------------------
     def keep_probabilities(self, group: int) -> torch.Tensor:
@@ -195,6 +197,63 @@ class SearchableModel(nn.Module):
                                            self.precision_probabilities(shape.name).to(torch.float64),
                                            present.get(shape.name, 1.0)))
         return decisions
+
+    def _build_cost_tables(self) -> None:
+        """Constant matrices that turn the granules' keep probabilities into every layer's channel
+        counts and presence in a few tensor operations (`cost_inputs`)."""
+        space = self.space
+        sizes = [g.granules for g in space.groups]
+        start = [sum(sizes[:i]) for i in range(len(sizes))]
+        layers, total = len(space.layers), sum(sizes)
+        out_counts = torch.zeros(layers, total, dtype=torch.float64)
+        in_counts = torch.zeros(layers, total, dtype=torch.float64)
+        fixed_out = torch.zeros(layers, dtype=torch.float64)
+        removable = [g.index for g in space.groups if g.removable]
+        in_branch = torch.zeros(layers, len(removable), dtype=torch.float64)
+        default = torch.zeros(layers, len(space.precisions))
+        for index, shape in enumerate(space.layers):
+            owner = space.out_group(shape.name)
+            if owner is None:
+                fixed_out[index] = shape.out_channels
+            else:
+                group = owner[0]
+                out_counts[index].index_add_(0, start[group.index] + group.granule_of_channel(),
+                                             torch.ones(group.channels, dtype=torch.float64))
+            for group, _channels, roots in self._input_masks[shape.name]:
+                granules = start[group] + getattr(self, f"granule_of_channel_{group}")[roots]
+                in_counts[index].index_add_(0, granules, torch.ones(len(roots), dtype=torch.float64))
+            if shape.name in self._branch_of:
+                in_branch[index, removable.index(self._branch_of[shape.name])] = 1.0
+            default[index, space.precisions.index(space.default_precision)] = 1.0
+        self._cost_tables = {
+            "out_counts": out_counts, "in_counts": in_counts, "fixed_out": fixed_out,
+            "in_channels": torch.tensor([float(s.in_channels) for s in space.layers], dtype=torch.float64),
+            "in_branch": in_branch, "removable": removable, "slices": [(start[g], start[g] + sizes[g]) for g in removable],
+            "default_precision": default,
+            "searched": torch.tensor([i for i, s in enumerate(space.layers) if s.name not in space.protected], dtype=torch.long),
+        }
+
+    def cost_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What `CompiledFleetCost` takes: per layer in channels, out channels, precision
+        probabilities and presence; `stack_decisions(self.decisions())` in a few operations
+        (the search costs its architecture on every batch)."""
+        if self.frozen:
+            return stack_decisions(self.decisions())
+        t = self._cost_tables
+        keep = torch.sigmoid(torch.cat(list(self.keep_logits)) / self.temperature).to(torch.float64)
+        out_channels = t["out_counts"] @ keep + t["fixed_out"]
+        in_channels = t["in_channels"] - t["in_counts"] @ (1 - keep)
+        present = torch.ones(len(self.space.layers), dtype=torch.float64)
+        if t["removable"]:
+            branches = torch.stack([torch.sigmoid(self.branch_logits[str(g)] / self.temperature) for g in t["removable"]])
+            survives = 1 - torch.stack([(1 - keep[a:b]).prod() for a, b in t["slices"]])
+            alive = branches.to(torch.float64) * survives
+            present = present - t["in_branch"].sum(1) + t["in_branch"] @ alive
+        probs = t["default_precision"]
+        if len(self.precision_logits):
+            soft = torch.softmax(torch.stack(list(self.precision_logits.values())) / self.temperature, dim=1)
+            probs = probs.index_put((t["searched"],), soft)
+        return in_channels, out_channels, probs.to(torch.float64), present
 
     def hard_layers(self) -> list[tuple[LayerShape, LayerConfig | None]]:
         """Every layer as the frozen architecture runs it (integer channels, one precision), or
