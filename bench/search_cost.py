@@ -17,6 +17,8 @@ import copy
 import statistics
 import time
 
+import torch
+
 from record import record  # bench/record.py (the scripts run from bench/)
 
 from hdap.compress.search import ArchitectureCost, SearchConfig
@@ -25,7 +27,7 @@ from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
 from hdap.data import DataConfig, load_dataset
 from hdap.latency.backends.simulated import SimulatedDevice
-from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions
+from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost
 from hdap.latency.fleet_profiling import simulated_surrogate
 from hdap.models import build_model, prunable_layers
 
@@ -50,7 +52,9 @@ def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: 
         model = copy.deepcopy(base)
         searchable = SearchableModel(model, build_search_space(model, shape, MENU))
         compiled = CompiledFleetCost(fleet, [d.config for d in searchable.decisions()])
-        cost = ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions()))))
+        with torch.no_grad():
+            baseline = float(compiled.fleet_weighted_latency(*searchable.cost_inputs()))
+        cost = ArchitectureCost("latency", compiled, baseline)
         started = time.perf_counter()
         train_epochs(searchable, data.train, epochs, config, "search", penalty=lambda s=searchable, c=cost: 2.0 * c(s),
                      architecture=searchable.architecture_parameters(), arch_learning_rate=config.arch_learning_rate)
