@@ -82,8 +82,9 @@ def test_the_compiled_fleet_cost_equals_the_surrogates_own_model_cost_and_gradie
         assert torch.allclose(a, b, atol=1e-12)
 
 
-def test_the_searchables_fast_cost_inputs_equal_its_decisions_with_their_gradients() -> None:
-    model = build_model("resnet20", DIGITS)
+@pytest.mark.parametrize("name", ["resnet20", "small-cnn", "mobilenetv2"])
+def test_the_searchables_fast_cost_inputs_equal_its_decisions_with_their_gradients(name: str) -> None:
+    model = build_model(name, DIGITS)
     searchable = randomised(SearchableModel(model, build_search_space(model, DIGITS, MENU)), seed=3)
     searchable.temperature = 0.7
     parameters = searchable.architecture_parameters()
@@ -205,6 +206,34 @@ def test_an_unknown_precision_mode_or_objective_is_a_clear_error() -> None:
         SearchConfig(mode="fastest")
     with pytest.raises(HdapError, match="fractions of the uncompressed cost"):
         SearchConfig(targets=(1.5,))
+    with pytest.raises(HdapError, match="at least one epoch of fine-tuning"):
+        SearchConfig(finetune_epochs=0)
+
+
+class _SharedReluBlock(nn.Module):
+    """A residual block whose branch ends in the one ReLU module the stem also uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        x = x + self.relu(self.bn(self.conv2(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_branch_is_scaled_only_at_a_module_of_its_own() -> None:
+    model = _SharedReluBlock()
+    space = build_search_space(model, DIGITS, MENU)
+    branch = next(g for g in space.groups if g.root == "conv1")
+    assert branch.removable and branch.branch_end == ""  # the ReLU module also runs in the stem
+    assert len(SearchableModel(model, space).branch_logits) == 0  # no logit the task loss cannot see
 
 
 def test_pareto_points_are_the_non_dominated_ones_and_the_choice_respects_the_accuracy_tolerance() -> None:

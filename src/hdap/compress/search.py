@@ -73,6 +73,9 @@ class SearchConfig:
             raise HdapError("give the search cost targets (fractions of the uncompressed cost, e.g. 0.8,0.5,0.3) or strengths.")
         if any(not 0 < t <= 1 for t in self.targets):
             raise HdapError(f"cost targets {self.targets} must be fractions of the uncompressed cost in (0, 1], e.g. 0.8,0.5,0.3.")
+        if self.finetune_epochs < 1:
+            raise HdapError(f"finetune_epochs={self.finetune_epochs}: each searched architecture needs at least one epoch of "
+                            "fine-tuning (it restarts from the pre-trained weights and measures its activation ranges then).")
         if any(s < 0 for s in self.strengths):
             raise HdapError(f"search strengths {self.strengths} must be non-negative numbers, e.g. 0.5,1,2,4,8.")
 

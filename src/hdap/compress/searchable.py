@@ -63,8 +63,11 @@ class SearchableModel(nn.Module):
         self.keep_threshold = 0.0  # a granule is kept when its logit is above this, once frozen
         self.keep_logits = nn.ParameterList(
             [nn.Parameter(torch.full((g.granules,), KEEP_LOGIT_INIT)) for g in space.groups])
+        # Only a branch whose contribution can be scaled gets a logit: one the task loss cannot
+        # see would be decided by the cost alone. (ParameterDicts sort plain dicts' keys: look
+        # logits up by name, never by position.)
         self.branch_logits = nn.ParameterDict(
-            {str(g.index): nn.Parameter(torch.tensor(KEEP_LOGIT_INIT)) for g in space.groups if g.removable})
+            {str(g.index): nn.Parameter(torch.tensor(KEEP_LOGIT_INIT)) for g in space.groups if g.removable and g.branch_end})
         self.precision_logits = nn.ParameterDict(
             {_key(s.name): nn.Parameter(torch.zeros(len(space.precisions))) for s in space.layers if s.name not in space.protected})
         for index, group in enumerate(space.groups):
@@ -85,7 +88,7 @@ class SearchableModel(nn.Module):
             parametrize.register_parametrization(
                 module, "weight", _MixedPrecisionWeight(space.precisions, lambda name=shape.name: self.precision_probabilities(name)))
         for group in space.groups:
-            if group.removable and group.branch_end:
+            if str(group.index) in self.branch_logits:
                 self._handles.append(modules[group.branch_end].register_forward_hook(self._branch_hook(group.index)))
         self._keep: list[torch.Tensor] = []
         # The layers that vanish with a removable group: its own and the ones reading it.
@@ -112,7 +115,9 @@ class SearchableModel(nn.Module):
         return self.branch_probability(group).to(torch.float64) * (1 - dropped.prod())
 
     def branch_probability(self, group: int) -> torch.Tensor:
-        """The soft probability a removable group's branch stays (its branch logit alone)."""
+        """The soft probability a removable group's branch stays by its branch logit (1 without one)."""
+        if str(group) not in self.branch_logits:
+            return torch.ones(())
         return torch.sigmoid(self.branch_logits[str(group)] / self.temperature)
 
     def precision_probabilities(self, layer: str) -> torch.Tensor:
@@ -171,7 +176,9 @@ class SearchableModel(nn.Module):
 
     def _branch_hook(self, group: int):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-            # Frozen, a removed branch is already zero where its channels are read (the masks).
+            # Frozen, a removed branch's channels are masked where they are read, so the branch adds
+            # its batch norm's constant, as the pruned model's RemovedBranch does; the soft scale
+            # (adding nothing at probability 0) is only the search's view of it.
             return output if self.frozen else output * self.branch_probability(group)
         return hook
 
@@ -240,19 +247,22 @@ class SearchableModel(nn.Module):
         if self.frozen:
             return stack_decisions(self.decisions())
         t = self._cost_tables
+        if not len(self.keep_logits):
+            return stack_decisions(self.decisions())
         keep = torch.sigmoid(torch.cat(list(self.keep_logits)) / self.temperature).to(torch.float64)
         out_channels = t["out_counts"] @ keep + t["fixed_out"]
         in_channels = t["in_channels"] - t["in_counts"] @ (1 - keep)
         present = torch.ones(len(self.space.layers), dtype=torch.float64)
         if t["removable"]:
-            branches = torch.stack([torch.sigmoid(self.branch_logits[str(g)] / self.temperature) for g in t["removable"]])
+            branches = torch.stack([self.branch_probability(g) for g in t["removable"]])
             survives = 1 - torch.stack([(1 - keep[a:b]).prod() for a, b in t["slices"]])
             alive = branches.to(torch.float64) * survives
             present = present - t["in_branch"].sum(1) + t["in_branch"] @ alive
         probs = t["default_precision"]
         if len(self.precision_logits):
-            soft = torch.softmax(torch.stack(list(self.precision_logits.values())) / self.temperature, dim=1)
-            probs = probs.index_put((t["searched"],), soft)
+            searched = [self.precision_logits[_key(s.name)] for s in self.space.layers if s.name not in self.space.protected]
+            soft = torch.softmax(torch.stack(searched) / self.temperature, dim=1)
+            probs = probs.index_put((t["searched"],), soft.to(probs.dtype))
         return in_channels, out_channels, probs.to(torch.float64), present
 
     def hard_layers(self) -> list[tuple[LayerShape, LayerConfig | None]]:

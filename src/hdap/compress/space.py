@@ -168,6 +168,7 @@ def _mark_collapsible(model: nn.Module, layers: list[LayerShape], groups: list[C
         log.info("no residual branches can be removed: torch.fx cannot trace the model (%s)", err)
         return
     calls = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    calls_per_module = {target: sum(n.op == "call_module" and n.target == target for n in graph.nodes) for target in calls}
     modules = dict(model.named_modules())
     position = {shape.name: index for index, shape in enumerate(layers)}
 
@@ -209,7 +210,9 @@ def _mark_collapsible(model: nn.Module, layers: list[LayerShape], groups: list[C
         ends = [branch_end(m.layer, block_input) for m in readers]
         if all(end is not None for end in ends):
             group.collapsible = sorted(m.layer for m in readers)
-            if len(ends) == 1 and ends[0].op == "call_module":
+            # The search scales the branch at its end module: one the branch alone calls (a ReLU
+            # module shared with the stem would scale the stem too).
+            if len(ends) == 1 and ends[0].op == "call_module" and calls_per_module[ends[0].target] == 1:
                 group.branch_end = str(ends[0].target)
 
 
