@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from hdap.compress.quantize import straight_through, round_activation, round_weight
+from hdap.compress.searchable import plain_key
 from hdap.compress.spec import ArchitectureSpec, apply_spec
 from hdap.errors import HdapError
 
@@ -101,5 +102,5 @@ def activation_amax(model: nn.Module) -> dict[str, float]:
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """A fake-quantised model's weights as the plain pruned model names them (unrounded; no ranges)."""
-    return {key.replace("parametrizations.weight.original", "weight"): value for key, value in model.state_dict().items()
+    return {plain_key(key): value for key, value in model.state_dict().items()
             if not key.endswith("hdap_input_amax")}

@@ -33,6 +33,12 @@ from hdap.latency.fleet_cost import stack_decisions
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.surrogate import LayerDecision
 
+
+def plain_key(key: str) -> str:
+    """A state-dict key of a parametrised (fake-quantised) model as the plain model names it."""
+    return key.replace("parametrizations.weight.original", "weight")
+
+
 KEEP_LOGIT_INIT = 2.0  # every channel starts kept (probability 0.88 at temperature 1)
 AMAX_MOMENTUM = 0.1
 
@@ -142,8 +148,7 @@ class SearchableModel(nn.Module):
         """Load a plain model's weights (the zoo model's keys) and forget the activation ranges,
         which the next batches measure afresh."""
         own = self.model.state_dict()
-        mapped = {key: state_dict[key.replace("parametrizations.weight.original", "weight")] for key in own
-                  if not key.endswith("hdap_input_amax")}
+        mapped = {key: state_dict[plain_key(key)] for key in own if not key.endswith("hdap_input_amax")}
         self.model.load_state_dict(mapped, strict=False)
         for module in self.model.modules():
             if hasattr(module, "hdap_input_amax"):
@@ -244,11 +249,9 @@ class SearchableModel(nn.Module):
         """What `CompiledFleetCost` takes: per layer in channels, out channels, precision
         probabilities and presence; `stack_decisions(self.decisions())` in a few operations
         (the search costs its architecture on every batch)."""
-        if self.frozen:
+        if self.frozen or not len(self.keep_logits):
             return stack_decisions(self.decisions())
         t = self._cost_tables
-        if not len(self.keep_logits):
-            return stack_decisions(self.decisions())
         keep = torch.sigmoid(torch.cat(list(self.keep_logits)) / self.temperature).to(torch.float64)
         out_channels = t["out_counts"] @ keep + t["fixed_out"]
         in_channels = t["in_channels"] - t["in_counts"] @ (1 - keep)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -168,7 +169,7 @@ def _mark_collapsible(model: nn.Module, layers: list[LayerShape], groups: list[C
         log.info("no residual branches can be removed: torch.fx cannot trace the model (%s)", err)
         return
     calls = {n.target: n for n in graph.nodes if n.op == "call_module"}
-    calls_per_module = {target: sum(n.op == "call_module" and n.target == target for n in graph.nodes) for target in calls}
+    calls_per_module = Counter(n.target for n in graph.nodes if n.op == "call_module")
     modules = dict(model.named_modules())
     position = {shape.name: index for index, shape in enumerate(layers)}
 
