@@ -128,6 +128,29 @@ def test_the_task_loss_reaches_every_branch_logit_past_the_branchs_batch_norm() 
         assert logit.grad is not None and logit.grad.abs() > 0
 
 
+def test_a_branch_probability_scales_its_batch_norms_output_exactly_and_not_once_frozen() -> None:
+    """The branch's scale rides on its batch norm's weight and bias (cheaper than scaling the
+    feature map): BN(x) * p in training and in eval, and nothing once the architecture is frozen."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", DIGITS)
+    searchable = SearchableModel(model, build_search_space(model, DIGITS, MENU))
+    key = next(iter(searchable.branch_logits))
+    searchable.branch_logits[key].data.fill_(-0.7)
+    group = searchable.space.groups[int(key)]
+    norm = dict(model.named_modules())[group.branch_end]
+    weight, bias = norm.parametrizations.weight.original, norm.parametrizations.bias.original
+    x = torch.randn(8, norm.num_features, 4, 4)
+    p = torch.sigmoid(torch.tensor(-0.7))
+    for training in (True, False):
+        norm.train(training)
+        expected = nn.functional.batch_norm(x, norm.running_mean.clone(), norm.running_var.clone(), weight, bias, training, 0.0, norm.eps) * p
+        assert torch.allclose(norm(x), expected, atol=1e-6)
+    searchable.freeze()
+    assert torch.allclose(norm(x), nn.functional.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps), atol=1e-6)
+    plain = searchable.remove()
+    assert {"weight", "bias"} <= set(dict(plain.named_modules())[group.branch_end].state_dict())
+
+
 def test_a_reloaded_spec_rebuilds_the_searched_model_exactly(tmp_path) -> None:
     """With no quantisation (an fp32 menu), the frozen searchable model and the physically pruned
     model built from its reloaded spec compute the same function: masks are pruning."""

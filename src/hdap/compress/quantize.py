@@ -24,7 +24,7 @@ def round_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
     if precision == "fp16":
         return weight.half().float()
     levels = INTEGER_LEVELS[precision]
-    scale = weight.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-8) / levels
+    scale = weight.detach().abs().flatten(1).amax(dim=1).clamp_min_(1e-8).div_(levels)
     return _quantise(weight.detach(), scale.view(-1, *([1] * (weight.dim() - 1))), -levels, levels)
 
 
@@ -32,7 +32,7 @@ def _quantise(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torc
     """x rounded to the integer grid of `scale` (half to even, as QuantizeLinear) and saturated.
     Written out rather than torch.fake_quantize_*: those also build a gradient mask the
     straight-through estimator here never uses, and cost several times as much on small tensors."""
-    return torch.clamp(torch.round(x / scale), low, high) * scale
+    return torch.div(x, scale).round_().clamp_(low, high).mul_(scale)  # in place: one new tensor, not four
 
 
 def activation_precision(precision: str) -> str:
@@ -55,33 +55,46 @@ def round_activation(x: torch.Tensor, precision: str, amax: torch.Tensor) -> tor
     return _quantise(x.detach(), scale, -levels - 1, levels)
 
 
+# Precisions whose rounding the soft search leaves out: fp16 moves values by ~1e-3 of themselves,
+# a hundred times less than int8, so its offset would only cost two passes over every tensor. The
+# hard choice (fine-tune, export) rounds them as the engine does.
+EXACT_IN_SEARCH = ("fp32", "fp16")
+
+
 def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], rounding) -> torch.Tensor:
     """sum_p probs[p] * rounding(x, p) with straight-through gradients: as the probabilities sum
     to one this is x + sum_p probs[p] * (r_p - x), the rounding differences computed without
-    autograd and the sum one autograd step (`_PrecisionMix`). A hard choice (no gradient) rounds once."""
+    autograd (zero for `EXACT_IN_SEARCH`) and the sum one autograd step (`_PrecisionMix`). A hard
+    choice (no gradient) rounds once, at its precision."""
     if not probs.requires_grad:
         return straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
     with torch.no_grad():
-        offsets = [rounding(x, p) - x for p in precisions]
+        offsets = [None if p in EXACT_IN_SEARCH else rounding(x, p).sub_(x) for p in precisions]
     return _PrecisionMix.apply(x, probs, *offsets)
 
 
 class _PrecisionMix(torch.autograd.Function):
-    """x + sum_p probs[p] * offsets[p]; the gradient passes to x unchanged (straight through) and
-    to probs[p] as <grad, offsets[p]>. One autograd node instead of two per precision: the search
-    runs this twice per layer per batch, and on small inputs its cost is the number of steps."""
+    """x + sum_p probs[p] * offsets[p] (an offset of None is zero); the gradient passes to x
+    unchanged (straight through) and to probs[p] as <grad, offsets[p]>. One autograd node instead
+    of two per precision: the search runs this twice per layer per batch, and on small inputs its
+    cost is the number of steps."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, probs: torch.Tensor, *offsets: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(*offsets)
+    def forward(ctx, x: torch.Tensor, probs: torch.Tensor, *offsets: torch.Tensor | None) -> torch.Tensor:
+        ctx.has_offset = [offset is not None for offset in offsets]
+        ctx.save_for_backward(*[offset for offset in offsets if offset is not None])
         ctx.probs_dtype = probs.dtype
-        mixed = x.clone()
+        mixed = None
         for weight, offset in zip(probs.tolist(), offsets):
-            mixed.add_(offset, alpha=weight)
-        return mixed
+            if offset is None:
+                continue
+            mixed = torch.add(x, offset, alpha=weight) if mixed is None else mixed.add_(offset, alpha=weight)
+        return x.clone() if mixed is None else mixed
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        offsets = ctx.saved_tensors
-        grad_probs = torch.stack([torch.vdot(grad.reshape(-1), offset.reshape(-1)) for offset in offsets]).to(ctx.probs_dtype)
-        return (grad, grad_probs, *([None] * len(offsets)))
+        saved = iter(ctx.saved_tensors)
+        flat = grad.reshape(-1)
+        grad_probs = torch.stack([torch.vdot(flat, next(saved).reshape(-1)) if present else flat.new_zeros(())
+                                  for present in ctx.has_offset]).to(ctx.probs_dtype)
+        return (grad, grad_probs, *([None] * len(ctx.has_offset)))
