@@ -67,8 +67,8 @@ class CompiledFleetCost:
     def __init__(self, cost: FleetCost, layers: list[LayerConfig]) -> None:
         self.precisions = cost.precisions
         self.weights = torch.tensor(cost.weights, dtype=torch.float64)
-        fields = ("tile", "overhead_ms", "compute_ms_per_gmac", "input_ms_per_melement", "output_ms_per_melement",
-                  "weight_ms_per_melement", "sharpness")
+        fields = ("tile", "input_tile", "in_unpadded_below_tile", "overhead_ms", "compute_ms_per_gmac", "input_ms_per_melement",
+                  "output_ms_per_melement", "weight_ms_per_melement", "sharpness")
         table = {f: torch.zeros(len(cost.surrogates), len(self.precisions), len(layers), dtype=torch.float64) for f in fields}
         for s, surrogate in enumerate(cost.surrogates):
             for p, precision in enumerate(self.precisions):
@@ -99,7 +99,8 @@ class CompiledFleetCost:
         cout = out_channels.to(torch.float64)
         cin = torch.where(self.depthwise, cout, in_channels.to(torch.float64))
         tiled_out = straight_through_ceil(cout, tile)
-        tiled_in = torch.where(self.depthwise, torch.ones_like(tile), straight_through_ceil(cin, tile))
+        tiled_in = torch.where(self.depthwise, torch.ones_like(tile),
+                               straight_through_ceil(cin, t["input_tile"], t["in_unpadded_below_tile"] > 0))
         macs = self.out_area * self.kernel_area * tiled_out * tiled_in
         weights = self.kernel_area * cout * torch.where(self.depthwise, torch.ones_like(cin), cin)
         compute = t["compute_ms_per_gmac"] * macs / 1e9

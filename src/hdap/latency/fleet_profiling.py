@@ -22,12 +22,12 @@ import pyarrow.compute  # noqa: F401 (pa.compute is only there once imported)
 
 from hdap.errors import HdapError
 from hdap.fleet.sku import get_sku
-from hdap.latency.backends import BackendUnavailable, MeasurementFailed, get_backend
+from hdap.latency.backends import BackendUnavailable, get_backend
 from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
 from hdap.latency.device_model import device_state, kernel_latency_ms
 from hdap.latency.fleet_cost import FleetCost
 from hdap.latency.layers import LayerConfig, LayerShape
-from hdap.latency.profiling import plan_profile, profile_configs, run_profile
+from hdap.latency.profiling import plan_profile, profile_configs, run_profile, time_models
 from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_surrogate, within
 from hdap.store import ObjectStore, join_uri
 
@@ -137,12 +137,6 @@ def simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict])
     )
 
 
-def _measure_chain(backend, chain: list[LayerConfig]) -> float:
-    if hasattr(backend, "measure_chain"):
-        return float(backend.measure_chain(chain))
-    return float(sum(backend.measure(c) for c in chain))
-
-
 def build_cluster_surrogates(
     store: ObjectStore | None,
     clusters: dict,
@@ -202,12 +196,10 @@ def build_cluster_surrogates(
         predicted = np.array([trial.predict(configs[i]) for i in test])
         surrogate = fit_surrogate(configs, latencies, device=backend.describe() if backend else {"source": "uploaded", "device_id": device_id})
         if backend is not None and is_chain(layers):
-            measured = []
-            for variant in random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1):
-                try:
-                    measured.append((variant, _measure_chain(backend, variant)))
-                except MeasurementFailed as err:
-                    log.warning("a calibration model could not be timed (%s): skipped", err)
+            variants = random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1)
+            timed = time_models(backend, variants, rounds=1 if config.backend == "simulated" else config.rounds, seed=config.seed,
+                                description=f"cluster {cluster['id']} ({device_id}): calibration models")
+            measured = [(variant, latency) for variant, latency in zip(variants, timed) if latency is not None]
             if measured:
                 fit_model_overhead(surrogate, measured)
         results.append(

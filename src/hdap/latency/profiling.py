@@ -85,26 +85,21 @@ def plan_profile(
     return planned
 
 
-def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, seed: int = 0, description: str = "profiling") -> pa.Table:
-    """Time every planned configuration; failures are rows with status 'failed' and a reason.
-
-    With several rounds, each round visits the plan in a new random order and a configuration's
-    latency is its quietest round's median. On a shared machine the speed drifts by tens of
-    percent over seconds; other load only ever adds time, and shuffling spreads a slow spell
-    over all layers instead of biasing the ones measured during it.
-    """
+def _quietest_rounds(measure, count: int, rounds: int, seed: int, description: str) -> tuple[list[float | None], list[str | None]]:
+    """Time items 0..count-1 with `measure(index)` in `rounds` shuffled rounds; per item the
+    quietest round's latency (None if no round timed it) and the reason it failed."""
     if rounds < 1:
         raise HdapError(f"rounds={rounds}: profiling needs at least one round.")
     rng = np.random.default_rng(seed)
-    best: list[float | None] = [None] * len(plan)
-    reasons: list[str | None] = [None] * len(plan)
+    best: list[float | None] = [None] * count
+    reasons: list[str | None] = [None] * count
     unbuildable: set[int] = set()  # failed to build or run: another round cannot help
-    visits = [int(i) for _ in range(rounds) for i in rng.permutation(len(plan))]
-    for index in progress(visits, f"{description}: {len(plan)} layer configurations x {rounds} on {backend.name}"):
+    visits = [int(i) for _ in range(rounds) for i in rng.permutation(count)]
+    for index in progress(visits, description):
         if index in unbuildable:
             continue
         try:
-            latency = float(backend.measure(plan[index].config))
+            latency = float(measure(index))
         except MeasurementFailed as err:
             reasons[index] = str(err)
             unbuildable.add(index)
@@ -113,6 +108,19 @@ def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, se
             reasons[index] = f"timing gave {latency} ms"  # a glitch: a later round may time it
             continue
         best[index] = latency if best[index] is None else min(best[index], latency)
+    return best, reasons
+
+
+def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, seed: int = 0, description: str = "profiling") -> pa.Table:
+    """Time every planned configuration; failures are rows with status 'failed' and a reason.
+
+    With several rounds, each round visits the plan in a new random order and a configuration's
+    latency is its quietest round's median. On a shared machine the speed drifts by tens of
+    percent over seconds; other load only ever adds time, and shuffling spreads a slow spell
+    over all layers instead of biasing the ones measured during it.
+    """
+    best, reasons = _quietest_rounds(lambda i: backend.measure(plan[i].config), len(plan), rounds, seed,
+                                     f"{description}: {len(plan)} layer configurations x {rounds} on {backend.name}")
     rows = []
     for item, latency, reason in zip(plan, best, reasons):
         failed = latency is None  # a configuration counts if any round timed it
@@ -122,6 +130,23 @@ def run_profile(backend: Backend, plan: list[PlannedConfig], rounds: int = 1, se
     if failures:
         log.warning("%d of %d configurations could not be timed on %s (see the profile's reason column)", failures, len(plan), backend.name)
     return pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA)
+
+
+def time_models(backend: Backend, models: list[list[LayerConfig]], rounds: int = 1, seed: int = 0,
+                description: str = "timing whole models") -> list[float | None]:
+    """Whole models (chains of layers) timed as `run_profile` times layers: shuffled rounds, the
+    quietest round's latency; None (logged with its reason) where no round could time one."""
+    def measure(index: int) -> float:
+        chain = models[index]
+        if hasattr(backend, "measure_chain"):
+            return backend.measure_chain(chain)
+        return sum(backend.measure(c) for c in chain)
+
+    best, reasons = _quietest_rounds(measure, len(models), rounds, seed, f"{description}: {len(models)} x {rounds} on {backend.name}")
+    for index, (latency, reason) in enumerate(zip(best, reasons)):
+        if latency is None:
+            log.warning("whole model %d could not be timed on %s (%s): skipped", index, backend.name, reason or "never timed")
+    return best
 
 
 def profile_configs(profile: pa.Table) -> tuple[list[LayerConfig], np.ndarray]:

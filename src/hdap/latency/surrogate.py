@@ -9,8 +9,11 @@ Per layer shape (op, kernel, stride, input size) and precision, latency is a roo
 
     t = b0 + ((a_c * MACs)^p + (a_i * inputs + a_o * outputs + a_w * weights)^p)^(1/p)
 
-MACs count channels rounded up to the group's tile (tensor-core and SIMD kernels work in
-tiles, so latency is a staircase in channels). Every coefficient is non-negative and p >= 1,
+MACs count channels rounded up to the group's tiles (tensor-core and SIMD kernels work in
+tiles, so latency is a staircase in channels). Input and output channels have tiles of their
+own, and input channels below one tile may run unpadded: ONNX Runtime's blocked (NCHWc) CPU
+convolutions pad both to 16 on AVX-512, except an input narrower than a block, which a kernel
+of its own reads as it is (measured: 8 input channels cost 0.6x of 16, 24 the same as 32). Every coefficient is non-negative and p >= 1,
 so the model is monotone non-decreasing in input and output channels. In PyTorch, channel
 counts may be soft (expected kept channels during the search): the tile rounding passes
 gradients straight through, and a precision mix weighs each precision's latency.
@@ -49,21 +52,34 @@ def group_key(config: LayerConfig, precision: str | None = None) -> GroupKey:
 TILE_CANDIDATES = (1, 4, 8, 16, 32)
 
 
-def straight_through_ceil(channels: torch.Tensor, tile: int | torch.Tensor) -> torch.Tensor:
-    """Round up to a multiple of `tile` going forward; gradient as if unrounded."""
+def straight_through_ceil(channels: torch.Tensor, tile: int | torch.Tensor,
+                          unpadded_below_tile: bool | torch.Tensor = False) -> torch.Tensor:
+    """Round up to a multiple of `tile` going forward (but leave counts below one tile as they
+    are where `unpadded_below_tile`); gradient as if unrounded. Monotone either way."""
     rounded = torch.ceil(channels / tile - 1e-6) * tile
+    rounded = torch.where(torch.as_tensor(unpadded_below_tile) & (channels < tile), channels, rounded)
     return channels + (rounded - channels).detach()
+
+
+def _tiled(channels: int, tile: int, unpadded_below_tile: bool = False) -> int:
+    return channels if unpadded_below_tile and channels < tile else -(-channels // tile) * tile
 
 
 @dataclass
 class GroupModel:
-    tile: int
+    tile: int  # output channels' tile (and the input channels', unless in_tile is set)
     overhead_ms: float
     compute_ms_per_gmac: float
     input_ms_per_melement: float
     output_ms_per_melement: float
     weight_ms_per_melement: float
     sharpness: float  # p: 1 adds compute and memory time, large takes their maximum
+    in_tile: int = 0  # input channels' tile; 0: the same as `tile`
+    in_unpadded_below_tile: bool = False  # fewer input channels than one tile run unpadded
+
+    @property
+    def input_tile(self) -> int:
+        return self.in_tile or self.tile
 
     def latency(self, op: str, kernel_size: int, stride: int, height: int, width: int, cin: torch.Tensor, cout: torch.Tensor) -> torch.Tensor:
         out_h, out_w = -(-height // stride), -(-width // stride)
@@ -73,7 +89,7 @@ class GroupModel:
             weights = kernel_size**2 * cout
             cin = cout
         else:
-            macs = out_h * out_w * tiled_out * kernel_size**2 * straight_through_ceil(cin, self.tile)
+            macs = out_h * out_w * tiled_out * kernel_size**2 * straight_through_ceil(cin, self.input_tile, self.in_unpadded_below_tile)
             weights = kernel_size**2 * cout * cin
         compute = self.compute_ms_per_gmac * macs / 1e9
         memory = (self.input_ms_per_melement * cin * height * width + self.output_ms_per_melement * cout * out_h * out_w
@@ -197,12 +213,12 @@ class LatencySurrogate:
 _FIELDS = ("overhead_ms", "compute_ms_per_gmac", "input_ms_per_melement", "output_ms_per_melement", "weight_ms_per_melement")
 
 
-def _terms(configs: list[LayerConfig], tile: int) -> np.ndarray:
+def _terms(configs: list[LayerConfig], tile: int, in_tile: int, in_unpadded: bool) -> np.ndarray:
     """Per configuration: 1, GMACs (tiled), input, output and weight elements (millions)."""
     rows = []
     for c in configs:
-        t_out = -(-c.out_channels // tile) * tile
-        t_in = -(-c.in_channels // tile) * tile
+        t_out = _tiled(c.out_channels, tile)
+        t_in = _tiled(c.in_channels, in_tile, in_unpadded)
         per_output = c.kernel_size**2 * (1 if c.op == "depthwise" else t_in)
         macs = c.out_height * c.out_width * t_out * per_output
         cin = c.out_channels if c.op == "depthwise" else c.in_channels
@@ -220,13 +236,17 @@ def _predict(model: GroupModel, c: LayerConfig) -> torch.Tensor:
                          torch.tensor(float(c.in_channels), dtype=torch.float64), torch.tensor(float(c.out_channels), dtype=torch.float64))
 
 
-def _additive_fit(configs: list[LayerConfig], latencies: np.ndarray, tile: int) -> GroupModel:
-    """p = 1: latency is linear in the terms; NNLS on rows scaled to relative error."""
-    terms = _terms(configs, tile)
+def _additive_fit(configs: list[LayerConfig], latencies: np.ndarray, tile: int, in_tile: int,
+                  in_unpadded: bool) -> tuple[GroupModel, float]:
+    """p = 1: latency is linear in the terms; NNLS on rows scaled to relative error. Returns
+    the model and its mean squared log error."""
+    terms = _terms(configs, tile, in_tile, in_unpadded)
     weights = 1.0 / latencies
     coefficients, _ = nnls(terms * weights[:, None], latencies * weights)
     overhead, compute, inputs, outputs, weight = (float(v) for v in coefficients)
-    return GroupModel(tile, overhead, compute, inputs, outputs, weight, 1.0)
+    predicted = np.maximum(terms @ coefficients, 1e-12)
+    model = GroupModel(tile, overhead, compute, inputs, outputs, weight, 1.0, in_tile if in_tile != tile else 0, in_unpadded)
+    return model, float(np.mean(np.log(predicted / latencies) ** 2))
 
 
 def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray, steps: int) -> GroupModel:
@@ -241,7 +261,7 @@ def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray
 
     def candidate(values: torch.Tensor) -> GroupModel:
         e = torch.exp(values)
-        return GroupModel(model.tile, e[0], e[1], e[2], e[3], e[4], 1 + e[5])  # type: ignore[arg-type]
+        return GroupModel(model.tile, e[0], e[1], e[2], e[3], e[4], 1 + e[5], model.in_tile, model.in_unpadded_below_tile)  # type: ignore[arg-type]
 
     def loss() -> torch.Tensor:
         predicted = candidate(raw).latency(c0.op, c0.kernel_size, c0.stride, c0.height, c0.width, cin, cout)
@@ -258,13 +278,16 @@ def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray
     optimizer.step(closure)
     with torch.no_grad():
         fitted = candidate(raw)
-    return GroupModel(model.tile, *(float(getattr(fitted, f)) for f in _FIELDS), float(fitted.sharpness))
+    return GroupModel(model.tile, *(float(getattr(fitted, f)) for f in _FIELDS), float(fitted.sharpness),
+                      model.in_tile, model.in_unpadded_below_tile)
 
 
 def fit_group(configs: list[LayerConfig], latencies: np.ndarray, steps: int = 200) -> GroupModel:
-    """The best of: the additive fit at each tile candidate, and its refinement with free p."""
-    additive = min((_additive_fit(configs, latencies, tile) for tile in TILE_CANDIDATES),
-                   key=lambda m: _log_error(m, configs, latencies))
+    """The best of: the additive fit at each candidate of output tile, input tile and whether
+    narrow inputs run unpadded, and the best one's refinement with free p."""
+    candidates = [(tile, in_tile, unpadded) for tile in TILE_CANDIDATES for in_tile in TILE_CANDIDATES
+                  for unpadded in ((False, True) if in_tile > 1 else (False,))]
+    additive, _ = min((_additive_fit(configs, latencies, *c) for c in candidates), key=lambda fit: fit[1])
     refined = _refine(additive, configs, latencies, steps)
     return min((additive, refined), key=lambda m: _log_error(m, configs, latencies) if np.isfinite(m.sharpness) else math.inf)
 
