@@ -60,6 +60,7 @@ def onnxruntime_layers(samples: int, rounds: int) -> dict:
             with BackgroundLoad(busy):
                 backend = OnnxRuntimeBackend(threads=threads, repeats=10, min_seconds=0)
                 profile = run_profile(backend, plan, rounds=rounds)
+                seconds = time.perf_counter() - start
                 again = run_profile(backend, plan, rounds=rounds, seed=1)
             configs, latencies = profile_configs(profile)
             share, p95, n = held_out_accuracy(configs, latencies)
@@ -70,7 +71,7 @@ def onnxruntime_layers(samples: int, rounds: int) -> dict:
             pooled["held_out"] += n
             out[f"{model}, {state}"] = {"held_out_within_10pct": round(share, 4), "p95_error": round(p95, 4), "held_out": n,
                                         "repeat_profile_within_10pct": round(repeat, 4),
-                                        "profile_seconds": round(time.perf_counter() - start, 1)}
+                                        "profile_seconds": round(seconds, 1)}
             print(f"onnxruntime {model:9s} {state:24s}: {100 * share:5.1f}% of {n} held-out layers within +-10% "
                   f"(p95 error {100 * p95:.1f}%); a second profile repeats {100 * repeat:.1f}% of the first within +-10%")
     out["all states"] = {"held_out_within_10pct": round(pooled["within"] / pooled["held_out"], 4), "held_out": pooled["held_out"]}
@@ -130,9 +131,11 @@ def onnxruntime_whole_models(samples: int, rounds: int, variants: int) -> dict:
     calibration = random_variants(layers, ("fp32", "int8"), 16, 8, seed=1)
     evaluation = random_variants(layers, ("fp32", "int8"), variants, 8, seed=2)
     # Both sets in the same shuffled rounds: a drift of the machine's speed cannot separate them.
-    timed = np.array(time_models(backend, calibration + evaluation, rounds=rounds), dtype=float)
-    fit_model_overhead(surrogate, list(zip(calibration, timed[: len(calibration)])))
-    measured = timed[len(calibration):]
+    timed = time_models(backend, calibration + evaluation, rounds=rounds)
+    fit_model_overhead(surrogate, [(v, t) for v, t in zip(calibration, timed) if t is not None])
+    evaluation = [v for v, t in zip(evaluation, timed[len(calibration):]) if t is not None]
+    variants = len(evaluation)
+    measured = np.array([t for t in timed[len(calibration):] if t is not None])
     predicted = np.array([surrogate.predict_model(v) for v in evaluation])
     share = within(predicted, measured)
     print(f"onnxruntime whole small-cnn variants: {100 * share:.0f}% of {variants} within +-10% "

@@ -74,6 +74,10 @@ def test_a_surrogate_reloads_from_its_json_and_predicts_the_same(tmp_path) -> No
     reloaded = LatencySurrogate.load(tmp_path / "surrogate.json")
     config = SMALL_CNN[2].config(24, 40, "int8")
     assert reloaded.predict(config) == pytest.approx(surrogate.predict(config))
+    # A surrogate saved before inputs had a tile of their own (format /1) reads as one tile, padded.
+    old = surrogate.to_json() | {"format": "hdap.latency-surrogate/1"}
+    old["groups"] = [{k: v for k, v in g.items() if k not in ("in_tile", "in_unpadded_below_tile")} for g in old["groups"]]
+    assert all(g.input_tile == g.tile and not g.in_unpadded_below_tile for g in LatencySurrogate.from_json(old).groups.values())
 
 
 def test_configurations_a_backend_cannot_time_are_recorded_with_the_reason_and_skipped() -> None:

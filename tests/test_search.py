@@ -269,6 +269,9 @@ def test_pareto_points_are_the_non_dominated_ones_and_the_choice_respects_the_ac
     mark_pareto(points)
     assert [p.pareto for p in points] == [True, True, True, False]
     assert choose(points, baseline_accuracy=99.2, tolerance=0.5) is points[1]
+    # None close enough: the most accurate, and of equally accurate points the fastest.
+    tied = [point(98.6, 0.59, 10), point(98.6, 0.37, 8), point(98.3, 0.29, 6)]
+    assert choose(tied, baseline_accuracy=99.2, tolerance=0.5) is tied[1]
 
 
 def test_every_zoo_model_yields_a_search_space() -> None:

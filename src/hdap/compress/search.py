@@ -243,10 +243,10 @@ def mark_pareto(points: list[SearchPoint]) -> None:
 
 def choose(points: list[SearchPoint], baseline_accuracy: float, tolerance: float) -> SearchPoint:
     """The lowest fleet latency within `tolerance` points of the uncompressed accuracy
-    (or the most accurate point, if none is that close)."""
+    (or the most accurate point, the fastest of equals, if none is that close)."""
     close = [p for p in points if p.accuracy >= baseline_accuracy - tolerance]
     if not close:
-        best = max(points, key=lambda p: p.accuracy)
+        best = max(points, key=lambda p: (p.accuracy, -p.fleet_latency_ms))
         log.warning("no searched point is within %.2f points of the uncompressed accuracy %.2f%%; choosing the most "
                     "accurate (%.2f%%)", tolerance, baseline_accuracy, best.accuracy)
         return best

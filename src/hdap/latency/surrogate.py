@@ -43,7 +43,8 @@ from scipy.optimize import nnls
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig
 
-FORMAT = "hdap.latency-surrogate/1"
+FORMAT = "hdap.latency-surrogate/2"  # /2 added in_tile and in_unpadded_below_tile
+READABLE_FORMATS = ("hdap.latency-surrogate/1", FORMAT)  # /1: one tile, always padded (the defaults)
 GroupKey = tuple[str, int, int, int, int, str]  # op, kernel size, stride, height, width, precision
 
 
@@ -191,7 +192,7 @@ class LatencySurrogate:
 
     @classmethod
     def from_json(cls, data: dict) -> LatencySurrogate:
-        if data.get("format") != FORMAT:
+        if data.get("format") not in READABLE_FORMATS:
             raise HdapError(f"this is not a latency surrogate hdap can read (format {data.get('format')!r}, expected {FORMAT}).")
         groups = {}
         for entry in data["groups"]:
