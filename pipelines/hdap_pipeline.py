@@ -69,7 +69,7 @@ def hdap_pipeline(
     targets: str = "0.8,0.65,0.5,0.4,0.3,0.2",
     strengths: str = "",
     pretrain_epochs: int = 15,
-    search_epochs: int = 10,
+    search_epochs: int = 20,
     finetune_epochs: int = 10,
     granule: int = 8,
     accuracy_tolerance: float = 0.5,

@@ -375,7 +375,7 @@ def run_command(
     targets: Annotated[str, typer.Option(help="Cost targets as fractions of the uncompressed model's, one search each: the points of the Pareto front.")] = "0.8,0.65,0.5,0.4,0.3,0.2",
     strengths: Annotated[str, typer.Option(help="Penalty strengths instead of cost targets (given, they replace --targets), e.g. 0.5,1,2.")] = "",
     pretrain_epochs: Annotated[int, typer.Option(help="Epochs of plain training of the uncompressed model.")] = 15,
-    search_epochs: Annotated[int, typer.Option(help="Epochs of each search.")] = 10,
+    search_epochs: Annotated[int, typer.Option(help="Epochs of each search (the architecture logits need about 20 to settle).")] = 20,
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning each searched architecture, from the uncompressed model's weights and distilling it, before it is measured.")] = 10,
     granule: Annotated[int, typer.Option(help="Channels pruned together: 8 suits fp16 tiles, 32 int8 tiles.")] = 8,
     accuracy_tolerance: Annotated[float, typer.Option(help="Accuracy points the chosen architecture may lose; also the registry's quality gate.")] = 0.5,
