@@ -10,7 +10,7 @@ reads the build step's figures back from the store:
   alternating rounds in one run (the ratio is the figure; absolute times drift on shared machines);
 - agreement of ONNX Runtime with the fake-quantised PyTorch model; sizes; wall time of the run.
 
-    .venv/bin/python bench/pipeline_demo.py          # ~6 minutes on 2 cores
+    .venv/bin/python bench/pipeline_demo.py          # ~4 minutes on 2 cores
 """
 
 from __future__ import annotations

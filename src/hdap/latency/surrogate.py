@@ -13,10 +13,11 @@ MACs count channels rounded up to the group's tiles (tensor-core and SIMD kernel
 tiles, so latency is a staircase in channels). Input and output channels have tiles of their
 own, and input channels below one tile may run unpadded: ONNX Runtime's blocked (NCHWc) CPU
 convolutions pad both to 16 on AVX-512, except an input narrower than a block, which a kernel
-of its own reads as it is (measured: 8 input channels cost 0.6x of 16, 24 the same as 32). Every coefficient is non-negative and p >= 1,
-so the model is monotone non-decreasing in input and output channels. In PyTorch, channel
-counts may be soft (expected kept channels during the search): the tile rounding passes
-gradients straight through, and a precision mix weighs each precision's latency.
+of its own reads as it is (measured: 8 input channels cost 0.6x of 16, 24 the same as 32).
+Every coefficient is non-negative and p >= 1, so the model is monotone non-decreasing in input
+and output channels. In PyTorch, channel counts may be soft (expected kept channels during the
+search): the tile rounding passes gradients straight through, and a precision mix weighs each
+precision's latency.
 
 A whole model costs `scale * sum(layers) + offset + boundaries`: what happens between layers
 (a chain of float convolutions shares one layout conversion, two int8 layers skip a requantize,
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -262,7 +263,7 @@ def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray
 
     def candidate(values: torch.Tensor) -> GroupModel:
         e = torch.exp(values)
-        return GroupModel(model.tile, e[0], e[1], e[2], e[3], e[4], 1 + e[5], model.in_tile, model.in_unpadded_below_tile)  # type: ignore[arg-type]
+        return replace(model, **dict(zip(_FIELDS, e[:5])), sharpness=1 + e[5])  # tiles kept
 
     def loss() -> torch.Tensor:
         predicted = candidate(raw).latency(c0.op, c0.kernel_size, c0.stride, c0.height, c0.width, cin, cout)
@@ -279,8 +280,7 @@ def _refine(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray
     optimizer.step(closure)
     with torch.no_grad():
         fitted = candidate(raw)
-    return GroupModel(model.tile, *(float(getattr(fitted, f)) for f in _FIELDS), float(fitted.sharpness),
-                      model.in_tile, model.in_unpadded_below_tile)
+    return replace(fitted, **{f: float(getattr(fitted, f)) for f in _FIELDS}, sharpness=float(fitted.sharpness))
 
 
 def fit_group(configs: list[LayerConfig], latencies: np.ndarray, steps: int = 200) -> GroupModel:
