@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from hdap.compress.branch_removal import branch_removal_order
 from hdap.compress.search import SearchConfig, choose, mark_pareto, run_search
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
 from hdap.compress.spec import ArchitectureSpec, apply_spec, export_spec
+from hdap.compress.training import train_epochs
 from hdap.data import DataConfig, load_dataset
 from hdap.errors import HdapError
 from hdap.latency.backends.simulated import SimulatedDevice
@@ -330,3 +332,34 @@ def test_a_concatenation_the_dependency_analysis_misreads_is_refused() -> None:
 
     with pytest.raises(HdapError, match="hdap cannot follow this graph"):
         build_search_space(ConcatThenFlatten(), (3, 8, 8), MENU, granule=4)
+
+
+def test_a_branch_that_adds_nothing_is_the_first_to_remove_and_the_harmful_ones_last() -> None:
+    dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
+    torch.manual_seed(0)
+    model = build_model("resnet20", DIGITS)
+    train_epochs(model, dataset.train, 2, SearchConfig(), "training")
+    space = build_search_space(model, DIGITS, MENU)
+    key_of = {g.root: str(g.index) for g in space.groups}
+    with torch.no_grad():  # stages.4's branch now adds exactly nothing: removing it costs nothing
+        model.stages[4].bn2.weight.zero_()
+        model.stages[4].bn2.bias.zero_()
+    order = branch_removal_order(model, space, dataset.train, examples=256)
+    assert sorted(order) == sorted(SearchableModel(copy.deepcopy(model), space).branch_logits)
+    assert order[0] == key_of["stages.4.conv1"]
+    # the first block (the only 3x3 convolutions at full resolution) and the downsampling blocks go last
+    assert set(order[-3:]) <= {key_of["stages.0.conv1"], key_of["stages.3.conv1"], key_of["stages.6.conv1"], key_of["stages.1.conv1"]}
+
+
+def test_reordered_branches_keep_the_searchs_count_and_remove_the_first_of_the_order() -> None:
+    model = build_model("resnet20", DIGITS)
+    searchable = SearchableModel(model, build_search_space(model, DIGITS, MENU))
+    keys = list(searchable.branch_logits)
+    with torch.no_grad():
+        for rank, key in enumerate(keys):
+            searchable.branch_logits[key].fill_(float(rank) - 2.5)  # the first three below the threshold 0
+    order = keys[::-1]
+    searchable.freeze()
+    searchable.reorder_branches(order)
+    removed = {key for key in keys if not any(searchable.kept_granules(int(key)))}
+    assert removed == set(order[:3])

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from hdap.compress.apply import plain_state_dict
+from hdap.compress.branch_removal import branch_removal_order
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import SearchSpace, build_search_space
 from hdap.compress.spec import ArchitectureSpec, export_spec
@@ -194,8 +195,10 @@ def meet_target(searchable: SearchableModel, cost: ArchitectureCost, target: flo
 
 
 def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: SearchConfig, cost: ArchitectureCost,
-               setting: tuple[str, float]) -> SearchableModel:
-    """One search (a target or a strength): search, freeze, fine-tune. Returns the frozen searchable model."""
+               setting: tuple[str, float], removal_order: list[str] | None = None) -> SearchableModel:
+    """One search (a target or a strength): search, freeze, fine-tune. Returns the frozen searchable model.
+    With a `removal_order` (`branch_removal_order`) the search says how many branches go, the
+    measured harm which: the branches' logits are handed out in that order before the threshold."""
     torch.manual_seed(config.seed)
     model = copy.deepcopy(pretrained)
     searchable = SearchableModel(model, space_of(model))
@@ -213,6 +216,8 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
                  penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch,
                  arch_learning_rate=config.arch_learning_rate)
     searchable.freeze()
+    if removal_order:
+        searchable.reorder_branches(removal_order)
     if kind == "target":
         meet_target(searchable, cost, value)
     # The search chose the architecture; its weights were trained under soft channel masks and
@@ -267,6 +272,7 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     def space_of(model: nn.Module) -> SearchSpace:
         return build_search_space(model, config.input_shape, fleet.precisions, config.granule)
 
+    removal_order = branch_removal_order(pretrained, space_of(pretrained), dataset.train, config.seed)
     uncompressed = copy.deepcopy(pretrained)
     reference = SearchableModel(uncompressed, space_of(uncompressed))
     log.info("search space: %s", reference.space.describe())
@@ -305,7 +311,7 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
         points, chosen_per_cluster = [], []
         for cluster, (surrogate, weight) in enumerate(zip(fleet.surrogates, fleet.weights)):
             own = cost_for(FleetCost([surrogate], [1.0], fleet.precisions))
-            cluster_points = [point(search_one(pretrained, space_of, dataset, config, own, s), s, f"cluster {cluster}")
+            cluster_points = [point(search_one(pretrained, space_of, dataset, config, own, s, removal_order), s, f"cluster {cluster}")
                               for s in config.settings()]
             mark_pareto(cluster_points)
             best = choose(cluster_points, baseline_accuracy, config.accuracy_tolerance)
@@ -316,7 +322,7 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     else:
         surrogates = nominal if config.mode == "nominal" else fleet
         cost = cost_for(surrogates)
-        points = [point(search_one(pretrained, space_of, dataset, config, cost, s), s, config.mode) for s in config.settings()]
+        points = [point(search_one(pretrained, space_of, dataset, config, cost, s, removal_order), s, config.mode) for s in config.settings()]
         mark_pareto(points)
         chosen = choose(points, baseline_accuracy, config.accuracy_tolerance)
     seconds["search"] = time.perf_counter() - started

@@ -166,6 +166,14 @@ class SearchableModel(nn.Module):
     def architecture_parameters(self) -> list[nn.Parameter]:
         return list(self.keep_logits) + list(self.branch_logits.values()) + list(self.precision_logits.values())
 
+    def reorder_branches(self, order: list[str]) -> None:
+        """Hand the branch logits' values to the branches in `order` (its first gets the lowest):
+        a threshold then removes as many branches as before, the first ones of `order`."""
+        with torch.no_grad():
+            values = sorted(float(self.branch_logits[key]) for key in order)
+            for key, value in zip(order, values):
+                self.branch_logits[key].fill_(value)
+
     def freeze(self) -> None:
         """Hard decisions from now on: the architecture the fine-tune and export see."""
         self.frozen = True

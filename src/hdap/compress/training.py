@@ -77,7 +77,8 @@ def train_epochs(model: nn.Module, dataset, epochs: int, config: TrainingSetting
     optimizer = torch.optim.SGD(weights, lr=config.learning_rate, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps = epochs * math.ceil(len(dataset) / config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    arch_optimizer = torch.optim.Adam(architecture, lr=arch_learning_rate) if architecture else None
+    # foreach: one multi-tensor step over the dozens of small logit tensors, not a Python loop over them
+    arch_optimizer = torch.optim.Adam(architecture, lr=arch_learning_rate, foreach=True) if architecture else None
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
