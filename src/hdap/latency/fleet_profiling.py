@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute is only there once imported)
 
 from hdap.errors import HdapError
-from hdap.fleet.sku import get_sku
+from hdap.fleet.sku import Sku, get_sku
 from hdap.latency.backends import BackendUnavailable, get_backend
 from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
-from hdap.latency.device_model import device_state, kernel_latency_ms
+from hdap.latency.device_model import DeviceState, device_state, kernel_latency_ms
 from hdap.latency.fleet_cost import FleetCost
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile, time_models
@@ -231,9 +231,9 @@ def simulated_surrogate(device: SimulatedDevice, layers: list[LayerShape], preci
     return fit_surrogate(configs, latencies, device=SimulatedBackend(device).describe())
 
 
-def simulated_fleet_latency_ms(configs: list[LayerConfig], features: pa.Table, truth: dict[str, dict]) -> np.ndarray:
-    """The true latency of a model (its layers at hard choices) on every device of a simulated
-    fleet: what the fleet would see if it were deployed. One numpy call per layer."""
+def simulated_fleet_state(features: pa.Table, truth: dict[str, dict]) -> tuple[Sku, DeviceState]:
+    """The SKU and every device's state (clocks, load) of a simulated fleet, from its features
+    and the simulator's hidden truth."""
     sku = get_sku(features.column("sku")[0].as_py())
     ids = features.column("device_id").to_pylist()
     state = device_state(
@@ -244,6 +244,13 @@ def simulated_fleet_latency_ms(configs: list[LayerConfig], features: pa.Table, t
         np.array([float(truth.get(i, {}).get("silicon_bin", 1.0)) for i in ids]),
         np.array([float(truth.get(i, {}).get("regulator_cap", 1.0)) for i in ids]),
     )
+    return sku, state
+
+
+def simulated_fleet_latency_ms(configs: list[LayerConfig], features: pa.Table, truth: dict[str, dict]) -> np.ndarray:
+    """The true latency of a model (its layers at hard choices) on every device of a simulated
+    fleet: what the fleet would see if it were deployed. One numpy call per layer."""
+    sku, state = simulated_fleet_state(features, truth)
     return sum(kernel_latency_ms(sku, state, layer_kernel(c)) for c in configs)
 
 
