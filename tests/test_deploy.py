@@ -106,6 +106,16 @@ def test_a_fine_tune_that_failed_resumes_from_its_last_checkpoint_in_the_store(f
     assert other.resumed_from_epoch == 0  # another setting does not take this checkpoint
 
 
+def test_the_fine_tune_keeps_the_searched_weights_when_no_epoch_does_better_on_held_out_images(finetuned) -> None:
+    _, directory, spec, data, _ = finetuned
+    weights, teacher = torch.load(directory / "architecture.weights.pt"), torch.load(directory / "uncompressed.weights.pt")
+    wrecked = quantization_aware_finetune(spec, weights, teacher, data, FinetuneConfig(epochs=2, learning_rate=50.0))
+    assert wrecked.kept_epoch == 0  # a learning rate that wrecks the model: every epoch did worse than the searched one
+    assert wrecked.accuracy_after == wrecked.accuracy_before
+    last = quantization_aware_finetune(spec, weights, teacher, data, FinetuneConfig(epochs=2, learning_rate=50.0, validation_share=0.0))
+    assert last.kept_epoch == 2 and last.accuracy_after < wrecked.accuracy_after
+
+
 def test_the_quality_gate_refuses_a_model_that_lost_accuracy_and_leaves_the_registry_untouched(finetuned, object_store, bucket, tmp_path) -> None:
     model_dir, _, _, _, _ = finetuned
     registry = f"s3://{bucket}/registry"
