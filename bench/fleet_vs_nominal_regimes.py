@@ -15,7 +15,7 @@ It also reports the share of each model's latency that is per-kernel launch over
 datasheet device and across the fleet: where launch dominates everywhere, every device ranks
 architectures alike and weighting them cannot change a choice.
 
-    .venv/bin/python bench/fleet_vs_nominal_regimes.py     # ~2 minutes on 2 cores
+    .venv/bin/python bench/fleet_vs_nominal_regimes.py     # ~30 s on 2 cores
 
 Saves bench/results/fleet_vs_nominal_regimes.json.
 """

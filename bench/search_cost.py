@@ -5,7 +5,7 @@ precision logits, fake quantisation of weights and activations, the fleet-weight
 five cluster surrogates on every batch). Runs alternate (plain, search, plain, search, ...) so a
 noisy shared machine slows both alike; the figure is the median over the pairs of their ratio, in one run.
 
-    .venv/bin/python bench/search_cost.py           # ~3 minutes on 2 cores
+    .venv/bin/python bench/search_cost.py           # ~2 minutes on 2 cores
 
 Saves bench/results/search_cost.json. Goal: a search costs at most 1.5x plain training.
 """

@@ -358,8 +358,11 @@ def test_reordered_branches_keep_the_searchs_count_and_remove_the_first_of_the_o
     with torch.no_grad():
         for rank, key in enumerate(keys):
             searchable.branch_logits[key].fill_(float(rank) - 2.5)  # the first three below the threshold 0
-    order = keys[::-1]
+        searchable.keep_logits[int(keys[-1])].fill_(-1.0)  # and one more branch gone by its granules alone
     searchable.freeze()
+    removed_before = {key for key in keys if not any(searchable.kept_granules(int(key)))}
+    assert removed_before == {*keys[:3], keys[-1]}
+    order = keys[4:] + keys[:4]  # the granule-removed branch is fifth: it must come back
     searchable.reorder_branches(order)
     removed = {key for key in keys if not any(searchable.kept_granules(int(key)))}
-    assert removed == set(order[:3])
+    assert removed == set(order[:4])

@@ -65,10 +65,10 @@ def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], round
     """sum_p probs[p] * rounding(x, p) with straight-through gradients: as the probabilities sum
     to one this is x + sum_p probs[p] * (r_p - x), the rounding differences computed without
     autograd (zero for `EXACT_IN_SEARCH`, and left out), so x's gradient passes unchanged and
-    probs[p]'s is <grad, r_p - x>. Plain tensor operations: a custom autograd Function doing the
-    same measured no faster in a search (its Python forward and backward cost what its single
-    dot product saves), and an all-exact menu now costs nothing. A hard choice (no gradient)
-    rounds once, at its precision."""
+    probs[p]'s is <grad, r_p - x>. Plain tensor operations rather than a custom autograd Function:
+    on one thread, forward and backward of an fp16/int8 activation mix took 194 against 252 us
+    on 64x16x8x8 and 2.9 against 4.8 ms on 64x16x32x32 (a one-off measurement), and an all-exact
+    menu costs nothing. A hard choice (no gradient) rounds once, at its precision."""
     if not probs.requires_grad:
         return straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
     mixed = x

@@ -40,6 +40,7 @@ from hdap.models import build_model
 log = logging.getLogger("hdap")
 MODES = ("fleet", "nominal", "per-cluster")
 OBJECTIVES = ("latency", "memory")
+BRANCH_ORDERS = ("measured", "logits")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class SearchConfig:
     temperature_start: float = 1.0
     temperature_end: float = 0.05
     accuracy_tolerance: float = 0.5  # points of accuracy the chosen point may lose
+    # Which residual branches a target removes: "measured" (least harm to the pre-trained model
+    # first, `hdap.compress.branch_removal`) or "logits" (the search's own branch logits). The
+    # measured order does not weigh what each branch costs, which suits the latency objective
+    # (branches of a ResNet cost alike: equal FLOPs per block, one launch per kernel) but not the
+    # memory one (a 64-channel block has 16x the weights of a 16-channel one): memory uses the logits.
+    branch_order: str = "measured"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +86,8 @@ class SearchConfig:
         if self.finetune_epochs < 1:
             raise HdapError(f"finetune_epochs={self.finetune_epochs}: each searched architecture needs at least one epoch of "
                             "fine-tuning (it restarts from the pre-trained weights and measures its activation ranges then).")
+        if self.branch_order not in BRANCH_ORDERS:
+            raise HdapError(f"unknown branch order '{self.branch_order}': use one of {', '.join(BRANCH_ORDERS)}.")
         if any(s < 0 for s in self.strengths):
             raise HdapError(f"search strengths {self.strengths} must be non-negative numbers, e.g. 0.5,1,2,4,8.")
 
@@ -272,7 +281,8 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     def space_of(model: nn.Module) -> SearchSpace:
         return build_search_space(model, config.input_shape, fleet.precisions, config.granule)
 
-    removal_order = branch_removal_order(pretrained, space_of(pretrained), dataset.train, config.seed)
+    removal_order = (branch_removal_order(pretrained, space_of(pretrained), dataset.train, config.seed)
+                     if config.branch_order == "measured" and config.objective == "latency" else None)
     uncompressed = copy.deepcopy(pretrained)
     reference = SearchableModel(uncompressed, space_of(uncompressed))
     log.info("search space: %s", reference.space.describe())

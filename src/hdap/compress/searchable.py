@@ -167,12 +167,19 @@ class SearchableModel(nn.Module):
         return list(self.keep_logits) + list(self.branch_logits.values()) + list(self.precision_logits.values())
 
     def reorder_branches(self, order: list[str]) -> None:
-        """Hand the branch logits' values to the branches in `order` (its first gets the lowest):
-        a threshold then removes as many branches as before, the first ones of `order`."""
+        """Hand the branches' removal values to the branches in `order` (its first gets the lowest):
+        any threshold then removes as many branches as before, the first ones of `order`.
+        A branch goes when its logit or every one of its granules' logits is at or below the
+        threshold, so its value is min(branch logit, best granule logit); a branch handed a value
+        above its best granule has its granule logits raised by the difference (their ranking kept)."""
         with torch.no_grad():
-            values = sorted(float(self.branch_logits[key]) for key in order)
-            for key, value in zip(order, values):
-                self.branch_logits[key].fill_(value)
+            def value(key: str) -> float:
+                return min(float(self.branch_logits[key]), float(self.keep_logits[int(key)].max()))
+            for key, target in zip(order, sorted(value(key) for key in order)):
+                self.branch_logits[key].fill_(target)
+                best_granule = float(self.keep_logits[int(key)].max())
+                if best_granule < target:
+                    self.keep_logits[int(key)].add_(target - best_granule)
 
     def freeze(self) -> None:
         """Hard decisions from now on: the architecture the fine-tune and export see."""
