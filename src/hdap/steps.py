@@ -463,6 +463,7 @@ def build_step(
     summary = {
         "model": spec.model, "version": run_name, "input_shape": list(shape), "published": False, "registry_uri": "",
         "accuracy": {"uncompressed": front["baseline_accuracy"], "before_finetune": finetuned["accuracy_before"],
+                     "finetune_kept_epoch": finetuned.get("kept_epoch", finetuned.get("epochs")),
                      "fake_quantized": accuracy(reference), "onnxruntime": accuracy(ours),
                      "onnxruntime_agreement": float((ours == reference).float().mean()),
                      "uncompressed_onnxruntime": accuracy(theirs),
