@@ -68,9 +68,7 @@ def random_architectures(model_name: str, shape: tuple[int, int, int], menu: tup
                 logit.copy_(torch.rand((), generator=generator) * 6 - 3 + bias)
             for logits in searchable.precision_logits.values():
                 logits.copy_(torch.rand(logits.shape, generator=generator))
-        searchable.frozen = True
-        architectures.append([config for _, config in searchable.hard_layers() if config is not None])
-        searchable.frozen = False
+        architectures.append([config for _, config in searchable.hard_layers() if config is not None])  # hard, as frozen
     return architectures
 
 
@@ -95,7 +93,7 @@ def measure(sku_name: str, model_name: str, shape: tuple[int, int, int], devices
     a, b = np.triu_indices(count, k=1)
     nominal_picks_a = nominal[a] < nominal[b]
     pick, other = np.where(nominal_picks_a, a, b), np.where(nominal_picks_a, b, a)
-    regret = np.maximum(0.0, fleet[pick] / np.minimum(fleet[pick], fleet[other]) - 1.0)
+    regret = fleet[pick] / np.minimum(fleet[pick], fleet[other]) - 1.0  # 0 where the datasheet picked the fleet's faster
     misranked = fleet[pick] > fleet[other]
     close = np.abs(nominal[a] / nominal[b] - 1.0) <= CLOSE
 

@@ -207,7 +207,7 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
                setting: tuple[str, float], removal_order: list[str] | None = None) -> SearchableModel:
     """One search (a target or a strength): search, freeze, fine-tune. Returns the frozen searchable model.
     With a `removal_order` (`branch_removal_order`) the search says how many branches go, the
-    measured harm which: the branches' logits are handed out in that order before the threshold."""
+    measured harm which: the branches' removal values are handed out in that order before the threshold."""
     torch.manual_seed(config.seed)
     model = copy.deepcopy(pretrained)
     searchable = SearchableModel(model, space_of(model))
@@ -281,11 +281,11 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
     def space_of(model: nn.Module) -> SearchSpace:
         return build_search_space(model, config.input_shape, fleet.precisions, config.granule)
 
-    removal_order = (branch_removal_order(pretrained, space_of(pretrained), dataset.train, config.seed)
-                     if config.branch_order == "measured" and config.objective == "latency" else None)
     uncompressed = copy.deepcopy(pretrained)
     reference = SearchableModel(uncompressed, space_of(uncompressed))
     log.info("search space: %s", reference.space.describe())
+    removal_order = (branch_removal_order(pretrained, reference.space, dataset.train, config.seed)
+                     if config.branch_order == "measured" and config.objective == "latency" else None)
     reference.freeze()
     full = reference.decisions()  # every channel kept; every layer at the default precision:
     for d in full:
