@@ -261,15 +261,15 @@ def test_a_branch_is_scaled_only_at_a_module_of_its_own() -> None:
     assert len(SearchableModel(model, space).branch_logits) == 0  # no logit the task loss cannot see
 
 
-def test_pareto_points_are_the_non_dominated_ones_and_the_choice_respects_the_accuracy_tolerance() -> None:
+def test_pareto_points_are_the_non_dominated_ones_counted_once_and_the_choice_respects_the_accuracy_tolerance() -> None:
     from hdap.compress.search import SearchPoint
 
     def point(accuracy, latency, size):
         return SearchPoint(("target", 1.0), accuracy, latency, [latency], size, spec=None)
 
-    points = [point(99.0, 1.0, 10), point(98.9, 0.5, 10), point(97.0, 0.4, 10), point(96.0, 0.6, 12)]
+    points = [point(99.0, 1.0, 10), point(98.9, 0.5, 10), point(97.0, 0.4, 10), point(96.0, 0.6, 12), point(98.9, 0.5, 10)]
     mark_pareto(points)
-    assert [p.pareto for p in points] == [True, True, True, False]
+    assert [p.pareto for p in points] == [True, True, True, False, False]  # the repeat of the second counts once
     assert choose(points, baseline_accuracy=99.2, tolerance=0.5) is points[1]
     # None close enough: the most accurate, and of equally accurate points the fastest.
     tied = [point(98.6, 0.59, 10), point(98.6, 0.37, 8), point(98.3, 0.29, 6)]

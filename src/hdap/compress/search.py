@@ -248,13 +248,18 @@ def plain_weights(searchable: SearchableModel) -> dict[str, torch.Tensor]:
 
 
 def mark_pareto(points: list[SearchPoint]) -> None:
-    """Non-dominated points: no other is at least as accurate, as fast and as small, and better in one."""
+    """Non-dominated points: no other is at least as accurate, as fast and as small, and better in one.
+    Points equal in all three (two targets that found the same architecture) are one point of the
+    front: the first of them is marked."""
+    def objectives(p: SearchPoint) -> tuple[float, float, float]:
+        return p.accuracy, p.fleet_latency_ms, p.size_bits
+
     def dominates(a: SearchPoint, b: SearchPoint) -> bool:
         no_worse = a.accuracy >= b.accuracy and a.fleet_latency_ms <= b.fleet_latency_ms and a.size_bits <= b.size_bits
-        better = a.accuracy > b.accuracy or a.fleet_latency_ms < b.fleet_latency_ms or a.size_bits < b.size_bits
-        return no_worse and better
-    for point in points:
-        point.pareto = not any(dominates(other, point) for other in points if other is not point)
+        return no_worse and objectives(a) != objectives(b)
+    for index, point in enumerate(points):
+        repeated = any(objectives(other) == objectives(point) for other in points[:index])
+        point.pareto = not repeated and not any(dominates(other, point) for other in points if other is not point)
 
 
 def choose(points: list[SearchPoint], baseline_accuracy: float, tolerance: float) -> SearchPoint:
