@@ -1,0 +1,151 @@
+"""Is a batch-1 ResNet-20 launch-bound on a real GPU? The premise of the search's latency model,
+measured rather than simulated.
+
+The simulated Jetson fleet makes ResNet-20 at batch 1 launch-bound: each kernel pays tens of
+microseconds of CPU-side launch and computes for a few, so pruning channels barely moves latency
+and removing whole residual branches does. This bench checks that shape on whatever NVIDIA GPU it
+finds (not a Jetson: a data-centre GPU has a faster CPU and far more compute, so it shows the
+effect, not the fleet's figures). Physically pruned variants are built with the search's own spec
+machinery (`export_spec` + `apply_spec`) and timed in fp16 at batch 1, eagerly (every kernel
+launched by the CPU) and replayed as a CUDA graph (launch cost mostly gone, as in a TensorRT engine),
+next to what the simulated datasheet Xavier NX predicts for the same layers.
+
+    python bench/gpu_launch_bound.py     # needs CUDA; elsewhere it says so and saves nothing
+
+Saves bench/results/gpu_launch_bound.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from record import record  # bench/record.py (the scripts run from bench/)
+
+from hdap.compress.searchable import SearchableModel
+from hdap.compress.space import build_search_space
+from hdap.compress.spec import apply_spec, export_spec, spec_layer_configs
+from hdap.latency.backends.simulated import SimulatedBackend
+from hdap.latency.fleet_profiling import nominal_device
+from hdap.models import build_model, prunable_layers
+
+SHAPES = [(1, 8, 8), (3, 32, 32), (3, 224, 224)]
+MODEL = "resnet20"
+
+
+def variant(shape: tuple[int, int, int], keep_share: float, removed_branches: int) -> tuple[nn.Module, float]:
+    """ResNet-20 with every prunable group cut to `keep_share` of its granules and the first
+    `removed_branches` residual branches (in block order) removed, physically, as the fine-tune gets
+    it; and its fp16 latency on the simulated datasheet Xavier NX, in ms (for comparison)."""
+    model = build_model(MODEL, shape)
+    space = build_search_space(model, shape, ("fp16",))
+    searchable = SearchableModel(model, space)
+    with torch.no_grad():
+        for group in space.groups:
+            logits = searchable.keep_logits[group.index]
+            kept = max(1, round(keep_share * group.granules))
+            logits.fill_(-5.0)
+            logits[:kept] = 5.0
+        branches = [g for g in space.groups if str(g.index) in searchable.branch_logits]
+        for group in branches[:removed_branches]:
+            searchable.branch_logits[str(group.index)].fill_(-5.0)
+    searchable.freeze()
+    spec = export_spec(searchable, MODEL, shape, 10)
+    datasheet = SimulatedBackend(nominal_device("jetson-xavier-nx"))
+    simulated = sum(datasheet.true_latency_ms(c) for c in spec_layer_configs(spec, prunable_layers(build_model(MODEL, shape), shape)))
+    return apply_spec(spec, searchable.remove()).eval(), simulated
+
+
+def layers(model: nn.Module) -> int:
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+
+
+def calls_ms(run, calls: int) -> float:
+    """Median wall time of one call, each synchronised."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        samples.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(samples)
+
+
+def runners(model: nn.Module, shape: tuple[int, int, int]) -> dict:
+    """The model in fp16 on the GPU, called eagerly and as a replayed CUDA graph."""
+    model = model.cuda().half()
+    x = torch.randn(1, *shape, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graph capture asks
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(x)
+
+    def eager() -> None:
+        with torch.no_grad():
+            model(x)
+    return {"eager": eager, "cuda_graph": graph.replay}
+
+
+def measure(models: dict[str, nn.Module], shape: tuple[int, int, int], rounds: int, calls: int) -> dict[str, dict]:
+    """Every variant in every round, in a shuffled order, so a drifting clock slows all alike;
+    each figure is the median over rounds of a round's median call."""
+    prepared = {name: runners(model, shape) for name, model in models.items()}
+    samples: dict[str, dict[str, list[float]]] = {name: {"eager": [], "cuda_graph": []} for name in models}
+    order = random.Random(0)
+    for _ in range(rounds):
+        names = list(prepared)
+        order.shuffle(names)
+        for name in names:
+            for how, run in prepared[name].items():
+                calls_ms(run, 10)  # warm
+                samples[name][how].append(calls_ms(run, calls))
+    return {name: {f"{how}_ms": round(statistics.median(values), 4) for how, values in kinds.items()}
+            for name, kinds in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer timed runs (a smoke run, not the quoted figures)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: nothing measured (run this where one is)")
+        sys.exit(0)
+    started = time.perf_counter()
+    rounds, calls = (3, 20) if args.quick else (15, 40)
+    variants = {"uncompressed": (1.0, 0), "half the channels of every layer": (0.5, 0),
+                "4 of 9 residual branches removed": (1.0, 4), "8 of 9 residual branches removed": (1.0, 8),
+                "8 of 9 branches removed and half the channels": (0.5, 8)}
+    cases = []
+    for shape in SHAPES:
+        built = {name: variant(shape, share, removed) for name, (share, removed) in variants.items()}
+        timings = measure({name: model for name, (model, _) in built.items()}, shape, rounds, calls)
+        rows = [{"variant": name, "layers": layers(model), "parameters": sum(p.numel() for p in model.parameters()),
+                 **timings[name], "simulated_xavier_nx_ms": round(simulated, 4)} for name, (model, simulated) in built.items()]
+        base = rows[0]
+        for row in rows:
+            for how in ("eager", "cuda_graph", "simulated_xavier_nx"):
+                row[f"{how}_speedup"] = round(base[f"{how}_ms"] / row[f"{how}_ms"], 3)
+            print(f"{'x'.join(map(str, shape)):>9}  {row['variant']:<46} {row['layers']:>2} layers  "
+                  f"eager {row['eager_ms']:.3f} ms ({row['eager_speedup']:.2f}x)  "
+                  f"CUDA graph {row['cuda_graph_ms']:.3f} ms ({row['cuda_graph_speedup']:.2f}x)  "
+                  f"simulated Xavier NX {row['simulated_xavier_nx_ms']:.3f} ms ({row['simulated_xavier_nx_speedup']:.2f}x)", flush=True)
+        cases.append({"input_shape": list(shape), "batch": 1, "precision": "fp16", "rows": rows})
+    results = {"model": MODEL, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "rounds": rounds, "calls_per_round": calls, "cases": cases}
+    record("gpu_launch_bound", results, args.quick, started)
+
+
+if __name__ == "__main__":
+    main()
