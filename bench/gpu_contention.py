@@ -6,9 +6,11 @@ This bench asks real hardware: 15 ResNet-20 variants (a third, half or all of ev
 channels; 0-8 of 9 residual branches removed) are timed at batch 1 in fp16 on an idle GPU, beside
 processes that keep every CPU core busy (background apps: kernel launches wait for a core), and
 beside a process that keeps the GPU busy with matrix products (another model sharing the GPU).
-For each condition it reports how much each variant slowed down and Kendall's tau between the
-idle and the loaded orderings. A GPU in a data centre is not a Jetson; this shows whether load
-reorders architectures at all, not by how much a fleet's would.
+The conditions alternate round by round in a shuffled order (the loads are paused, not stopped,
+between their turns), so a drifting machine shifts all three alike. For each loaded condition it
+reports how much each variant slowed down and Kendall's tau between the idle and loaded
+orderings. A GPU in a data centre is not a Jetson; this shows whether load can reorder
+architectures on one real device, not whether a fleet's does.
 
     python bench/gpu_contention.py      # needs CUDA; elsewhere it says so and saves nothing
 
@@ -19,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -26,27 +31,55 @@ import time
 import torch
 from scipy.stats import kendalltau
 
-from gpu_launch_bound import measure, variant  # bench/ (the scripts run from there)
+from gpu_launch_bound import one_round, runners, variant  # bench/ (the scripts run from there)
 from record import record
 
 SHAPES = [(1, 8, 8), (3, 224, 224)]
 KEEP_SHARES = (1.0, 0.5, 0.34)
 REMOVED_BRANCHES = (0, 2, 4, 6, 8)
+CONDITIONS = ("idle", "cpu-busy", "gpu-busy")
 BUSY_CPU = "while True: pass"
 BUSY_GPU = ("import torch\na = torch.randn(4096, 4096, device='cuda', dtype=torch.half)\n"
             "while True:\n    a @ a\n    torch.cuda.synchronize()")
 
 
-def with_load(kind: str):
-    """Start the background load of a condition; returns the processes to stop."""
-    if kind == "idle":
-        return []
-    if kind == "cpu-busy":
-        processes = [subprocess.Popen([sys.executable, "-c", BUSY_CPU]) for _ in range(os.cpu_count() or 2)]
-    else:
-        processes = [subprocess.Popen([sys.executable, "-c", BUSY_GPU])]
-    time.sleep(8)  # let the load start (the GPU one imports torch and starts CUDA first)
-    return processes
+class Loads:
+    """The background loads, started once and paused (SIGSTOP) except while their condition is
+    measured, so conditions can alternate round by round without restarting them."""
+
+    def __init__(self) -> None:
+        cores = len(os.sched_getaffinity(0))
+        self.processes = {"idle": [], "cpu-busy": [subprocess.Popen([sys.executable, "-c", BUSY_CPU]) for _ in range(cores)],
+                          "gpu-busy": [subprocess.Popen([sys.executable, "-c", BUSY_GPU])]}
+        try:
+            time.sleep(15)  # the GPU load imports torch and starts CUDA first
+            self.check()
+            for condition in CONDITIONS:
+                self.pause(condition)
+        except BaseException:
+            self.stop()
+            raise
+
+    def check(self) -> None:
+        for condition, processes in self.processes.items():
+            if any(p.poll() is not None for p in processes):
+                raise RuntimeError(f"the {condition} load stopped: the figures would be of an idle device")
+
+    def resume(self, condition: str) -> None:
+        self.check()
+        for process in self.processes[condition]:
+            process.send_signal(signal.SIGCONT)
+        time.sleep(1.0)
+
+    def pause(self, condition: str) -> None:
+        for process in self.processes[condition]:
+            process.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        for process in (p for processes in self.processes.values() for p in processes):
+            process.kill()  # SIGKILL ends a stopped process too
+            process.wait()
 
 
 def main() -> None:
@@ -57,36 +90,53 @@ def main() -> None:
         print("no CUDA GPU here: nothing measured (run this where one is)")
         sys.exit(0)
     started = time.perf_counter()
-    rounds, calls = (2, 10) if args.quick else (5, 20)
+    rounds, calls = (2, 10) if args.quick else (6, 20)
     cases = []
-    for shape in SHAPES:
-        models = {f"{share:.2f} of channels, {removed} branches removed": variant(shape, share, removed)[0]
-                  for share in KEEP_SHARES for removed in REMOVED_BRANCHES}
-        timings = {}
-        for condition in ("idle", "cpu-busy", "gpu-busy"):
-            load = with_load(condition)
-            try:
-                timings[condition] = measure(models, shape, rounds, calls)
-            finally:
-                for process in load:
-                    process.kill()
-                    process.wait()
-        case = {"input_shape": list(shape), "variants": list(models), "timings": timings, "conditions": {}}
-        for condition in ("cpu-busy", "gpu-busy"):
-            for how in ("eager", "cuda_graph"):
-                idle = [timings["idle"][name][f"{how}_ms"] for name in models]
-                loaded = [timings[condition][name][f"{how}_ms"] for name in models]
-                slowdown = [b / a for a, b in zip(idle, loaded)]
-                tau = float(kendalltau(idle, loaded).statistic)
-                case["conditions"][f"{condition}, {how}"] = {
-                    "kendall_tau_with_idle": round(tau, 3),
-                    "slowdown_min": round(min(slowdown), 3), "slowdown_max": round(max(slowdown), 3)}
-                print(f"{'x'.join(map(str, shape)):>9} {condition:>8} {how:>10}: Kendall tau with idle {tau:.3f}, "
-                      f"each variant {min(slowdown):.2f}-{max(slowdown):.2f}x slower than idle", flush=True)
-        cases.append(case)
+    loads = Loads()
+    try:
+        for shape in SHAPES:
+            models = {f"{share:.2f} of channels, {removed} branches removed": variant(shape, share, removed)[0]
+                      for share in KEEP_SHARES for removed in REMOVED_BRANCHES}
+            prepared = {name: runners(model, shape) for name, model in models.items()}
+            samples: dict[str, list[dict]] = {condition: [] for condition in CONDITIONS}
+            order = random.Random(0)
+            for _ in range(rounds):  # conditions alternate, in a shuffled order, round by round
+                conditions = list(CONDITIONS)
+                order.shuffle(conditions)
+                for condition in conditions:
+                    loads.resume(condition)
+                    try:
+                        samples[condition].append(one_round(prepared, calls, order))
+                    finally:
+                        loads.pause(condition)
+            timings = {condition: {name: {f"{how}_ms": round(statistics.median(r[name][how] for r in per_round), 4)
+                                          for how in ("eager", "cuda_graph")} for name in models}
+                       for condition, per_round in samples.items()}
+            cases.append(compare(shape, list(models), timings))
+    finally:
+        loads.stop()
     results = {"model": "resnet20", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "cpu_cores": os.cpu_count(), "rounds": rounds, "calls_per_round": calls, "cases": cases}
+               "cpu_cores": len(os.sched_getaffinity(0)), "rounds": rounds, "calls_per_round": calls, "cases": cases}
     record("gpu_contention", results, args.quick, started)
+
+
+def compare(shape: tuple[int, int, int], names: list[str], timings: dict[str, dict]) -> dict:
+    """Per loaded condition and way of launching: Kendall's tau between the idle and the loaded
+    orderings, and how much slower each variant ran (as a ratio and in milliseconds)."""
+    case = {"input_shape": list(shape), "variants": names, "timings": timings, "conditions": {}}
+    for condition in CONDITIONS[1:]:
+        for how in ("eager", "cuda_graph"):
+            idle = [timings["idle"][name][f"{how}_ms"] for name in names]
+            loaded = [timings[condition][name][f"{how}_ms"] for name in names]
+            ratio = [b / a for a, b in zip(idle, loaded)]
+            added = [b - a for a, b in zip(idle, loaded)]
+            tau = float(kendalltau(idle, loaded).statistic)
+            case["conditions"][f"{condition}, {how}"] = {
+                "kendall_tau_with_idle": round(tau, 3), "slowdown_min": round(min(ratio), 3), "slowdown_max": round(max(ratio), 3),
+                "added_ms_min": round(min(added), 4), "added_ms_max": round(max(added), 4)}
+            print(f"{'x'.join(map(str, shape)):>9} {condition:>8} {how:>10}: Kendall tau with idle {tau:.3f}, each variant "
+                  f"{min(ratio):.2f}-{max(ratio):.2f}x its idle time ({min(added):+.3f} to {max(added):+.3f} ms)", flush=True)
+    return case
 
 
 if __name__ == "__main__":

@@ -98,21 +98,38 @@ def runners(model: nn.Module, shape: tuple[int, int, int]) -> dict:
     return {"eager": eager, "cuda_graph": graph.replay}
 
 
+def kernels_per_call(run) -> int | None:
+    """GPU operations (kernels, copies) one call launches, as the profiler sees them; None where it cannot."""
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+            run()
+            torch.cuda.synchronize()
+        return sum(1 for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+    except Exception:  # noqa: BLE001 - a count is a nicety; the timings stand without it
+        return None
+
+
+def one_round(prepared: dict[str, dict], calls: int, order: random.Random) -> dict[str, dict[str, float]]:
+    """Every variant once, in a shuffled order: its median call, eager and as a CUDA graph."""
+    names = list(prepared)
+    order.shuffle(names)
+    result = {}
+    for name in names:
+        result[name] = {}
+        for how, run in prepared[name].items():
+            calls_ms(run, 10)  # warm
+            result[name][how] = calls_ms(run, calls)
+    return result
+
+
 def measure(models: dict[str, nn.Module], shape: tuple[int, int, int], rounds: int, calls: int) -> dict[str, dict]:
     """Every variant in every round, in a shuffled order, so a drifting clock slows all alike;
     each figure is the median over rounds of a round's median call."""
     prepared = {name: runners(model, shape) for name, model in models.items()}
-    samples: dict[str, dict[str, list[float]]] = {name: {"eager": [], "cuda_graph": []} for name in models}
     order = random.Random(0)
-    for _ in range(rounds):
-        names = list(prepared)
-        order.shuffle(names)
-        for name in names:
-            for how, run in prepared[name].items():
-                calls_ms(run, 10)  # warm
-                samples[name][how].append(calls_ms(run, calls))
-    return {name: {f"{how}_ms": round(statistics.median(values), 4) for how, values in kinds.items()}
-            for name, kinds in samples.items()}
+    per_round = [one_round(prepared, calls, order) for _ in range(rounds)]
+    return {name: {f"{how}_ms": round(statistics.median(r[name][how] for r in per_round), 4) for how in prepared[name]}
+            for name in prepared}
 
 
 def main() -> None:
@@ -131,13 +148,15 @@ def main() -> None:
     for shape in SHAPES:
         built = {name: variant(shape, share, removed) for name, (share, removed) in variants.items()}
         timings = measure({name: model for name, (model, _) in built.items()}, shape, rounds, calls)
-        rows = [{"variant": name, "layers": layers(model), "parameters": sum(p.numel() for p in model.parameters()),
+        rows = [{"variant": name, "conv_and_linear_layers": layers(model), "gpu_operations_per_call": kernels_per_call(
+                     runners(model, shape)["eager"]), "parameters": sum(p.numel() for p in model.parameters()),
                  **timings[name], "simulated_xavier_nx_ms": round(simulated, 4)} for name, (model, simulated) in built.items()]
         base = rows[0]
         for row in rows:
             for how in ("eager", "cuda_graph", "simulated_xavier_nx"):
                 row[f"{how}_speedup"] = round(base[f"{how}_ms"] / row[f"{how}_ms"], 3)
-            print(f"{'x'.join(map(str, shape)):>9}  {row['variant']:<46} {row['layers']:>2} layers  "
+            print(f"{'x'.join(map(str, shape)):>9}  {row['variant']:<46} {row['conv_and_linear_layers']:>2} layers, "
+                  f"{row['gpu_operations_per_call']} GPU operations  "
                   f"eager {row['eager_ms']:.3f} ms ({row['eager_speedup']:.2f}x)  "
                   f"CUDA graph {row['cuda_graph_ms']:.3f} ms ({row['cuda_graph_speedup']:.2f}x)  "
                   f"simulated Xavier NX {row['simulated_xavier_nx_ms']:.3f} ms ({row['simulated_xavier_nx_speedup']:.2f}x)", flush=True)

@@ -78,7 +78,7 @@ def main() -> None:
         "onnxruntime": timing, "onnx_kb": [round(build["size"]["uncompressed_onnx_bytes"] / 1e3, 1), round(build["size"]["onnx_bytes"] / 1e3, 1)],
         "published": build["published"], "gate": build["gate"]["message"], "tensorrt": build["tensorrt"],
         "chosen": next((p["setting"] for p in summary["search"]["points"] if p.get("chosen")), None),
-        "pareto_points": sum(bool(p.get("pareto")) for p in summary["search"]["points"]),
+        "pareto_points": summary["search"]["pareto_points"],
         "finetune": {"accuracy_before": accuracy["before_finetune"], "kept_epoch": accuracy["finetune_kept_epoch"]},
     }
     print(f"\npipeline: {results['pipeline_seconds']:.0f} s for {simulation.devices:,} devices, {summary['k']} clusters")

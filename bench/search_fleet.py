@@ -63,7 +63,7 @@ def main() -> None:
             points.append({**p.summary(), "true_fleet_latency_ms": round(true, 5),
                            "layers_removed": sum(layer.removed for layer in p.spec.layers)})
         modes[mode] = {"baseline_accuracy": result.baseline_accuracy, "baseline_fleet_latency_ms": result.baseline_fleet_latency_ms,
-                       "chosen": result.chosen.label, "points": points, "pareto_points": len(result.front),
+                       "chosen": result.chosen.label, "points": points, "pareto_points": result.front_size,
                        "seconds": result.seconds}
         print(f"\n{mode}: uncompressed {result.baseline_accuracy:.2f}%, predicted {result.baseline_fleet_latency_ms:.4f} ms, "
               f"true fleet mean {baseline_true:.4f} ms")
@@ -72,7 +72,7 @@ def main() -> None:
                   f"({result.baseline_fleet_latency_ms / p['fleet_latency_ms']:.2f}x)  true {p['true_fleet_latency_ms']:.4f} ms "
                   f"({baseline_true / p['true_fleet_latency_ms']:.2f}x)  {p['layers_removed']} layers removed"
                   + ("  <- chosen" if p["setting"] == result.chosen.label else ""))
-        print(f"  Pareto front: {len(result.front)} points ({', '.join(p.label for p in result.front)})")
+        print(f"  Pareto front: {result.front_size} points ({', '.join(p.label for p in result.front)})")
 
     hdap = modes["fleet"]
     within = [p for p in hdap["points"] if p["accuracy"] >= hdap["baseline_accuracy"] - 0.5]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hdap.compress.branch_removal import branch_removal_order
-from hdap.compress.search import SearchConfig, choose, mark_pareto, run_search
+from hdap.compress.search import SearchConfig, SearchPoint, choose, front_size, mark_pareto, run_search
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
 from hdap.compress.spec import ArchitectureSpec, apply_spec, export_spec
@@ -262,14 +262,16 @@ def test_a_branch_is_scaled_only_at_a_module_of_its_own() -> None:
 
 
 def test_pareto_points_are_the_non_dominated_ones_counted_once_and_the_choice_respects_the_accuracy_tolerance() -> None:
-    from hdap.compress.search import SearchPoint
-
     def point(accuracy, latency, size):
         return SearchPoint(("target", 1.0), accuracy, latency, [latency], size, spec=None)
 
     points = [point(99.0, 1.0, 10), point(98.9, 0.5, 10), point(97.0, 0.4, 10), point(96.0, 0.6, 12), point(98.9, 0.5, 10)]
     mark_pareto(points)
-    assert [p.pareto for p in points] == [True, True, True, False, False]  # the repeat of the second counts once
+    assert [p.pareto for p in points] == [True, True, True, False, True]
+    assert front_size(points) == 3  # the repeat of the second point is one point of the front
+    dominated_twice = [point(99.0, 0.5, 10), point(98.0, 0.6, 10), point(98.0, 0.6, 10)]
+    mark_pareto(dominated_twice)
+    assert [p.pareto for p in dominated_twice] == [True, False, False] and front_size(dominated_twice) == 1
     assert choose(points, baseline_accuracy=99.2, tolerance=0.5) is points[1]
     # None close enough: the most accurate, and of equally accurate points the fastest.
     tied = [point(98.6, 0.59, 10), point(98.6, 0.37, 8), point(98.3, 0.29, 6)]

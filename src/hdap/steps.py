@@ -282,7 +282,7 @@ def search_step(
     front = {
         "model": model, "mode": mode, "objective": objective, "baseline_accuracy": result.baseline_accuracy,
         "baseline_fleet_latency_ms": result.baseline_fleet_latency_ms, "baseline_size_bits": result.baseline_size_bits,
-        "default_precision": result.default_precision, "seconds": result.seconds,
+        "default_precision": result.default_precision, "seconds": result.seconds, "pareto_points": result.front_size,
         "points": [{**p.summary(), "chosen": any(p is c for c in chosen),
                     **({"true_fleet_latency_ms": true_latency[i]} if i in true_latency else {})}
                    for i, p in enumerate(result.points)],
@@ -299,7 +299,7 @@ def search_step(
         "chosen_accuracy": round(best.accuracy, 3),
         "chosen_fleet_latency_ms": round(sum(w * p.cluster_latency_ms[k] for k, (w, p) in enumerate(zip(fleet.weights, chosen)))
                                          if len(chosen) > 1 else best.fleet_latency_ms, 5),
-        "pareto_points": len(result.front),
+        "pareto_points": result.front_size,
         "search_seconds": round(result.seconds["search"], 1),
     }
     metrics["fleet_latency_reduction"] = round(result.baseline_fleet_latency_ms / metrics["chosen_fleet_latency_ms"], 3)

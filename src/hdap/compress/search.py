@@ -138,6 +138,10 @@ class SearchResult:
     def front(self) -> list[SearchPoint]:
         return [p for p in self.points if p.pareto]
 
+    @property
+    def front_size(self) -> int:
+        return front_size(self.points)
+
 
 # -- costs ------------------------------------------------------------------------------------
 class ArchitectureCost:
@@ -247,19 +251,23 @@ def plain_weights(searchable: SearchableModel) -> dict[str, torch.Tensor]:
     return {key: value.clone() for key, value in plain_state_dict(searchable.model).items()}
 
 
-def mark_pareto(points: list[SearchPoint]) -> None:
-    """Non-dominated points: no other is at least as accurate, as fast and as small, and better in one.
-    Points equal in all three (two targets that found the same architecture) are one point of the
-    front: the first of them is marked."""
-    def objectives(p: SearchPoint) -> tuple[float, float, float]:
-        return p.accuracy, p.fleet_latency_ms, p.size_bits
+def objectives(point: SearchPoint) -> tuple[float, float, float]:
+    return point.accuracy, point.fleet_latency_ms, point.size_bits
 
+
+def mark_pareto(points: list[SearchPoint]) -> None:
+    """Non-dominated points: no other is at least as accurate, as fast and as small, and better in one."""
     def dominates(a: SearchPoint, b: SearchPoint) -> bool:
         no_worse = a.accuracy >= b.accuracy and a.fleet_latency_ms <= b.fleet_latency_ms and a.size_bits <= b.size_bits
         return no_worse and objectives(a) != objectives(b)
-    for index, point in enumerate(points):
-        repeated = any(objectives(other) == objectives(point) for other in points[:index])
-        point.pareto = not repeated and not any(dominates(other, point) for other in points if other is not point)
+    for point in points:
+        point.pareto = not any(dominates(other, point) for other in points if other is not point)
+
+
+def front_size(points: list[SearchPoint]) -> int:
+    """How many points the front has in (accuracy, latency, size): searches that scored alike, often
+    two targets that found the same architecture, are one point of it (each stays marked)."""
+    return len({objectives(p) for p in points if p.pareto})
 
 
 def choose(points: list[SearchPoint], baseline_accuracy: float, tolerance: float) -> SearchPoint:
