@@ -5,7 +5,7 @@ precision logits, fake quantisation of weights and activations, the fleet-weight
 five cluster surrogates on every batch). Runs alternate (plain, search, plain, search, ...) so a
 noisy shared machine slows both alike; the figure is the median over the pairs of their ratio, in one run.
 
-    .venv/bin/python bench/search_cost.py           # ~2 minutes on 2 cores
+    .venv/bin/python bench/search_cost.py           # ~4 minutes on 2 cores
 
 Saves bench/results/search_cost.json. Goal: a search costs at most 1.5x plain training.
 """
@@ -36,7 +36,8 @@ CLUSTERS = [SimulatedDevice("jetson-xavier-nx", mode, temperature, load) for mod
             (("20W", 55, 0.05), ("20W", 89, 0.05), ("15W", 52, 0.05), ("10W", 48, 0.05), ("10W", 50, 0.55))]
 
 
-def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: int) -> dict:
+def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
     data = load_dataset(DataConfig("digits", input_shape=shape))
     config = SearchConfig(model=model_name, input_shape=shape)
     base = build_model(model_name, shape)
@@ -64,10 +65,10 @@ def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: 
     # run from a quiet spell with a search run from a busy one (it read 1.55x in a run whose five
     # pairs were each 1.55-2.0x).
     ratio = statistics.median(s / p for p, s in zip(plain_seconds, search_seconds))
-    print(f"{model_name} on {'x'.join(map(str, shape))} digits, {epochs} epochs: plain {plain:.2f} s, search {search:.2f} s "
+    print(f"{model_name} on {'x'.join(map(str, shape))} digits, {threads} thread(s), {epochs} epochs: plain {plain:.2f} s, search {search:.2f} s "
           f"(medians); median ratio of the pairs {ratio:.2f}x (runs: plain {', '.join(f'{v:.2f}' for v in plain_seconds)}; "
           f"search {', '.join(f'{v:.2f}' for v in search_seconds)})")
-    return {"model": model_name, "input_shape": list(shape), "epochs": epochs, "repeats": repeats,
+    return {"model": model_name, "input_shape": list(shape), "threads": threads, "epochs": epochs, "repeats": repeats,
             "plain_seconds_median": round(plain, 3), "search_seconds_median": round(search, 3), "ratio": round(ratio, 3),
             "ratio_of_medians": round(search / plain, 3),
             "plain_seconds": [round(v, 3) for v in plain_seconds], "search_seconds": [round(v, 3) for v in search_seconds]}
@@ -79,8 +80,13 @@ def main() -> None:
     args = parser.parse_args()
     epochs, repeats = (1, 1) if args.quick else (2, 5)
     started = time.perf_counter()
-    cases = [measure("resnet20", (1, 8, 8), epochs, repeats),  # the demo
-             measure("resnet20", (3, 32, 32), epochs, repeats)]  # CIFAR-sized inputs (digits upsampled)
+    # Every core (PyTorch's default, what the pipeline uses) and one thread: the search's overhead is
+    # a fixed cost per step that a second core does not shorten, while plain training's convolutions
+    # do get faster, so the ratio depends on the thread count.
+    cores = torch.get_num_threads()
+    cases = [measure("resnet20", shape, epochs, repeats, threads)
+             for threads in dict.fromkeys((cores, 1))
+             for shape in ((1, 8, 8), (3, 32, 32))]  # the demo; CIFAR-sized inputs (digits upsampled)
     results = {
         "cases": cases,
         "goal": "search <= 1.5x plain training per epoch",
