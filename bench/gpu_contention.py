@@ -25,7 +25,6 @@ import itertools
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import time
 import torch
 from scipy.stats import kendalltau
 
-from gpu_launch_bound import one_round, runners, variant  # bench/ (the scripts run from there)
+from gpu_launch_bound import medians, one_round, require_cuda, runners, variant  # bench/ (the scripts run from there)
 from record import record
 
 SHAPES = [(1, 8, 8), (3, 224, 224)]
@@ -91,9 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, not the quoted figures)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing measured (run this where one is)")
-        sys.exit(0)
+    require_cuda()
     started = time.perf_counter()
     rounds, calls = (2, 10) if args.quick else (6, 20)
     cases = []
@@ -114,9 +111,7 @@ def main() -> None:
                         samples[condition].append(one_round(prepared, calls, order))
                     finally:
                         loads.pause(condition)
-            timings = {condition: {name: {f"{how}_ms": round(statistics.median(r[name][how] for r in per_round), 4)
-                                          for how in ("eager", "cuda_graph")} for name in models}
-                       for condition, per_round in samples.items()}
+            timings = {condition: medians(per_round) for condition, per_round in samples.items()}
             case = compare(shape, list(models), timings)
             case["per_round"] = {condition: [{name: {how: round(ms, 4) for how, ms in kinds.items()} for name, kinds in r.items()}
                                              for r in per_round] for condition, per_round in samples.items()}

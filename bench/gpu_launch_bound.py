@@ -113,32 +113,38 @@ def one_round(prepared: dict[str, dict], calls: int, order: random.Random) -> di
     """Every variant once, in a shuffled order: its median call, eager and as a CUDA graph."""
     names = list(prepared)
     order.shuffle(names)
-    result = {}
+    result: dict[str, dict[str, float]] = {name: {} for name in prepared}  # reported in the variants' order
     for name in names:
-        result[name] = {}
         for how, run in prepared[name].items():
             calls_ms(run, 10)  # warm
             result[name][how] = calls_ms(run, calls)
     return result
 
 
-def measure(models: dict[str, nn.Module], shape: tuple[int, int, int], rounds: int, calls: int) -> dict[str, dict]:
-    """Every variant in every round, in a shuffled order, so a drifting clock slows all alike;
-    each figure is the median over rounds of a round's median call."""
-    prepared = {name: runners(model, shape) for name, model in models.items()}
+def medians(per_round: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per variant and way of calling it, the median over rounds of a round's median call."""
+    return {name: {f"{how}_ms": round(statistics.median(r[name][how] for r in per_round), 4) for how in kinds}
+            for name, kinds in per_round[0].items()}
+
+
+def measure(prepared: dict[str, dict], rounds: int, calls: int) -> dict[str, dict[str, float]]:
+    """Every variant in every round, in a shuffled order, so a drifting clock slows all alike."""
     order = random.Random(0)
-    per_round = [one_round(prepared, calls, order) for _ in range(rounds)]
-    return {name: {f"{how}_ms": round(statistics.median(r[name][how] for r in per_round), 4) for how in prepared[name]}
-            for name in prepared}
+    return medians([one_round(prepared, calls, order) for _ in range(rounds)])
+
+
+def require_cuda() -> None:
+    """Exit quietly (status 0) where there is no GPU: these benches measure nothing without one."""
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: nothing measured (run this where one is)")
+        sys.exit(0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer timed runs (a smoke run, not the quoted figures)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing measured (run this where one is)")
-        sys.exit(0)
+    require_cuda()
     started = time.perf_counter()
     rounds, calls = (3, 20) if args.quick else (15, 40)
     variants = {"uncompressed": (1.0, 0), "half the channels of every layer": (0.5, 0),
@@ -147,9 +153,10 @@ def main() -> None:
     cases = []
     for shape in SHAPES:
         built = {name: variant(shape, share, removed) for name, (share, removed) in variants.items()}
-        timings = measure({name: model for name, (model, _) in built.items()}, shape, rounds, calls)
+        prepared = {name: runners(model, shape) for name, (model, _) in built.items()}
+        timings = measure(prepared, rounds, calls)
         rows = [{"variant": name, "conv_and_linear_layers": layers(model), "gpu_operations_per_call": kernels_per_call(
-                     runners(model, shape)["eager"]), "parameters": sum(p.numel() for p in model.parameters()),
+                     prepared[name]["eager"]), "parameters": sum(p.numel() for p in model.parameters()),
                  **timings[name], "simulated_xavier_nx_ms": round(simulated, 4)} for name, (model, simulated) in built.items()]
         base = rows[0]
         for row in rows:
