@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from hdap.compress.quantize import EXACT_IN_SEARCH, mix, round_activation, round_weight
+from hdap.compress.quantize import EXACT_IN_SEARCH, mix, round_activation, round_weight, weight_rounding_offsets
 
 
 def test_weight_rounding_matches_per_channel_fake_quantisation() -> None:
@@ -48,3 +48,13 @@ def test_a_hard_precision_choice_rounds_fp16_as_the_engine_does() -> None:
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(3)) * 1e-3 + 1.0
     hard = mix(x, torch.tensor([1.0, 0.0]), ("fp16", "int8"), round_weight)
     assert torch.equal(hard, x.half().float()) and not torch.equal(hard, x)
+
+
+def test_the_stacked_weight_rounding_equals_each_layers_own() -> None:
+    """The search rounds same-shaped layers as one stack: each layer's offset is its own rounding's."""
+    torch.manual_seed(0)
+    weights = [torch.randn(16, 8, 3, 3) * scale for scale in (0.1, 1.0, 7.0)]
+    for precision in ("int8", "int4", "int2"):
+        offsets = weight_rounding_offsets(torch.stack(weights), precision)
+        for weight, offset in zip(weights, offsets):
+            assert torch.equal(offset, round_weight(weight, precision) - weight)

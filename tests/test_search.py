@@ -153,6 +153,34 @@ def test_a_branch_probability_scales_its_batch_norms_output_exactly_and_not_once
     assert {"weight", "bias"} <= set(dict(plain.named_modules())[group.branch_end].state_dict())
 
 
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv1"])
+def test_the_soft_search_scales_weights_as_scaling_the_input_channels_would(name: str, monkeypatch) -> None:
+    """The soft search applies the channels' keep probabilities and the weights' precision mix to
+    the weights of all layers at once; the result is the same function, and the same gradients
+    for every logit, as masking each layer's input and mixing each weight on its own. (Activations
+    are left unrounded here: rounding a channel before or after its scale differs by rounding noise.)"""
+    monkeypatch.setattr("hdap.compress.searchable.round_activation", lambda x, precision, amax: x.clone())
+    torch.manual_seed(0)
+    model = build_model(name, DIGITS)
+    searchable = randomised(SearchableModel(model, build_search_space(model, DIGITS, MENU)))
+    searchable.model.eval()  # batch-norm statistics stay put between the two passes
+    x = torch.randn(8, *DIGITS)
+
+    def output_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        for parameter in searchable.parameters():
+            parameter.grad = None
+        out = searchable(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in searchable.architecture_parameters()]
+
+    batched, batched_grads = output_and_gradients()
+    searchable._searched_weights = lambda: {}  # each layer's input masked, each weight mixed on its own
+    per_layer, per_layer_grads = output_and_gradients()
+    assert torch.allclose(batched, per_layer, atol=1e-5)
+    for a, b in zip(batched_grads, per_layer_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_a_reloaded_spec_rebuilds_the_searched_model_exactly(tmp_path) -> None:
     """With no quantisation (an fp32 menu), the frozen searchable model and the physically pruned
     model built from its reloaded spec compute the same function: masks are pruning."""

@@ -28,6 +28,15 @@ def round_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
     return _quantise(weight.detach(), scale.view(-1, *([1] * (weight.dim() - 1))), -levels, levels)
 
 
+def weight_rounding_offsets(stack: torch.Tensor, precision: str) -> torch.Tensor:
+    """`round_weight(w, precision) - w` for each weight w of a stack of same-shaped weights
+    (stack[i] one layer's), for an integer precision: one pass for several layers (no gradient)."""
+    levels = INTEGER_LEVELS[precision]
+    stack = stack.detach()
+    scale = stack.abs().amax(dim=tuple(range(2, stack.dim())), keepdim=True).clamp_min_(1e-8).div_(levels)
+    return _quantise(stack, scale, -levels, levels).sub_(stack)
+
+
 def _quantise(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
     """x rounded to the integer grid of `scale` (half to even, as QuantizeLinear) and saturated.
     Written out rather than torch.fake_quantize_*: those also build a gradient mask the
