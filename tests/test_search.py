@@ -153,32 +153,57 @@ def test_a_branch_probability_scales_its_batch_norms_output_exactly_and_not_once
     assert {"weight", "bias"} <= set(dict(plain.named_modules())[group.branch_end].state_dict())
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenetv1"])
+class _FlattenedHead(nn.Module):
+    """Two convolutions, then a searched linear layer that reads the flattened feature map (16
+    input features per channel), then the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, 1, 1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, 2, 1, padding_mode="reflect"), nn.BatchNorm2d(16)
+        self.hidden, self.classifier = nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.classifier(torch.relu(self.hidden(torch.flatten(x, 1))))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "flattened head"])
 def test_the_soft_search_scales_weights_as_scaling_the_input_channels_would(name: str, monkeypatch) -> None:
-    """The soft search applies the channels' keep probabilities and the weights' precision mix to
-    the weights of all layers at once; the result is the same function, and the same gradients
-    for every logit, as masking each layer's input and mixing each weight on its own. (Activations
-    are left unrounded here: rounding a channel before or after its scale differs by rounding noise.)"""
+    """Where a layer's weights are smaller than its input, the soft search applies the channels'
+    keep probabilities to the weights (and rounds same-shaped weights as one stack): the same
+    function, and the same gradient for every parameter, as masking the input and mixing each
+    weight on its own. In float64, training mode, activations unrounded (rounding a channel before
+    or after its scale differs by rounding noise)."""
     monkeypatch.setattr("hdap.compress.searchable.round_activation", lambda x, precision, amax: x.clone())
     torch.manual_seed(0)
-    model = build_model(name, DIGITS)
-    searchable = randomised(SearchableModel(model, build_search_space(model, DIGITS, MENU)))
-    searchable.model.eval()  # batch-norm statistics stay put between the two passes
-    x = torch.randn(8, *DIGITS)
+    model = build_model("resnet20", DIGITS) if name == "resnet20" else _FlattenedHead()
+    space = build_search_space(model, DIGITS, MENU, protect_first_and_last=name == "resnet20")
+    searchable = randomised(SearchableModel(model, space)).double().train()
+    x = torch.randn(8, *DIGITS, dtype=torch.float64)
+    searchable(x)  # activation ranges measured once, before the two passes
+    with torch.no_grad():
+        searchable._channel_keep = torch.cat([torch.sigmoid(torch.cat(list(searchable.keep_logits)))[searchable.granule_of_root],
+                                              torch.ones(1, dtype=torch.float64)])
+        searchable._forward_precisions = searchable._all_precision_probabilities()
+        _, on_weights = searchable._searched_weights(len(x))
+    assert on_weights, "no layer carries its mask on its weights: the test would compare nothing"
 
-    def output_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        for parameter in searchable.parameters():
-            parameter.grad = None
+    def output_and_gradients() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        searchable.zero_grad(set_to_none=True)
         out = searchable(x)
         out.square().sum().backward()
-        return out.detach(), [p.grad.clone() for p in searchable.architecture_parameters()]
+        return out.detach(), {n: p.grad.clone() for n, p in searchable.named_parameters() if p.grad is not None}
 
     batched, batched_grads = output_and_gradients()
-    searchable._searched_weights = lambda: {}  # each layer's input masked, each weight mixed on its own
+    searchable._searched_weights = lambda batch: ({}, set())  # each input masked, each weight mixed on its own
     per_layer, per_layer_grads = output_and_gradients()
-    assert torch.allclose(batched, per_layer, atol=1e-5)
-    for a, b in zip(batched_grads, per_layer_grads):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(batched, per_layer, rtol=1e-9, atol=1e-12)
+    assert batched_grads.keys() == per_layer_grads.keys()
+    for key, grad in per_layer_grads.items():
+        assert torch.allclose(batched_grads[key], grad, rtol=1e-7, atol=1e-12), key  # (a conv bias before a batch norm: ~0)
+    for logits in ("keep_logits", "precision_logits"):  # gradients that the comparison actually checks
+        assert all(float(g.abs().max()) > 1e-6 for k, g in per_layer_grads.items() if k.startswith(logits)), logits
 
 
 def test_a_reloaded_spec_rebuilds_the_searched_model_exactly(tmp_path) -> None:

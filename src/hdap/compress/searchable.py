@@ -6,13 +6,14 @@
 
 Each channel granule has a keep logit, each removable residual branch a branch logit, each layer
 a logit per precision of the menu. In training, a granule's keep probability (sigmoid of logit /
-temperature) scales its channels where other layers read them (through their weights, in the soft
-search), a branch's probability scales what it adds to the skip (after its batch norm, which
-would undo a scale applied before it), and a layer's weights and inputs are the precision mix of
-their fake-quantised versions (softmax of logits / temperature), as in Motetti et al. and PLiNIO's MPS. Lowering the temperature makes the
-choices crisp; `freeze()` makes them hard (keep if logit > threshold, argmax precision) for the
-final fine-tune and export. The same soft quantities feed the latency surrogates through
-`decisions()`, so the cost's gradient reaches every logit.
+temperature) scales its channels where other layers read them (through their weights, where
+those are the smaller), a branch's probability scales what it adds to the skip (after its batch
+norm, which would undo a scale applied before it), and a layer's weights and inputs are the
+precision mix of their fake-quantised versions (softmax of logits / temperature), as in Motetti
+et al. and PLiNIO's MPS. Lowering the temperature makes the choices crisp; `freeze()` makes them
+hard (keep if logit > threshold, argmax precision) for the final fine-tune and export. The same
+soft quantities feed the latency surrogates through `decisions()`, so the cost's gradient
+reaches every logit.
 
 The branch logit is what lets the search remove the right branches on launch-bound devices, where
 only a branch removed as a whole saves time: without it a branch lives while any of its granules
@@ -86,7 +87,8 @@ class SearchableModel(nn.Module):
         self.frozen = False
         self.keep_threshold = 0.0  # a granule is kept when its logit is above this, once frozen
         self._forward_precisions: dict[str, torch.Tensor] = {}  # the precision mixes of the forward in flight
-        self._forward_weights: dict[str, torch.Tensor] = {}  # its searched layers' weights, mixed and masked
+        self._forward_weights: dict[str, torch.Tensor] = {}  # its searched layers' weights, mixed (`_searched_weights`)
+        self._masked_on_weights: set[str] = set()  # the layers whose soft input mask rides on those weights
         self.keep_logits = nn.ParameterList(
             [nn.Parameter(torch.full((g.granules,), KEEP_LOGIT_INIT)) for g in space.groups])
         # Only a branch whose contribution can be scaled gets a logit: one the task loss cannot
@@ -231,12 +233,13 @@ class SearchableModel(nn.Module):
             keep = [torch.sigmoid(torch.cat(list(self.keep_logits)) / self.temperature)[self.granule_of_root]]
         self._channel_keep = torch.cat([*keep, torch.ones(1, device=self.granule_of_root.device)])
         self._forward_precisions = self._all_precision_probabilities()
-        if self._forward_precisions:
-            self._forward_weights = self._searched_weights()
+        # Soft mixes only: without a gradient to the logits each layer takes `mix`'s hard path, as before.
+        if self._forward_precisions and next(iter(self._forward_precisions.values())).requires_grad:
+            self._forward_weights, self._masked_on_weights = self._searched_weights(x.shape[0])
         try:
             return self.model(x)
         finally:
-            self._forward_precisions, self._forward_weights = {}, {}
+            self._forward_precisions, self._forward_weights, self._masked_on_weights = {}, {}, set()
 
     def _all_precision_probabilities(self) -> dict[str, torch.Tensor]:
         """Every searched layer's precision mix from one softmax (soft, not frozen; else empty)."""
@@ -248,51 +251,62 @@ class SearchableModel(nn.Module):
 
     def _build_weight_tables(self, modules: dict[str, nn.Module]) -> None:
         """What `_searched_weights` needs: the searched layers, the shape each one's input mask
-        takes on its weight, and the layers whose weights have one shape."""
-        self._searched = [(s.name, modules[s.name]) for s in self.space.layers if s.name not in self.space.protected]
+        takes on its weight, the sizes of its weight and of one example's input, and the layers
+        whose weights have one shape."""
+        shapes = {s.name: s for s in self.space.layers}
+        self._searched_layers = [(s.name, modules[s.name]) for s in self.space.layers if s.name not in self.space.protected]
         self._weight_mask_shape: dict[str, tuple[int, ...]] = {}
+        self._weight_elements: dict[str, int] = {}
+        self._input_elements: dict[str, int] = {}
         same_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, (name, module) in enumerate(self._searched):
-            weight = module.parametrizations.weight.original
-            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1  # output channel c reads input c only
+        for index, (name, module) in enumerate(self._searched_layers):
+            weight, shape = module.parametrizations.weight.original, shapes[name]
+            depthwise = shape.op == "depthwise"  # output channel c reads input channel c only
             self._weight_mask_shape[name] = (-1, *[1] * (weight.dim() - 1)) if depthwise else (1, -1, *[1] * (weight.dim() - 2))
+            self._weight_elements[name] = weight.numel()
+            self._input_elements[name] = shape.in_channels * shape.height * shape.width
             same_shape.setdefault(tuple(weight.shape), []).append(index)
         self._same_shape = list(same_shape.values())
 
-    def _searched_weights(self) -> dict[str, torch.Tensor]:
-        """Every searched layer's weight as its precision mix, times its input channels' keep
-        probabilities. Scaling an input channel's weights is scaling the channel (a convolution is
-        linear in each input channel), on a tensor the size of the weights rather than of the
-        feature map; and the layers of one weight shape are rounded as one stack. On small inputs
-        the search's time is a few dozen small operations per layer; these save ~2 ms of a 30 ms
-        step (ResNet-20 on 8x8, one batch of 64)."""
-        originals = [module.parametrizations.weight.original for _, module in self._searched]
+    def _searched_weights(self, batch: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Every searched layer's weight as its soft precision mix, and the layers whose input
+        mask it carries.
+
+        Scaling an input channel's weights is scaling the channel (a convolution is linear in each
+        input channel), so where a layer's weight is smaller than its input batch the keep
+        probabilities scale the weight instead; layers of one weight shape are rounded as one
+        stack. On small inputs a search step is a few dozen small operations per layer; this saved
+        ~2 ms of a 30 ms step (ResNet-20 on 8x8, batches of 64). One difference remains: a
+        weight-masked layer's int8 input is rounded before its channels are scaled, on a range
+        measured over all of them (`hdap_input_amax`), so the soft search sees a slightly coarser
+        grid while channels are being dropped; the frozen model masks inputs again."""
+        originals = [module.parametrizations.weight.original for _, module in self._searched_layers]
         rounded = [p for p in self.space.precisions if p not in EXACT_IN_SEARCH]
         offsets: dict[tuple[str, int], torch.Tensor] = {}  # (precision, layer): its rounding's offset
-        for members in self._same_shape:
+        for members in self._same_shape if rounded else []:
             stack = torch.stack([originals[i].detach() for i in members])
             for precision in rounded:
                 offsets.update(((precision, i), offset) for i, offset in zip(members, weight_rounding_offsets(stack, precision).unbind(0)))
-        weights = {}
-        for index, (name, _module) in enumerate(self._searched):
+        weights, masked = {}, set()
+        for index, (name, _module) in enumerate(self._searched_layers):
             mixed = originals[index]
             for probability, precision in zip(self._forward_precisions[name].unbind(0), self.space.precisions):
                 if precision in rounded:  # as `mix` does: the weight plus its roundings' offsets, weighted
                     mixed = mixed + probability * offsets[precision, index]
             mask = self._mask_index.get(name)
-            if mask is not None:
+            if mask is not None and self._weight_elements[name] <= batch * self._input_elements[name]:
                 mixed = mixed * self._channel_keep[mask].view(self._weight_mask_shape[name])
+                masked.add(name)
             weights[name] = mixed
-        return weights
+        return weights, masked
 
     def _input_hook(self, shape: LayerShape):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
             x = inputs[0]
             index = self._mask_index.get(shape.name)
-            # A searched layer's soft masks scale its weights (`_searched_weights`); a frozen mask
-            # zeroes the input itself, so the activation range is measured over kept channels, as
-            # the pruned model's engine calibrates it.
-            if index is not None and self._channel_keep is not None and shape.name not in self._forward_weights:
+            # Unless the weights carry it (`_searched_weights`); a frozen mask always zeroes the
+            # input, so activation ranges cover the kept channels, as the pruned model's engine's do.
+            if index is not None and self._channel_keep is not None and shape.name not in self._masked_on_weights:
                 x = x * self._channel_keep[index].view(1, -1, *([1] * (x.dim() - 2)))
             if module.training:
                 with torch.no_grad():
@@ -367,9 +381,10 @@ class SearchableModel(nn.Module):
             if shape.name in self._branch_of:
                 in_branch[index, removable.index(self._branch_of[shape.name])] = 1.0
             default[index, space.precisions.index(space.default_precision)] = 1.0
-        # Each removable group's granules in a row, padded with the slot of an appended 0 keep
-        # probability (a dropped probability of 1 leaves the row's product alone), and where each
-        # group's branch probability sits among the branch logits (the last slot: none, 1).
+        # For `cost_inputs`' survival of each removable group, the product of its granules' drop
+        # probabilities: its granules' indices in a row, padded with the index of an appended drop
+        # probability of 1 (which leaves the product alone). And where each group's branch logit
+        # sits among the stacked branch logits; a group without one reads an appended probability 1.
         widest = max([sizes[g] for g in removable], default=0)
         granule_rows = torch.full((len(removable), widest), total, dtype=torch.long)
         for row, g in enumerate(removable):
@@ -445,6 +460,7 @@ class SearchableModel(nn.Module):
         """The plain model with its trained weights (parametrisations and hooks removed)."""
         for handle in self._handles:
             handle.remove()
+        self._searched_layers, self._same_shape = [], []
         for shape in self.space.layers:
             module = dict(self.model.named_modules())[shape.name]
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
