@@ -276,7 +276,7 @@ class SearchableModel(nn.Module):
         input channel), so where a layer's weight is smaller than its input batch the keep
         probabilities scale the weight instead; layers of one weight shape are rounded as one
         stack. On small inputs a search step is a few dozen small operations per layer; this saved
-        ~2 ms of a 30 ms step (ResNet-20 on 8x8, batches of 64). One difference remains: a
+        ~2.7 ms of a 37 ms step (ResNet-20 on 8x8, batches of 64, both cores). One difference remains: a
         weight-masked layer's int8 input is rounded before its channels are scaled, on a range
         measured over all of them (`hdap_input_amax`), so the soft search sees a slightly coarser
         grid while channels are being dropped; the frozen model masks inputs again."""
