@@ -80,9 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     epochs, repeats = (1, 1) if args.quick else (2, 5)
     started = time.perf_counter()
-    # Every core (PyTorch's default, what the pipeline uses) and one thread: the search's overhead is
-    # a fixed cost per step that a second core does not shorten, while plain training's convolutions
-    # do get faster, so the ratio depends on the thread count.
+    # Every core (PyTorch's default, what the pipeline uses) and one thread: on small inputs the
+    # search's overhead is a fixed cost per step that a second core does not shorten, while plain
+    # training's convolutions do get faster, so the ratio depends on the thread count.
     cores = torch.get_num_threads()
     cases = [measure("resnet20", shape, epochs, repeats, threads)
              for threads in dict.fromkeys((cores, 1))

@@ -24,8 +24,8 @@ def round_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
     if precision == "fp16":
         return weight.half().float()
     levels = INTEGER_LEVELS[precision]
-    scale = weight.detach().abs().flatten(1).amax(dim=1).clamp_min_(1e-8).div_(levels)
-    return _quantise(weight.detach(), scale.view(-1, *([1] * (weight.dim() - 1))), -levels, levels)
+    weight = weight.detach()
+    return _quantise(weight, _per_channel_scale(weight, levels, channel_dim=0), -levels, levels)
 
 
 def weight_rounding_offsets(stack: torch.Tensor, precision: str) -> torch.Tensor:
@@ -33,8 +33,14 @@ def weight_rounding_offsets(stack: torch.Tensor, precision: str) -> torch.Tensor
     (stack[i] one layer's), for an integer precision: one pass for several layers (no gradient)."""
     levels = INTEGER_LEVELS[precision]
     stack = stack.detach()
-    scale = stack.abs().amax(dim=tuple(range(2, stack.dim())), keepdim=True).clamp_min_(1e-8).div_(levels)
-    return _quantise(stack, scale, -levels, levels).sub_(stack)
+    return _quantise(stack, _per_channel_scale(stack, levels, channel_dim=1), -levels, levels).sub_(stack)
+
+
+def _per_channel_scale(weights: torch.Tensor, levels: int, channel_dim: int) -> torch.Tensor:
+    """The symmetric scale of each output channel (dimension `channel_dim`): its largest |w| over
+    `levels`, kept broadcastable against `weights`."""
+    dims = tuple(range(channel_dim + 1, weights.dim()))
+    return weights.abs().amax(dim=dims, keepdim=True).clamp_min_(1e-8).div_(levels)
 
 
 def _quantise(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
@@ -80,9 +86,15 @@ def mix(x: torch.Tensor, probs: torch.Tensor, precisions: tuple[str, ...], round
     menu costs nothing. A hard choice (no gradient) rounds once, at its precision."""
     if not probs.requires_grad:
         return straight_through(x, rounding(x.detach(), precisions[int(probs.argmax())]))
-    mixed = x
     with torch.no_grad():
         offsets = [None if p in EXACT_IN_SEARCH else rounding(x, p).sub_(x) for p in precisions]
+    return mix_offsets(x, probs, offsets)
+
+
+def mix_offsets(x: torch.Tensor, probs: torch.Tensor, offsets: list[torch.Tensor | None]) -> torch.Tensor:
+    """`mix`'s soft result from the roundings' offsets (r_p - x, no gradient; None for a precision
+    left out): x + sum_p probs[p] * offsets[p]."""
+    mixed = x
     for probability, offset in zip(probs.unbind(0), offsets):
         if offset is not None:
             mixed = mixed + probability.to(x.dtype) * offset

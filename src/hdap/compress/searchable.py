@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from hdap.compress.quantize import EXACT_IN_SEARCH, mix, round_activation, round_weight, weight_rounding_offsets
+from hdap.compress.quantize import EXACT_IN_SEARCH, mix, mix_offsets, round_activation, round_weight, weight_rounding_offsets
 from hdap.compress.space import SearchSpace
 from hdap.latency.fleet_cost import stack_decisions
 from hdap.latency.layers import LayerConfig, LayerShape
@@ -289,10 +289,8 @@ class SearchableModel(nn.Module):
                 offsets.update(((precision, i), offset) for i, offset in zip(members, weight_rounding_offsets(stack, precision).unbind(0)))
         weights, masked = {}, set()
         for index, (name, _module) in enumerate(self._searched_layers):
-            mixed = originals[index]
-            for probability, precision in zip(self._forward_precisions[name].unbind(0), self.space.precisions):
-                if precision in rounded:  # as `mix` does: the weight plus its roundings' offsets, weighted
-                    mixed = mixed + probability * offsets[precision, index]
+            mixed = mix_offsets(originals[index], self._forward_precisions[name],
+                                [offsets.get((precision, index)) for precision in self.space.precisions])
             mask = self._mask_index.get(name)
             if mask is not None and self._weight_elements[name] <= batch * self._input_elements[name]:
                 mixed = mixed * self._channel_keep[mask].view(self._weight_mask_shape[name])
