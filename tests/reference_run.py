@@ -1,0 +1,121 @@
+"""A small fixed-seed pipeline run and what it produced, to hold behaviour still through refactors.
+
+`digest` reduces a finished run to the facts it decided (clusters, surrogate accuracy, the front,
+the chosen architecture, accuracies, predicted and true fleet latencies), leaving out timings.
+`tests/data/reference_run.json` holds the digest of the run on the code before the typed spine
+(issue 15); `test_reference_run.py` runs the same pipeline and compares. Regenerate it only for a
+change meant to alter results, and say in the change why:
+
+    .venv/bin/python -m tests.reference_run --write
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+REFERENCE = Path(__file__).parent / "data" / "reference_run.json"
+DEVICES, DAYS, FLEET_SEED = 400, 3, 3
+# Small and fast, but through every path the demo takes: ResNet-20 on digits (residual branches
+# removed by a measured order), a simulated fleet with its truth, fp16/int8, the quality gate.
+SETTINGS = dict(targets="0.6,0.3", pretrain_epochs=3, search_epochs=3, finetune_epochs=1, qat_epochs=1,
+                samples_per_layer=12, accuracy_tolerance=100.0)
+
+
+def run_arguments(telemetry_uri: str, truth_uri: str, output_uri: str, registry_uri: str, as_of: str) -> dict[str, Any]:
+    return dict(telemetry_uri=telemetry_uri, sku="jetson-xavier-nx", k=0, k_min=2, k_max=8, seed=0, output_uri=output_uri,
+                as_of=as_of, truth_uri=truth_uri, registry_uri=registry_uri, **SETTINGS)
+
+
+def digest(summary: dict, store) -> dict:
+    """The decisions and figures of one run, from its artifacts (no timings)."""
+    run_uri = summary["store_prefix"].rsplit("/", 1)[0]
+    ingest, front, build = summary["ingest"], summary["search"], summary["build"]
+    architecture = store.get_json(run_uri + "/search/architecture.json")
+    finetune = store.get_json(run_uri + "/finetune/summary.json")
+    return {
+        "ingest": {key: ingest[key] for key in ("devices", "rows_read", "rows_valid", "rows_quarantined")},
+        "clusters": {"k": summary["k"], "selection": summary["selection"],
+                     "clusters": [{key: c[key] for key in ("id", "size", "weight", "representative")} for c in summary["clusters"]]},
+        "surrogates": [{key: c[key] for key in ("cluster", "representative", "source", "held_out_within_10pct")}
+                       for c in summary["surrogates"]["clusters"]],
+        "front": {**{key: front[key] for key in ("baseline_accuracy", "baseline_fleet_latency_ms", "baseline_size_bits",
+                                                 "default_precision", "pareto_points")},
+                  "points": [{key: p[key] for key in ("setting", "accuracy", "fleet_latency_ms", "cluster_latency_ms", "size_bits",
+                                                      "pareto", "chosen", "true_fleet_latency_ms")} for p in front["points"]]},
+        "architecture": [{key: layer[key] for key in ("name", "in_channels", "out_channels", "kept_out_channels",
+                                                      "weight_precision", "activation_precision", "removed")}
+                         for layer in architecture["layers"]],
+        "finetune": {key: finetune[key] for key in ("teacher_accuracy", "accuracy_before", "accuracy_after", "kept_epoch")},
+        "build": {"accuracy": {key: build["accuracy"][key] for key in ("uncompressed", "fake_quantized", "onnxruntime",
+                                                                        "onnxruntime_agreement", "uncompressed_onnxruntime")},
+                  "fleet": {key: build["fleet"][key] for key in ("predicted_before_ms", "predicted_after_ms", "true_before_ms",
+                                                                  "true_after_ms")},
+                  "clusters": build["clusters"], "published": build["published"],
+                  "weight_bits": [build["size"]["uncompressed_weight_bits"], build["size"]["weight_bits"]]},
+    }
+
+
+def differences(expected: Any, actual: Any, where: str = "", rel: float = 1e-6) -> list[str]:
+    """Where two digests part: exact for text, integers and flags, relative for floats."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        found = [f"{where}: keys {sorted(set(expected) ^ set(actual))} differ"] if set(expected) != set(actual) else []
+        return found + [d for key in expected if key in actual for d in differences(expected[key], actual[key], f"{where}.{key}", rel)]
+    if isinstance(expected, list) and isinstance(actual, list):
+        if len(expected) != len(actual):
+            return [f"{where}: {len(expected)} items became {len(actual)}"]
+        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]", rel)]
+    if isinstance(expected, float) and isinstance(actual, (int, float)) and not isinstance(actual, bool):
+        same = math.isclose(expected, actual, rel_tol=rel, abs_tol=1e-12) or (math.isnan(expected) and math.isnan(actual))
+        return [] if same else [f"{where}: {expected!r} became {actual!r}"]
+    return [] if expected == actual else [f"{where}: {expected!r} became {actual!r}"]
+
+
+def run_reference(root: Path) -> dict:
+    """Start a store, simulate the fleet, run the pipeline with kfp.local; the run's digest."""
+    import os
+    import socket
+
+    from hdap.cli import run_pipeline_locally
+    from hdap.embedded_store import EmbeddedStore
+    from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+    from hdap.store import ObjectStore
+    from tests.fixtures import AS_OF, SIMULATION_END
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    embedded = EmbeddedStore(root / "store")
+    config = embedded.up(s3_port=port)
+    try:
+        os.environ.update(config.as_environment())
+        os.environ["HDAP_HOME"] = str(root / ".hdap")
+        store = ObjectStore(config)
+        simulation = SimulationConfig(devices=DEVICES, days=DAYS, seed=FLEET_SEED, telemetry_uri="s3://reference/telemetry",
+                                      truth_uri="s3://reference/truth", end=SIMULATION_END)
+        simulate_fleet(store, simulation)
+        summary = run_pipeline_locally(run_arguments(simulation.telemetry_uri, simulation.truth_uri, "s3://reference/runs",
+                                                     "s3://reference/registry", AS_OF.isoformat()))
+        return digest(summary, store)
+    finally:
+        embedded.down()
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help=f"save the digest as {REFERENCE}")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hdap-reference-") as folder:
+        result = run_reference(Path(folder))
+    if args.write:
+        REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+        REFERENCE.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"saved {REFERENCE}")
+    else:
+        found = differences(json.loads(REFERENCE.read_text()), result)
+        print("\n".join(found) or "the run reproduces the reference")
