@@ -30,8 +30,10 @@ def measure(telemetry_uri: str, truth_uri: str, sku: str, as_of: str) -> None:
     import pyarrow as pa
     from sklearn.metrics import adjusted_rand_score
 
-    from hdap.fleet.cluster import ClusterConfig, cluster_devices
-    from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+    from hdap.fleet.cluster import cluster_devices
+    from hdap.fleet.ingest import ingest_telemetry
+    from hdap.stages.cluster import ClusterConfig
+    from hdap.stages.ingest import IngestConfig
     from hdap.store import ObjectStore
 
     store = ObjectStore.from_environment()
@@ -81,7 +83,7 @@ def main() -> None:
         embedded = EmbeddedStore(Path(tempfile.mkdtemp(prefix="hdap-bench-")))
         os.environ.update(embedded.up().as_environment())
     try:
-        store = ObjectStore(StoreConfig.resolve())
+        store = ObjectStore(StoreConfig.from_environment())
         end = datetime(2026, 11, 1, tzinfo=timezone.utc)
         prefix = f"s3://hdap-bench/fleet-{args.devices}x{args.days}"
         config = SimulationConfig(sku=args.sku, devices=args.devices, days=args.days, seed=0, end=end,

@@ -24,9 +24,11 @@ from pathlib import Path
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
+from hdap.artifacts import plain
+from hdap.compress.spec import ArchitectureSpec
 from hdap.embedded_store import EmbeddedStore
 from hdap.fleet.simulate import SimulationConfig, simulate_fleet
-from hdap.store import ObjectStore
+from hdap.store import ObjectStore, join_uri
 
 
 def free_port() -> int:
@@ -51,43 +53,46 @@ def main() -> None:
             simulation = SimulationConfig(sku="jetson-xavier-nx", devices=500 if args.quick else 5000, days=7, seed=0,
                                           telemetry_uri="s3://hdap/demo/telemetry", truth_uri="s3://hdap/demo/ground-truth")
             simulate_fleet(store, simulation)
-            from hdap.cli import run_pipeline_locally
+            from hdap.local_run import run_pipeline_locally
+            from hdap.stages import RunSettings
 
-            arguments = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, k=0, k_min=2, k_max=8, seed=0,
-                             output_uri="s3://hdap/runs", as_of="", truth_uri=simulation.truth_uri)
+            parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, seed=0, truth_uri=simulation.truth_uri)
             if args.quick:
-                arguments |= dict(targets="0.6,0.3", pretrain_epochs=3, search_epochs=3, finetune_epochs=1, qat_epochs=1,
-                                  accuracy_tolerance=100.0)
+                parameters |= dict(search_targets="0.6,0.3", search_pretrain_epochs=3, search_epochs=3, search_finetune_epochs=1,
+                                   finetune_epochs=1, accuracy_tolerance=100.0)
             pipeline_started = time.perf_counter()
-            summary = run_pipeline_locally(arguments)
+            run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
             pipeline_seconds = time.perf_counter() - pipeline_started
+            architecture = ArchitectureSpec.get(store, join_uri(run.run_uri, "search", "architecture.json"))
         finally:
             embedded.down()
-    build = summary["build"]
-    accuracy, fleet, timing = build["accuracy"], build["fleet"], build["onnxruntime"]
+    build = run.build
+    accuracy, fleet, timing = build.accuracy, build.fleet, build.onnxruntime
     results = {
-        "model": build["model"], "devices": simulation.devices, "clusters": summary["k"],
+        "model": build.model, "devices": simulation.devices, "clusters": run.clusters.k,
         "pipeline_seconds": round(pipeline_seconds, 1),
-        "accuracy_uncompressed": accuracy["uncompressed"], "accuracy_onnxruntime": accuracy["onnxruntime"],
-        "accuracy_change_points": round(accuracy["onnxruntime"] - accuracy["uncompressed"], 3),
-        "onnxruntime_agreement": accuracy["onnxruntime_agreement"],
-        "predicted_fleet_ms": [round(fleet["predicted_before_ms"], 5), round(fleet["predicted_after_ms"], 5)],
-        "predicted_fleet_speedup": round(fleet["predicted_speedup"], 3),
-        "true_fleet_ms": [round(fleet["true_before_ms"], 5), round(fleet["true_after_ms"], 5)],
-        "true_fleet_speedup": round(fleet["true_speedup"], 3),
-        "onnxruntime": timing, "onnx_kb": [round(build["size"]["uncompressed_onnx_bytes"] / 1e3, 1), round(build["size"]["onnx_bytes"] / 1e3, 1)],
-        "published": build["published"], "gate": build["gate"]["message"], "tensorrt": build["tensorrt"],
-        "chosen": next((p["setting"] for p in summary["search"]["points"] if p.get("chosen")), None),
-        "pareto_points": summary["search"]["pareto_points"],
-        "finetune": {"accuracy_before": accuracy["before_finetune"], "kept_epoch": accuracy["finetune_kept_epoch"]},
+        "accuracy_uncompressed": accuracy.uncompressed, "accuracy_onnxruntime": accuracy.onnxruntime,
+        "accuracy_change_points": round(accuracy.onnxruntime - accuracy.uncompressed, 3),
+        "onnxruntime_agreement": accuracy.onnxruntime_agreement,
+        "predicted_fleet_ms": [round(fleet.predicted_before_ms, 5), round(fleet.predicted_after_ms, 5)],
+        "predicted_fleet_speedup": round(fleet.predicted_speedup, 3),
+        "true_fleet_ms": [round(fleet.true_before_ms, 5), round(fleet.true_after_ms, 5)],
+        "true_fleet_speedup": round(fleet.true_speedup, 3),
+        "onnxruntime": plain(timing), "onnx_kb": [round(build.size.uncompressed_onnx_bytes / 1e3, 1), round(build.size.onnx_bytes / 1e3, 1)],
+        "published": build.published, "gate": build.gate.message, "tensorrt": plain(build.tensorrt),
+        "chosen": run.front.chosen[0].setting.label, "pareto_points": run.front.pareto_points,
+        "finetune": {"accuracy_before": accuracy.before_finetune, "kept_epoch": accuracy.finetune_kept_epoch},
+        # The chosen architecture, layer by layer: kept output channels and weight precision, or removed.
+        "architecture": [f"{layer.name}: removed" if layer.removed else f"{layer.name}: {layer.out_channels} {layer.weight_precision}"
+                         for layer in architecture.layers],
     }
-    print(f"\npipeline: {results['pipeline_seconds']:.0f} s for {simulation.devices:,} devices, {summary['k']} clusters")
-    print(f"accuracy: {accuracy['uncompressed']:.2f}% uncompressed -> {accuracy['onnxruntime']:.2f}% ONNX Runtime "
-          f"({results['accuracy_change_points']:+.2f} points); agreement with PyTorch {100 * accuracy['onnxruntime_agreement']:.1f}%")
+    print(f"\npipeline: {results['pipeline_seconds']:.0f} s for {simulation.devices:,} devices, {run.clusters.k} clusters")
+    print(f"accuracy: {accuracy.uncompressed:.2f}% uncompressed -> {accuracy.onnxruntime:.2f}% ONNX Runtime "
+          f"({results['accuracy_change_points']:+.2f} points); agreement with PyTorch {100 * accuracy.onnxruntime_agreement:.1f}%")
     print(f"fleet-weighted latency: predicted {results['predicted_fleet_speedup']:.2f}x lower, simulated truth {results['true_fleet_speedup']:.2f}x lower")
-    print(f"ONNX Runtime on this machine: {timing['uncompressed_latency_ms']:.4f} -> {timing['latency_ms']:.4f} ms "
-          f"({timing['speedup']:.2f}x, median of {timing['rounds']} alternating rounds)")
-    print(f"published: {build['published']} ({build['gate']['message']})")
+    print(f"ONNX Runtime on this machine: {timing.uncompressed_latency_ms:.4f} -> {timing.latency_ms:.4f} ms "
+          f"({timing.speedup:.2f}x, median of {timing.rounds} alternating rounds)")
+    print(f"published: {build.published} ({build.gate.message})")
     record("pipeline_demo", results, args.quick, started)
 
 

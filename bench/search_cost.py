@@ -21,7 +21,7 @@ import torch
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
-from hdap.compress.search import ArchitectureCost, SearchConfig
+from hdap.compress.search import ArchitectureCost
 from hdap.compress.training import train_epochs
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
@@ -30,6 +30,7 @@ from hdap.latency.backends.simulated import SimulatedDevice
 from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost
 from hdap.latency.fleet_profiling import simulated_surrogate
 from hdap.models import build_model, prunable_layers
+from hdap.stages.search import Objective, SearchConfig
 
 MENU = ("fp16", "int8")
 CLUSTERS = [SimulatedDevice("jetson-xavier-nx", mode, temperature, load) for mode, temperature, load in
@@ -55,7 +56,7 @@ def measure(model_name: str, shape: tuple[int, int, int], epochs: int, repeats: 
         compiled = CompiledFleetCost(fleet, [d.config for d in searchable.decisions()])
         with torch.no_grad():
             baseline = float(compiled.fleet_weighted_latency(*searchable.cost_inputs()))
-        cost = ArchitectureCost("latency", compiled, baseline)
+        cost = ArchitectureCost(Objective.LATENCY, compiled, baseline)
         started = time.perf_counter()
         train_epochs(searchable, data.train, epochs, config, "search", penalty=lambda s=searchable, c=cost: 2.0 * c(s),
                      architecture=searchable.architecture_parameters(), arch_learning_rate=config.arch_learning_rate)

@@ -23,13 +23,16 @@ from dataclasses import replace
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
-from hdap.compress.search import SearchConfig, run_search
+from hdap.compress.search import run_search
 from hdap.compress.spec import spec_layer_configs
 from hdap.data import DataConfig, load_dataset
-from hdap.fleet.cluster import ClusterConfig, cluster_devices
+from hdap.fleet.cluster import cluster_devices
 from hdap.fleet.simulate import simulate_features
 from hdap.latency.fleet_profiling import nominal_fleet_cost, simulated_fleet_cost, simulated_fleet_latency_ms
 from hdap.models import build_model, prunable_layers
+from hdap.stages.cluster import ClusterConfig
+from hdap.settings import to_parameter
+from hdap.stages.search import SearchConfig, SearchMode
 
 SKU = "jetson-xavier-nx"
 MENU = ("fp16", "int8")
@@ -50,28 +53,30 @@ def main() -> None:
     data = load_dataset(DataConfig("digits", input_shape=SHAPE))
     config = SearchConfig(model="resnet20", input_shape=SHAPE)
     if args.quick:
-        config = replace(config, targets=(0.7, 0.4), pretrain_epochs=3, search_epochs=4, finetune_epochs=1)
+        config = replace(config, targets=(0.7, 0.4), pretrain_epochs=3, epochs=4, finetune_epochs=1)
 
     baseline_configs = [shape.config(precision="fp16") for shape in layers]
     baseline_true = float(simulated_fleet_latency_ms(baseline_configs, features, truth).mean())
     modes = {}
-    for mode in ("fleet", "nominal"):
+    for mode in (SearchMode.FLEET, SearchMode.NOMINAL):
         result = run_search(replace(config, mode=mode), data, fleet, nominal)
         points = []
         for p in result.points:
             true = float(simulated_fleet_latency_ms(spec_layer_configs(p.spec, layers), features, truth).mean())
-            points.append({**p.summary(), "true_fleet_latency_ms": round(true, 5),
+            points.append({"setting": p.label, "accuracy": round(p.accuracy, 3), "fleet_latency_ms": round(p.fleet_latency_ms, 5),
+                           "cluster_latency_ms": [round(v, 5) for v in p.cluster_latency_ms], "size_bits": p.size_bits,
+                           "optimised_for": p.optimised_for, "pareto": p.pareto, "true_fleet_latency_ms": round(true, 5),
                            "layers_removed": sum(layer.removed for layer in p.spec.layers)})
-        modes[mode] = {"baseline_accuracy": result.baseline_accuracy, "baseline_fleet_latency_ms": result.baseline_fleet_latency_ms,
-                       "chosen": result.chosen.label, "points": points, "pareto_points": result.front_size,
-                       "seconds": result.seconds}
+        modes[mode.value] = {"baseline_accuracy": result.baseline_accuracy, "baseline_fleet_latency_ms": result.baseline_fleet_latency_ms,
+                             "chosen": result.chosen[0].label, "points": points, "pareto_points": result.front_size,
+                             "seconds": result.seconds}
         print(f"\n{mode}: uncompressed {result.baseline_accuracy:.2f}%, predicted {result.baseline_fleet_latency_ms:.4f} ms, "
               f"true fleet mean {baseline_true:.4f} ms")
         for p in points:
             print(f"  {p['setting']:>10}: {p['accuracy']:6.2f}%  predicted {p['fleet_latency_ms']:.4f} ms "
                   f"({result.baseline_fleet_latency_ms / p['fleet_latency_ms']:.2f}x)  true {p['true_fleet_latency_ms']:.4f} ms "
                   f"({baseline_true / p['true_fleet_latency_ms']:.2f}x)  {p['layers_removed']} layers removed"
-                  + ("  <- chosen" if p["setting"] == result.chosen.label else ""))
+                  + ("  <- chosen" if p["setting"] == result.chosen[0].label else ""))
         print(f"  Pareto front: {result.front_size} points ({', '.join(p.label for p in result.front)})")
 
     hdap = modes["fleet"]
@@ -103,7 +108,7 @@ def main() -> None:
         "fleet": {"sku": SKU, "devices": devices, "clusters": len(clustering.clusters),
                   "weights": [round(c.weight, 4) for c in clustering.clusters]},
         "model": "resnet20", "dataset": "digits", "input_shape": list(SHAPE), "precisions": list(MENU),
-        "config": {k: v for k, v in config.__dict__.items() if k not in ("mode",)},
+        "config": {k: to_parameter(v) for k, v in config.__dict__.items() if k not in ("mode",)},
         "baseline_true_fleet_latency_ms": round(baseline_true, 5),
         "modes": modes, "two_x_goal": goal, "fleet_vs_nominal": comparison,
     }

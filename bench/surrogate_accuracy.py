@@ -24,7 +24,7 @@ import numpy as np
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
-from hdap.fleet.cluster import ClusterConfig, cluster_devices
+from hdap.fleet.cluster import cluster_devices
 from hdap.latency.backends.onnxruntime import BackgroundLoad, OnnxRuntimeBackend
 from hdap.latency.backends.simulated import SimulatedBackend
 from hdap.fleet.simulate import simulate_features
@@ -32,6 +32,7 @@ from hdap.latency.fleet_profiling import device_seconds, random_variants, simula
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile, time_models
 from hdap.latency.surrogate import fit_model_overhead, fit_surrogate, within
 from hdap.models import build_model, prunable_layers
+from hdap.stages.cluster import ClusterConfig
 
 
 

@@ -8,10 +8,11 @@ inherit; Kubernetes settings (secrets, resources) are ignored locally.
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 from kfp import local
 
+from hdap.settings import ParameterValue
+from hdap.stages.cluster import ClusterSummary
 from pipelines.hdap_pipeline import hdap_pipeline
 
 
@@ -19,8 +20,8 @@ class PipelineFailed(Exception):
     pass
 
 
-def run_locally(arguments: dict[str, Any], pipeline_root: Path) -> dict[str, Any]:
-    """Run the whole pipeline; return the summary the cluster step wrote (clusters.json)."""
+def run_locally(arguments: dict[str, ParameterValue], pipeline_root: Path) -> ClusterSummary:
+    """Run the whole pipeline; return the cluster stage's summary (the pipeline's output, naming the run)."""
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     # The step image is not used locally; kfp.local warns about it for every task.
@@ -31,6 +32,4 @@ def run_locally(arguments: dict[str, Any], pipeline_root: Path) -> dict[str, Any
         raise PipelineFailed(str(err)) from None
     finally:
         logging.getLogger().handlers.clear()
-    import json
-
-    return json.loads(Path(task.output.path).read_text())
+    return ClusterSummary.load(Path(task.output.path))

@@ -75,7 +75,8 @@ def fleet_10k(object_store: ObjectStore):
     """A 10,000-device fleet, simulated once: (telemetry uri, ingest result, device -> true group)."""
     import pyarrow as pa
 
-    from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+    from hdap.fleet.ingest import ingest_telemetry
+    from hdap.stages.ingest import IngestConfig
 
     object_store.ensure_bucket("fleet-10k")
     config = simulate(object_store, "fleet-10k", devices=10_000, seed=7)
@@ -90,17 +91,17 @@ def searched_resnet20(directory: Path, epochs: int = 3, seed: int = 0):
     mostly-kept channels, one residual branch removed, fp16/int8 mixed), written as the search
     step writes it: (spec, dataset)."""
     import copy
-    import json
 
     import torch
 
-    from hdap.compress.search import SearchConfig, plain_weights
+    from hdap.compress.search import plain_weights
     from hdap.compress.searchable import SearchableModel
     from hdap.compress.space import build_search_space
     from hdap.compress.spec import export_spec
     from hdap.compress.training import train_epochs
     from hdap.data import DataConfig, load_dataset
     from hdap.models import build_model
+    from hdap.stages.search import ArchitectureEntry, SearchConfig, SearchIndex, SearchMode
 
     shape = (1, 8, 8)
     data = load_dataset(DataConfig("digits", "", shape, seed))
@@ -122,7 +123,6 @@ def searched_resnet20(directory: Path, epochs: int = 3, seed: int = 0):
     spec.save(directory / "architecture.json")
     torch.save(plain_weights(searchable), directory / "architecture.weights.pt")
     torch.save(model.state_dict(), directory / "uncompressed.weights.pt")
-    (directory / "index.json").write_text(json.dumps({
-        "mode": "fleet", "architectures": [{"clusters": "all", "spec": "architecture.json", "weights": "architecture.weights.pt"}],
-        "uncompressed_weights": "uncompressed.weights.pt", "default_precision": "fp16"}))
+    SearchIndex(SearchMode.FLEET, [ArchitectureEntry(None, "architecture.json", "architecture.weights.pt")],
+                "uncompressed.weights.pt", baseline_accuracy=0.0, default_precision="fp16").save(directory / "index.json")
     return spec, data

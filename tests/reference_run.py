@@ -20,42 +20,49 @@ REFERENCE = Path(__file__).parent / "data" / "reference_run.json"
 DEVICES, DAYS, FLEET_SEED = 400, 3, 3
 # Small and fast, but through every path the demo takes: ResNet-20 on digits (residual branches
 # removed by a measured order), a simulated fleet with its truth, fp16/int8, the quality gate.
-SETTINGS = dict(targets="0.6,0.3", pretrain_epochs=3, search_epochs=3, finetune_epochs=1, qat_epochs=1,
-                samples_per_layer=12, accuracy_tolerance=100.0)
+SETTINGS = dict(search_targets="0.6,0.3", search_pretrain_epochs=3, search_epochs=3, search_finetune_epochs=1, finetune_epochs=1,
+                surrogate_samples_per_layer=12, accuracy_tolerance=100.0)
 
 
-def run_arguments(telemetry_uri: str, truth_uri: str, output_uri: str, registry_uri: str, as_of: str) -> dict[str, Any]:
-    return dict(telemetry_uri=telemetry_uri, sku="jetson-xavier-nx", k=0, k_min=2, k_max=8, seed=0, output_uri=output_uri,
-                as_of=as_of, truth_uri=truth_uri, registry_uri=registry_uri, **SETTINGS)
+def run_parameters(telemetry_uri: str, truth_uri: str, output_uri: str, registry_uri: str, as_of: str) -> dict[str, Any]:
+    return dict(telemetry_uri=telemetry_uri, sku="jetson-xavier-nx", seed=0, output_uri=output_uri, ingest_as_of=as_of,
+                truth_uri=truth_uri, registry_uri=registry_uri, **SETTINGS)
 
 
-def digest(summary: dict, store) -> dict:
-    """The decisions and figures of one run, from its artifacts (no timings)."""
-    run_uri = summary["store_prefix"].rsplit("/", 1)[0]
-    ingest, front, build = summary["ingest"], summary["search"], summary["build"]
-    architecture = store.get_json(run_uri + "/search/architecture.json")
-    finetune = store.get_json(run_uri + "/finetune/summary.json")
-    return {
-        "ingest": {key: ingest[key] for key in ("devices", "rows_read", "rows_valid", "rows_quarantined")},
-        "clusters": {"k": summary["k"], "selection": summary["selection"],
-                     "clusters": [{key: c[key] for key in ("id", "size", "weight", "representative")} for c in summary["clusters"]]},
-        "surrogates": [{key: c[key] for key in ("cluster", "representative", "source", "held_out_within_10pct")}
-                       for c in summary["surrogates"]["clusters"]],
-        "front": {**{key: front[key] for key in ("baseline_accuracy", "baseline_fleet_latency_ms", "baseline_size_bits",
-                                                 "default_precision", "pareto_points")},
-                  "points": [{key: p[key] for key in ("setting", "accuracy", "fleet_latency_ms", "cluster_latency_ms", "size_bits",
-                                                      "pareto", "chosen", "true_fleet_latency_ms")} for p in front["points"]]},
-        "architecture": [{key: layer[key] for key in ("name", "in_channels", "out_channels", "kept_out_channels",
-                                                      "weight_precision", "activation_precision", "removed")}
-                         for layer in architecture["layers"]],
-        "finetune": {key: finetune[key] for key in ("teacher_accuracy", "accuracy_before", "accuracy_after", "kept_epoch")},
-        "build": {"accuracy": {key: build["accuracy"][key] for key in ("uncompressed", "fake_quantized", "onnxruntime",
-                                                                        "onnxruntime_agreement", "uncompressed_onnxruntime")},
-                  "fleet": {key: build["fleet"][key] for key in ("predicted_before_ms", "predicted_after_ms", "true_before_ms",
-                                                                  "true_after_ms")},
-                  "clusters": build["clusters"], "published": build["published"],
-                  "weight_bits": [build["size"]["uncompressed_weight_bits"], build["size"]["weight_bits"]]},
-    }
+def _pick(value: Any, *keys: str) -> dict[str, Any]:
+    return {key: getattr(value, key) for key in keys}
+
+
+def digest(run, store) -> dict:
+    """The decisions and figures of one run (a `LocalRun`), from its artifacts (no timings)."""
+    from hdap.artifacts import plain
+    from hdap.compress.spec import ArchitectureSpec
+    from hdap.stages.finetune import FinetuneSummary
+    from hdap.store import join_uri
+
+    front, build = run.front, run.build
+    architecture = ArchitectureSpec.get(store, join_uri(run.run_uri, "search", "architecture.json"))
+    finetune = FinetuneSummary.get(store, join_uri(run.run_uri, "finetune", "summary.json"))
+    return plain({
+        "ingest": _pick(run.ingest, "devices", "rows_read", "rows_valid", "rows_quarantined"),
+        "clusters": {"k": run.clusters.k, "selection": run.clusters.selection,
+                     "clusters": [_pick(c, "id", "size", "weight", "representative") for c in run.clusters.clusters]},
+        "surrogates": [_pick(c, "cluster", "representative", "source", "held_out_within_10pct") for c in run.surrogates.clusters],
+        "front": {**_pick(front, "baseline_accuracy", "baseline_fleet_latency_ms", "baseline_size_bits", "default_precision",
+                          "pareto_points"),
+                  "points": [{"setting": p.setting.label, **_pick(p, "accuracy", "fleet_latency_ms", "cluster_latency_ms", "size_bits",
+                                                                   "pareto", "chosen", "true_fleet_latency_ms")} for p in front.points]},
+        "architecture": [_pick(layer, "name", "in_channels", "out_channels", "kept_out_channels", "weight_precision",
+                               "activation_precision", "removed") for layer in architecture.layers],
+        # (The fine-tune's summary rounded its accuracies to 3 decimals before hdap.finetune-summary/1.)
+        "finetune": {key: round(value, 3) for key, value in _pick(finetune, "teacher_accuracy", "accuracy_before",
+                                                                  "accuracy_after", "kept_epoch").items()},
+        "build": {"accuracy": _pick(build.accuracy, "uncompressed", "fake_quantized", "onnxruntime", "onnxruntime_agreement",
+                                    "uncompressed_onnxruntime"),
+                  "fleet": _pick(build.fleet, "predicted_before_ms", "predicted_after_ms", "true_before_ms", "true_after_ms"),
+                  "clusters": build.clusters, "published": build.published,
+                  "weight_bits": [build.size.uncompressed_weight_bits, build.size.weight_bits]},
+    })
 
 
 def differences(expected: Any, actual: Any, where: str = "", rel: float = 1e-6) -> list[str]:
@@ -78,9 +85,10 @@ def run_reference(root: Path) -> dict:
     import os
     import socket
 
-    from hdap.cli import run_pipeline_locally
     from hdap.embedded_store import EmbeddedStore
     from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+    from hdap.local_run import run_pipeline_locally
+    from hdap.stages import RunSettings
     from hdap.store import ObjectStore
     from tests.fixtures import AS_OF, SIMULATION_END
 
@@ -96,9 +104,9 @@ def run_reference(root: Path) -> dict:
         simulation = SimulationConfig(devices=DEVICES, days=DAYS, seed=FLEET_SEED, telemetry_uri="s3://reference/telemetry",
                                       truth_uri="s3://reference/truth", end=SIMULATION_END)
         simulate_fleet(store, simulation)
-        summary = run_pipeline_locally(run_arguments(simulation.telemetry_uri, simulation.truth_uri, "s3://reference/runs",
-                                                     "s3://reference/registry", AS_OF.isoformat()))
-        return digest(summary, store)
+        settings = RunSettings.from_parameters(run_parameters(simulation.telemetry_uri, simulation.truth_uri, "s3://reference/runs",
+                                                              "s3://reference/registry", AS_OF.isoformat()))
+        return digest(run_pipeline_locally(settings, store), store)
     finally:
         embedded.down()
 

@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from hdap.errors import HdapError
-from hdap.fleet.cluster import ClusterConfig, cluster_devices
+from hdap.fleet.cluster import cluster_devices
+from hdap.stages.cluster import ClusterConfig
 
 
 def test_clusters_recover_the_ground_truth_groups_of_a_10k_fleet(fleet_10k) -> None:
@@ -59,7 +60,7 @@ def test_too_few_devices_for_k_is_a_clear_error(fleet_10k) -> None:
 @pytest.mark.filterwarnings("ignore:Number of distinct clusters:sklearn.exceptions.ConvergenceWarning")
 def test_a_negative_k_or_more_clusters_than_distinct_devices_is_a_clear_error(fleet_10k) -> None:
     _, ingested, _ = fleet_10k
-    with pytest.raises(HdapError, match="k=-1 is not a number of clusters"):
+    with pytest.raises(HdapError, match="cluster_k=-1 is not a number of clusters"):
         cluster_devices(ingested.features, ClusterConfig(k=-1))
     first = ingested.features.slice(0, 1)
     clones = pa.concat_tables([first] * 10 + [ingested.features.slice(1, 1)] * 10)

@@ -9,7 +9,8 @@ import torch
 from onnx import TensorProto
 
 from hdap.compress.apply import build_pruned_model
-from hdap.compress.finetune import FinetuneConfig, load_finetuned, quantization_aware_finetune, save_finetuned
+from hdap.stages.finetune import FinetuneConfig
+from hdap.compress.finetune import load_finetuned, quantization_aware_finetune, save_finetuned
 from hdap.compress.spec import ArchitectureSpec
 from hdap.compress.training import predictions
 from hdap.deploy.export import export_qdq_onnx, quantized_layer_names
@@ -17,7 +18,7 @@ from hdap.deploy.onnxruntime_build import inference_session, onnx_predictions
 from hdap.deploy.registry import QualityGate, publish_if_accepted, verify_entry
 from hdap.deploy.tensorrt_build import build_engine, tensorrt_unavailable_reason
 from hdap.models import build_model
-from hdap.steps import StoreCheckpoints
+from hdap.stages.finetune import StoreCheckpoints
 from tests.fixtures import searched_resnet20
 
 

@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hdap.errors import HdapError
-from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+from hdap.fleet.ingest import ingest_telemetry
+from hdap.fleet.schema import PROBE_COLUMNS
+from hdap.stages.ingest import IngestConfig, IngestSummary
 from hdap.fleet.simulate import simulate_chunk
 from hdap.fleet.sku import get_sku
 from hdap.store import ObjectStore
@@ -81,7 +83,32 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason_and_no_valid_row_is
     assert result.rows_read == result.rows_valid + result.rows_quarantined
     assert result.rows_valid == len(good) + 1  # every good row, plus the one valid JSON line
     assert result.features.num_rows == 4 + 1
-    assert result.metrics()["quarantined_duplicate_record"] == 1
+    assert result.reasons == {"unparseable_json": 1, "wrong_type_temperature_c": 1, "missing_temperature_c": 1,
+                              "nan_probe_gemm_fp16_ms": 1, "out_of_range_probe_conv3x3_fp16_ms": 1, "out_of_range_probe_launch_ms": 1,
+                              "unknown_sku": 1, "future_timestamp": 1, "out_of_range_background_load": 1, "duplicate_record": 1}
+    assert result.quarantine.column("reason_kind").to_pylist()[:3] == ["unparseable_json", "wrong_type", "missing"]
+    assert result.quarantine.column("reason_column").to_pylist()[:3] == ["", "temperature_c", "temperature_c"]
+
+
+def test_every_probe_column_is_counted_under_its_own_key_for_every_kind_of_reason_about_a_column(object_store: ObjectStore, bucket: str) -> None:
+    """A missing probe_conv3x3_int8_ms and a missing probe_conv1x1_fp16_ms are two reasons, not one."""
+    template = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in good_rows(devices=1, days=1)[0].items()}
+    faults = {"missing": None, "wrong_type": "fast", "nan": "NaN", "out_of_range": -1.0}
+    lines, expected = [], {}
+    for column in PROBE_COLUMNS:
+        for kind, value in faults.items():
+            row = {**template, "device_id": f"xnx-{kind}-{column}", column: value}
+            lines.append(json.dumps({k: v for k, v in row.items() if not (k == column and value is None)}))
+            expected[f"{kind}_{column}"] = 1
+    object_store.put_bytes(f"s3://{bucket}/probes/a.jsonl", "\n".join(lines).encode())
+
+    result = ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/probes", SKU, as_of=AS_OF))
+
+    assert result.reasons == expected and len(expected) == len(faults) * len(PROBE_COLUMNS)
+    summary = IngestSummary(f"s3://{bucket}/probes", SKU, result.objects_read, result.rows_read, result.rows_valid,
+                            result.rows_quarantined, result.features.num_rows, result.reasons, result.unreadable_objects)
+    metrics = IngestSummary.from_json(json.loads(summary.dumps())).metrics()
+    assert {f"quarantined_{key}" for key in expected} <= set(metrics)
 
 
 def test_features_are_per_device_medians_and_spreads(object_store: ObjectStore, bucket: str) -> None:
@@ -142,7 +169,7 @@ def test_when_every_row_is_quarantined_the_result_is_empty_not_a_crash(object_st
     put_rows(object_store, f"s3://{bucket}/other/x.parquet", good_rows(devices=2, days=1))
     result = ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/other", "jetson-nano", as_of=AS_OF))
     assert result.features.num_rows == 0 and result.rows_quarantined == 2
-    assert result.reasons == {"sku_is_not_jetson-nano": 2}
+    assert result.reasons == {"wrong_sku": 2}
 
 
 def test_a_prefix_names_a_folder_not_its_siblings(object_store: ObjectStore, bucket: str) -> None:

@@ -116,12 +116,15 @@ def test_tensorrt_profiling_runs_where_tensorrt_and_a_gpu_exist() -> None:
 def test_an_uploaded_device_profile_is_used_for_its_representative(object_store, bucket) -> None:
     import pyarrow as pa
 
-    from hdap.latency.fleet_profiling import SurrogateConfig, build_cluster_surrogates
+    from hdap.latency.fleet_profiling import build_cluster_surrogates
+    from hdap.stages.cluster import ClusterSummary, DeviceCluster
+    from hdap.stages.surrogate import SurrogateConfig
 
     layers = SMALL_CNN
     features = pa.table({"device_id": ["dev-a", "dev-b"], "sku": ["jetson-xavier-nx"] * 2, "power_mode": ["20W", "10W"],
                          "temperature_c_median": [55.0, 50.0], "background_load_median": [0.05, 0.5]})
-    clusters = {"clusters": [{"id": 0, "weight": 0.6, "representative": "dev-a"}, {"id": 1, "weight": 0.4, "representative": "dev-b"}]}
+    clusters = ClusterSummary(2, "fixed at k=2", {}, [], "KMeans", 2, [DeviceCluster(0, 1, 0.6, "dev-a", {}, {}),
+                                                                      DeviceCluster(1, 1, 0.4, "dev-b", {}, {})])
     uploaded = run_profile(SimulatedBackend(BUSY), plan_profile(layers, PRECISIONS, 12, granule=8))
     object_store.put_table(f"s3://{bucket}/profiles/dev-b/profile.parquet", uploaded)
     config = SurrogateConfig(model="small-cnn", samples_per_layer=12, calibration_models=4, profiles_uri=f"s3://{bucket}/profiles")

@@ -73,12 +73,12 @@ def test_configuration_comes_from_the_environment_then_the_config_file(monkeypat
     for name in ("HDAP_S3_ENDPOINT", "HDAP_S3_ACCESS_KEY", "HDAP_S3_SECRET_KEY", "HDAP_S3_SECURE", "HDAP_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "hdap.toml").write_text('[store]\nendpoint = "https://s3.example.com"\naccess_key = "fk"\nsecret_key = "fs"\n')
-    from_file = StoreConfig.resolve()
+    from_file = StoreConfig.from_environment()
     assert (from_file.endpoint, from_file.secure, from_file.access_key) == ("s3.example.com", True, "fk")
     monkeypatch.setenv("HDAP_S3_ENDPOINT", "127.0.0.1:9000")
     monkeypatch.setenv("HDAP_S3_ACCESS_KEY", "ek")
     monkeypatch.setenv("HDAP_S3_SECRET_KEY", "es")
-    from_env = StoreConfig.resolve()
+    from_env = StoreConfig.from_environment()
     assert (from_env.endpoint, from_env.secure, from_env.access_key) == ("127.0.0.1:9000", False, "ek")
 
 
@@ -114,7 +114,7 @@ def test_an_endpoint_with_a_path_or_a_bad_secure_flag_is_named(monkeypatch: pyte
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "hdap.toml").write_text('[store]\nendpoint = "h:1"\naccess_key = "a"\nsecret_key = "b"\nsecure = 7\n')
     with pytest.raises(HdapError, match="secure in the config file=7 is not a yes/no value"):
-        StoreConfig.resolve()
+        StoreConfig.from_environment()
 
 
 def test_asking_an_unreachable_store_whether_an_object_exists_says_so() -> None:

@@ -12,13 +12,13 @@ def build(
     clusters: Input[Artifact],
     assignments: Input[Dataset],
     front: Input[Artifact],
+    tensorrt: str,
+    onnxruntime_threads: int,
+    registry_uri: str,
+    accuracy_tolerance: float,
     dataset: str,
     dataset_uri: str,
     truth_uri: str,
-    registry_uri: str,
-    accuracy_tolerance: float,
-    tensorrt: str,
-    threads: int,
     seed: int,
     output_uri: str,
     run_name: str,
@@ -27,11 +27,6 @@ def build(
     metrics: Output[Metrics],
 ):
     """QDQ ONNX export, ONNX Runtime (and TensorRT where a GPU is) builds and measurements, quality gate, registry entry, report."""
-    from hdap.steps import build_step
+    from hdap.stages.step import run_step
 
-    results = build_step(
-        model.path, surrogates.path, features.path, clusters.path, assignments.path, front.path, dataset, dataset_uri,
-        truth_uri, registry_uri, accuracy_tolerance, tensorrt, threads, seed, output_uri, run_name, engines.path, report.path,
-    )
-    for name, value in results.items():
-        metrics.log_metric(name, value)
+    run_step(stage="build", arguments=locals())  # every parameter above, by name

@@ -1,18 +1,23 @@
 """The build component, run locally by kfp.local: export, ONNX Runtime build, gate, registry, report."""
 
-import json
-
 import pyarrow.parquet as pq
 import torch
 from kfp import dsl, local
 
 from components.build import build
-from hdap.compress.finetune import FinetuneConfig, quantization_aware_finetune, save_finetuned
+from hdap.compress.finetune import quantization_aware_finetune, save_finetuned
 from hdap.deploy.registry import verify_entry
-from hdap.fleet.cluster import ClusterConfig, cluster_devices
-from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+from hdap.deploy.tensorrt_build import tensorrt_unavailable_reason
+from hdap.fleet.cluster import cluster_devices
+from hdap.fleet.ingest import ingest_telemetry
 from hdap.latency.fleet_profiling import load_truth, simulated_device, simulated_surrogate
 from hdap.models import build_model, prunable_layers
+from hdap.stages.build import BuildSummary
+from hdap.stages.cluster import ClusterConfig
+from hdap.stages.finetune import FinetuneConfig
+from hdap.stages.ingest import IngestConfig
+from hdap.stages.search import Front, FrontPoint, Objective, SearchMode, SearchSetting, SettingKind
+from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
 from tests.fixtures import AS_OF, searched_resnet20, simulate
 
 SHAPE = (1, 8, 8)
@@ -26,31 +31,29 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     clustering = cluster_devices(features, ClusterConfig(k=2))
     pq.write_table(features, tmp_path / "features.parquet")
     pq.write_table(clustering.assignments, tmp_path / "assignments.parquet")
-    summary = clustering.summary()
-    (tmp_path / "clusters.json").write_text(json.dumps(summary))
+    summary = clustering.summary("r1")
+    summary.save(tmp_path / "clusters.json")
     layers = prunable_layers(build_model("resnet20", SHAPE), SHAPE)
     truth = load_truth(object_store, config.truth_uri)
     surrogates = tmp_path / "surrogates"
     surrogates.mkdir()
     index = []
-    for c in summary["clusters"]:
-        device = simulated_device(c["representative"], features, truth)
-        simulated_surrogate(device, layers, MENU, samples_per_layer=8).save(surrogates / f"cluster-{c['id']}.json")
-        index.append({"cluster": c["id"], "weight": c["weight"], "surrogate": f"cluster-{c['id']}.json"})
-    (surrogates / "fleet.json").write_text(json.dumps({"model": "resnet20", "input_shape": list(SHAPE), "precisions": list(MENU),
-                                                       "clusters": index}))
+    for c in summary.clusters:
+        device = simulated_device(c.representative, features, truth)
+        simulated_surrogate(device, layers, MENU, samples_per_layer=8).save(surrogates / f"cluster-{c.id}.json")
+        index.append(ClusterSurrogateEntry(c.id, c.weight, c.representative, f"cluster-{c.id}.json", "simulated", 1.0, 0.0))
+    SurrogateIndex("resnet20", SHAPE, MENU, index).save(surrogates / "fleet.json")
     # A searched and fine-tuned architecture.
     spec, data = searched_resnet20(tmp_path / "search", epochs=2)
     result = quantization_aware_finetune(spec, torch.load(tmp_path / "search" / "architecture.weights.pt"),
                                          torch.load(tmp_path / "search" / "uncompressed.weights.pt"), data, FinetuneConfig(epochs=1))
     save_finetuned(result.model, spec, tmp_path / "model")
     (tmp_path / "model" / "uncompressed.weights.pt").write_bytes((tmp_path / "search" / "uncompressed.weights.pt").read_bytes())
-    (tmp_path / "model" / "summary.json").write_text(json.dumps(result.metrics() | {"per_class_before": result.per_class_before}))
-    (tmp_path / "front.json").write_text(json.dumps({
-        "model": "resnet20", "mode": "fleet", "objective": "latency", "baseline_accuracy": result.teacher_accuracy,
-        "baseline_fleet_latency_ms": 1.0, "baseline_size_bits": 8e6, "default_precision": "fp16",
-        "points": [{"setting": "target 0.5", "accuracy": result.accuracy_after, "fleet_latency_ms": 0.6, "cluster_latency_ms": [0.5, 0.7],
-                    "size_bits": 4e6, "pareto": True, "chosen": True}]}))
+    result.summary(1, spec.classes).save(tmp_path / "model" / "summary.json")
+    point = FrontPoint(SearchSetting(SettingKind.TARGET, 0.5), result.accuracy_after, 0.6, [0.5, 0.7], 4e6, "fleet", 2,
+                       pareto=True, chosen=True)
+    Front("resnet20", SearchMode.FLEET, Objective.LATENCY, result.teacher_accuracy, 1.0, 8e6, [0.8, 1.2], "fp16", {}, 1,
+          [point]).save(tmp_path / "front.json")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
     @dsl.pipeline
@@ -61,17 +64,18 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
         return build(model=imported("model", dsl.Model), surrogates=imported("surrogates", dsl.Model),
                      features=imported("features.parquet", dsl.Dataset), clusters=imported("clusters.json", dsl.Artifact),
                      assignments=imported("assignments.parquet", dsl.Dataset), front=imported("front.json", dsl.Artifact),
-                     dataset="digits", dataset_uri="", truth_uri=config.truth_uri, registry_uri=f"s3://{bucket}/registry",
-                     accuracy_tolerance=100.0, tensorrt="auto", threads=1, seed=0, output_uri=f"s3://{bucket}/runs",
+                     tensorrt="auto", onnxruntime_threads=1, registry_uri=f"s3://{bucket}/registry", accuracy_tolerance=100.0,
+                     dataset="digits", dataset_uri="", truth_uri=config.truth_uri, seed=0, output_uri=f"s3://{bucket}/runs",
                      run_name="r1").outputs["engines"]
 
     task = build_only()
-    built = json.loads(open(f"{task.output.path}/build.json").read())
-    assert built["published"] and built["registry_uri"] == f"s3://{bucket}/registry/resnet20/r1"
-    assert built["accuracy"]["onnxruntime_agreement"] >= 0.99
-    assert built["tensorrt"]["built"] or built["tensorrt"]["reason"]
-    assert built["fleet"]["predicted_speedup"] > 1 and built["fleet"]["true_speedup"] > 1
-    assert len(built["clusters"]) == 2 and built["size"]["onnx_bytes"] < built["size"]["uncompressed_onnx_bytes"]
-    manifest = verify_entry(object_store, built["registry_uri"])
+    built = BuildSummary.load(f"{task.output.path}/build.json")
+    assert built.published and built.registry_uri == f"s3://{bucket}/registry/resnet20/r1"
+    assert built.accuracy.onnxruntime_agreement >= 0.99
+    reason = tensorrt_unavailable_reason()  # built where TensorRT and a GPU exist; elsewhere, the reason why not
+    assert built.tensorrt.built == (reason is None) and built.tensorrt.reason == (reason or "")
+    assert built.fleet.predicted_speedup > 1 and built.fleet.true_speedup > 1
+    assert len(built.clusters) == 2 and built.size.onnx_bytes < built.size.uncompressed_onnx_bytes
+    manifest = verify_entry(object_store, built.registry_uri)
     assert "model.onnx" in manifest["files"] and manifest["run"]["name"] == "r1"
     assert object_store.get_bytes(f"s3://{bucket}/runs/r1/build/report.html").count(b"<img") >= 5

@@ -19,10 +19,6 @@ def cluster(
     metrics: Output[Metrics],
 ):
     """k-means over the devices' performance features (k=0: chosen by silhouette); a representative per cluster."""
-    from hdap.steps import cluster_step
+    from hdap.stages.step import run_step
 
-    results = cluster_step(
-        features.path, k, k_min, k_max, seed, output_uri, run_name, assignments.path, clusters.path, report.path
-    )
-    for name, value in results.items():
-        metrics.log_metric(name, value)
+    run_step(stage="cluster", arguments=locals())  # every parameter above, by name

@@ -1,12 +1,12 @@
 """The cluster component, run locally by kfp.local on features written by the library."""
 
-import json
-
 import pyarrow.parquet as pq
 from kfp import dsl, local
 
 from components.cluster import cluster
-from hdap.fleet.ingest import IngestConfig, ingest_telemetry
+from hdap.fleet.ingest import ingest_telemetry
+from hdap.stages.cluster import ClusterSummary
+from hdap.stages.ingest import IngestConfig
 from tests.fixtures import AS_OF, simulate
 
 
@@ -23,9 +23,9 @@ def test_cluster_component_runs_locally_and_publishes_clusters_report_and_metric
 
     task = features_then_cluster()
 
-    summary = json.loads(open(task.output.path).read())
-    assert 2 <= summary["k"] <= 6 and summary["devices"] == 400
-    assert len({c["representative"] for c in summary["clusters"]}) == summary["k"]
+    summary = ClusterSummary.load(task.output.path)
+    assert 2 <= summary.k <= 6 and summary.devices == 400 and summary.run_name == "r1"
+    assert len({c.representative for c in summary.clusters}) == summary.k
     for name in ("assignments.parquet", "clusters.json", "report.html"):
         assert object_store.exists(f"s3://{bucket}/runs/r1/cluster/{name}")
     assert "<img" in object_store.get_bytes(f"s3://{bucket}/runs/r1/cluster/report.html").decode()

@@ -16,8 +16,6 @@ def ingest(
     metrics: Output[Metrics],
 ):
     """Validate every telemetry object under telemetry_uri; per-device features, bad rows quarantined with reasons."""
-    from hdap.steps import ingest_step
+    from hdap.stages.step import run_step
 
-    results = ingest_step(telemetry_uri, sku, as_of, output_uri, run_name, features.path, quarantine.path)
-    for name, value in results.items():
-        metrics.log_metric(name, value)
+    run_step(stage="ingest", arguments=locals())  # every parameter above, by name

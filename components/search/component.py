@@ -8,16 +8,16 @@ from components import STEP_IMAGE
 def search(
     surrogates: Input[Model],
     features: Input[Dataset],
-    dataset: str,
-    dataset_uri: str,
     model: str,
     input_shape: str,
+    dataset: str,
+    dataset_uri: str,
     mode: str,
     objective: str,
     targets: str,
     strengths: str,
     pretrain_epochs: int,
-    search_epochs: int,
+    epochs: int,
     finetune_epochs: int,
     granule: int,
     accuracy_tolerance: float,
@@ -31,12 +31,6 @@ def search(
     metrics: Output[Metrics],
 ):
     """Joint pruning + mixed-precision search against the fleet-weighted latency: a Pareto front and the chosen architecture."""
-    from hdap.steps import search_step
+    from hdap.stages.step import run_step
 
-    results = search_step(
-        surrogates.path, features.path, dataset, dataset_uri, model, input_shape, mode, objective, targets, strengths,
-        pretrain_epochs, search_epochs, finetune_epochs, granule, accuracy_tolerance, truth_uri, seed, output_uri,
-        run_name, architecture.path, front.path, report.path,
-    )
-    for name, value in results.items():
-        metrics.log_metric(name, value)
+    run_step(stage="search", arguments=locals())  # every parameter above, by name

@@ -1,7 +1,5 @@
 """The search component, run locally by kfp.local on surrogates of two simulated devices."""
 
-import json
-
 import pyarrow as pa
 import torch
 import pyarrow.parquet as pq
@@ -12,6 +10,8 @@ from hdap.compress.spec import ArchitectureSpec, apply_spec
 from hdap.latency.backends.simulated import SimulatedDevice
 from hdap.latency.fleet_profiling import simulated_surrogate
 from hdap.models import build_model, prunable_layers
+from hdap.stages.search import Front, SearchIndex
+from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
 
 SHAPE = (1, 8, 8)
 MENU = ("fp16", "int8")
@@ -25,9 +25,8 @@ def test_search_component_publishes_a_front_and_an_architecture_that_applies(sto
     for cluster, (device, weight) in enumerate(((SimulatedDevice("jetson-xavier-nx", "20W", 55, 0.05), 0.7),
                                                 (SimulatedDevice("jetson-xavier-nx", "10W", 50, 0.55), 0.3))):
         simulated_surrogate(device, layers, MENU, samples_per_layer=8).save(surrogates / f"cluster-{cluster}.json")
-        clusters.append({"cluster": cluster, "weight": weight, "surrogate": f"cluster-{cluster}.json"})
-    (surrogates / "fleet.json").write_text(json.dumps({"model": "resnet20", "input_shape": list(SHAPE), "precisions": list(MENU),
-                                                       "clusters": clusters}))
+        clusters.append(ClusterSurrogateEntry(cluster, weight, f"dev-{cluster}", f"cluster-{cluster}.json", "simulated", 1.0, 0.0))
+    SurrogateIndex("resnet20", SHAPE, MENU, clusters).save(surrogates / "fleet.json")
     pq.write_table(pa.table({"device_id": ["xnx-0000000"], "sku": ["jetson-xavier-nx"]}), tmp_path / "features.parquet")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
@@ -37,16 +36,16 @@ def test_search_component_publishes_a_front_and_an_architecture_that_applies(sto
         f = dsl.importer(artifact_uri=str(tmp_path / "features.parquet"), artifact_class=dsl.Dataset)
         return search(
             surrogates=s.output, features=f.output, dataset="digits", dataset_uri="", model="resnet20", input_shape="1,8,8",
-            mode="fleet", objective="latency", targets="0.7,0.4", strengths="", pretrain_epochs=2, search_epochs=4, finetune_epochs=1,
+            mode="fleet", objective="latency", targets="0.7,0.4", strengths="", pretrain_epochs=2, epochs=4, finetune_epochs=1,
             granule=8, accuracy_tolerance=0.5, truth_uri="", seed=0, output_uri=f"s3://{bucket}/runs", run_name="r1",
         ).outputs["architecture"]
 
     task = search_only()
 
-    index = json.loads(open(f"{task.output.path}/index.json").read())
-    spec = ArchitectureSpec.load(f"{task.output.path}/{index['architectures'][0]['spec']}")
+    index = SearchIndex.load(f"{task.output.path}/index.json")
+    spec = ArchitectureSpec.load(f"{task.output.path}/{index.single().spec}")
     assert spec.model == "resnet20" and spec.metrics["fleet_latency_ms"] > 0
     assert apply_spec(spec)(torch.zeros(1, *SHAPE)).shape == (1, 10)
-    front = json.loads(object_store.get_bytes(f"s3://{bucket}/runs/r1/search/front.json"))
-    assert len(front["points"]) == 2 and front["baseline_accuracy"] > 50
+    front = Front.get(object_store, f"s3://{bucket}/runs/r1/search/front.json")
+    assert len(front.points) == 2 and front.baseline_accuracy > 50 and len(front.chosen) == 1
     assert object_store.exists(f"s3://{bucket}/runs/r1/search/report.html")

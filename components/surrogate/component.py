@@ -12,8 +12,8 @@ def surrogate(
     input_shape: str,
     backend: str,
     samples_per_layer: int,
-    truth_uri: str,
     profiles_uri: str,
+    truth_uri: str,
     seed: int,
     output_uri: str,
     run_name: str,
@@ -22,11 +22,6 @@ def surrogate(
     metrics: Output[Metrics],
 ):
     """Profile each cluster's representative and fit its differentiable latency surrogate."""
-    from hdap.steps import surrogate_step
+    from hdap.stages.step import run_step
 
-    results = surrogate_step(
-        features.path, clusters.path, model, input_shape, backend, samples_per_layer, truth_uri, profiles_uri,
-        seed, output_uri, run_name, surrogates.path, report.path,
-    )
-    for name, value in results.items():
-        metrics.log_metric(name, value)
+    run_step(stage="surrogate", arguments=locals())  # every parameter above, by name

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,34 +51,3 @@ def file_section(name: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise HdapError(f"the config file {path} has '{name}' as a value, not a [{name}] table: fix it.")
     return section
-
-
-def parse_bool(value: str | bool, setting: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise HdapError(f"{setting}={value!r} is not a yes/no value: use true or false.")
-
-
-def parse_time(value: str, setting: str) -> datetime:
-    """An ISO-8601 time; one without a zone is taken as UTC."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise HdapError(f"{setting}={value!r} is not an ISO-8601 time: write it like 2026-11-20T12:00:00+00:00.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def parse_shape(value: str, setting: str) -> tuple[int, ...]:
-    """A model input shape written as channels,height,width."""
-    try:
-        shape = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise HdapError(f"{setting}={value!r} is not an input shape: write channels,height,width, like 3,32,32.")
-    return shape

@@ -3,6 +3,9 @@
 It is what Kubeflow itself now ships as its store, run on 127.0.0.1 with its data in a
 project-local directory (`.hdap/store/`), so a laptop needs no cluster. Data and credentials
 survive `down`/`up`. Tests start their own on free ports through the same class.
+
+`local_store_config()` is how the `hdap` command on a laptop finds its store: the configured one,
+else this one if it runs. Pipeline steps never look here (`StoreConfig.from_environment`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ from pathlib import Path
 from hdap.config import home_dir
 from hdap.errors import HdapError
 from hdap.store import ObjectStore, StoreConfig
+
+def local_store_config() -> StoreConfig:
+    """The store the environment or config file names, else the running embedded store (the `hdap` command's choice)."""
+    configured = StoreConfig.configured()
+    if configured is not None:
+        return configured
+    embedded = EmbeddedStore.default().running_config()
+    if embedded is None:
+        raise HdapError(
+            "no object store is configured and the embedded one is not running: "
+            "start it with `hdap store up`, or set HDAP_S3_ENDPOINT, HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
+        )
+    return embedded
+
 
 DEFAULT_S3_PORT = 8333  # SeaweedFS's (and Kubeflow's) S3 port
 # weed serves master, volume, filer and S3, each with an HTTP and a gRPC port.

@@ -25,8 +25,9 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from hdap.config import file_section, parse_bool
+from hdap.config import file_section
 from hdap.errors import HdapError
+from hdap.settings import from_parameter
 
 SHA256_METADATA_KEY = "sha256"
 
@@ -67,33 +68,33 @@ class StoreConfig:
     source: str = "environment"  # where these settings came from, for messages
 
     @classmethod
-    def resolve(cls) -> StoreConfig:
-        """Environment (HDAP_S3_*) over the config file's [store] table over the embedded store."""
+    def configured(cls) -> StoreConfig | None:
+        """The store the environment (HDAP_S3_*) or the config file's [store] table names; None if neither does."""
         section = file_section("store")
         endpoint = os.environ.get("HDAP_S3_ENDPOINT") or section.get("endpoint")
-        if endpoint:
-            source = "HDAP_S3_ENDPOINT" if os.environ.get("HDAP_S3_ENDPOINT") else "config file"
-            access_key = os.environ.get("HDAP_S3_ACCESS_KEY", section.get("access_key", ""))
-            secret_key = os.environ.get("HDAP_S3_SECRET_KEY", section.get("secret_key", ""))
-            secure_setting = os.environ.get("HDAP_S3_SECURE", section.get("secure", False))
-            region = os.environ.get("HDAP_S3_REGION", section.get("region")) or None
-            if not access_key or not secret_key:
-                raise HdapError(
-                    f"the object store endpoint {endpoint} is set but its credentials are not: "
-                    "set HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
-                )
-            secure = parse_bool(secure_setting, "HDAP_S3_SECURE" if "HDAP_S3_SECURE" in os.environ else "secure in the config file")
-            return cls.from_endpoint(endpoint, access_key, secret_key, secure, region, source)
-
-        from hdap.embedded_store import EmbeddedStore  # the fallback, only when nothing is configured
-
-        embedded = EmbeddedStore.default().running_config()
-        if embedded is None:
+        if not endpoint:
+            return None
+        source = "HDAP_S3_ENDPOINT" if os.environ.get("HDAP_S3_ENDPOINT") else "config file"
+        access_key = os.environ.get("HDAP_S3_ACCESS_KEY", section.get("access_key", ""))
+        secret_key = os.environ.get("HDAP_S3_SECRET_KEY", section.get("secret_key", ""))
+        secure_setting = os.environ.get("HDAP_S3_SECURE", section.get("secure", False))
+        region = os.environ.get("HDAP_S3_REGION", section.get("region")) or None
+        if not access_key or not secret_key:
             raise HdapError(
-                "no object store is configured and the embedded one is not running: "
-                "start it with `hdap store up`, or set HDAP_S3_ENDPOINT, HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
+                f"the object store endpoint {endpoint} is set but its credentials are not: "
+                "set HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
             )
-        return embedded
+        secure = from_parameter(secure_setting, bool, "HDAP_S3_SECURE" if "HDAP_S3_SECURE" in os.environ else "secure in the config file")
+        return cls.from_endpoint(endpoint, access_key, secret_key, secure, region, source)
+
+    @classmethod
+    def from_environment(cls) -> StoreConfig:
+        """The configured store, and nothing else: a pipeline step never falls back to a laptop's embedded store."""
+        config = cls.configured()
+        if config is None:
+            raise HdapError("this step has no object store settings: set HDAP_S3_ENDPOINT, HDAP_S3_ACCESS_KEY and "
+                            "HDAP_S3_SECRET_KEY (on Kubeflow the pipeline fills them from the hdap-s3 secret: apply manifests/base).")
+        return config
 
     @classmethod
     def from_endpoint(
@@ -163,7 +164,8 @@ class ObjectStore:
 
     @classmethod
     def from_environment(cls) -> ObjectStore:
-        return cls(StoreConfig.resolve())
+        """The store named by HDAP_S3_* or the config file (what a pipeline step uses)."""
+        return cls(StoreConfig.from_environment())
 
     # -- errors -----------------------------------------------------------------------------
     @contextmanager

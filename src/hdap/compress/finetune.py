@@ -28,31 +28,10 @@ from hdap.compress.apply import activation_amax, attach_fake_quantization, build
 from hdap.compress.spec import ArchitectureSpec
 from hdap.compress.training import _loader, accuracy_percent, labels, per_class_accuracy, predictions, train_epochs
 from hdap.data import Dataset
-from hdap.errors import HdapError
 from hdap.models import build_model
+from hdap.stages.finetune import FinetuneConfig, FinetuneSummary, QuantizationRanges
 
 log = logging.getLogger("hdap")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 8
-    batch_size: int = 64
-    learning_rate: float = 0.01  # lower than training from scratch: the weights are already good
-    calibration_batches: int = 8
-    # Training images this fine-tune does not train on, to keep its best epoch; the searched model
-    # is epoch 0. A guard, not a fresh validation: the search trained on these images too, so an
-    # epoch replaces the searched weights only where it fits them strictly better, and where the
-    # searched model fits them all (the digits demo: 100% of 144) the fine-tune's epochs are run
-    # and discarded. (There, 8 more epochs had lost one test image of 359 and with it the gate's
-    # half a point.) 0 keeps the last epoch.
-    validation_share: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0 or not 0 <= self.validation_share < 1:
-            raise HdapError(f"fine-tune settings {asdict(self)} are out of range: epochs >= 0, batch_size >= 1, learning_rate > 0, "
-                            "0 <= validation_share < 1.")
 
 
 class Checkpoints(Protocol):
@@ -72,10 +51,9 @@ class FinetuneResult:
     seconds: float = 0.0
     kept_epoch: int = 0  # the epoch whose weights were kept (0: the searched model's), by validation accuracy
 
-    def metrics(self) -> dict[str, float]:
-        return {"teacher_accuracy": round(self.teacher_accuracy, 3), "accuracy_before": round(self.accuracy_before, 3),
-                "accuracy_after": round(self.accuracy_after, 3), "resumed_from_epoch": self.resumed_from_epoch,
-                "kept_epoch": self.kept_epoch, "finetune_seconds": round(self.seconds, 1)}
+    def summary(self, epochs: int, classes: int) -> FinetuneSummary:
+        return FinetuneSummary(self.teacher_accuracy, self.accuracy_before, self.accuracy_after, self.resumed_from_epoch,
+                               self.kept_epoch, self.seconds, epochs, classes, self.per_class_before, self.per_class_after)
 
 
 def _validation_split(dataset: TorchDataset, share: float, seed: int) -> tuple[TorchDataset, TorchDataset | None]:
@@ -167,17 +145,16 @@ def save_finetuned(model: nn.Module, spec: ArchitectureSpec, directory: str | Pa
     everything `load_finetuned` needs, nothing of the training code's state."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    amax = activation_amax(model)
     spec.save(directory / "architecture.json")
     torch.save(plain_state_dict(model), directory / "weights.pt")
-    (directory / "quantization.json").write_text(json.dumps({"activation_amax": amax}, indent=2))
+    QuantizationRanges(activation_amax(model)).save(directory / "quantization.json")
 
 
 def load_finetuned(directory: str | Path, fake_quantized: bool = True) -> tuple[nn.Module, ArchitectureSpec, dict[str, float]]:
     """(model in eval mode, its spec, activation ranges); fake-quantised unless asked otherwise."""
     directory = Path(directory)
     spec = ArchitectureSpec.load(directory / "architecture.json")
-    amax = json.loads((directory / "quantization.json").read_text())["activation_amax"]
+    amax = QuantizationRanges.load(directory / "quantization.json").activation_amax
     model = build_pruned_model(spec)
     model.load_state_dict(torch.load(directory / "weights.pt", weights_only=True))
     if fake_quantized:

@@ -36,70 +36,14 @@ from hdap.data import Dataset
 from hdap.errors import HdapError
 from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions, weight_bits
 from hdap.models import build_model
+from hdap.stages.search import BranchOrder, Objective, SearchConfig, SearchMode, SearchSetting, SettingKind
 
 log = logging.getLogger("hdap")
-MODES = ("fleet", "nominal", "per-cluster")
-OBJECTIVES = ("latency", "memory")
-BRANCH_ORDERS = ("measured", "logits")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    model: str = "resnet20"
-    input_shape: tuple[int, int, int] = (1, 8, 8)
-    mode: str = "fleet"
-    objective: str = "latency"
-    # Cost targets as fractions of the uncompressed model's cost, one search each (the constraint
-    # form); penalty strengths, when given, replace them.
-    targets: tuple[float, ...] = (0.8, 0.65, 0.5, 0.4, 0.3, 0.2)
-    strengths: tuple[float, ...] = ()
-    multiplier_rate: float = 0.05  # dual-ascent step of the constraint's multiplier, per batch
-    pretrain_epochs: int = 15  # plain training of the uncompressed model (the accuracy reference)
-    # 20, not 10: with 10 the branch logits had not separated, and on digits 4 of 6 seeds removed the
-    # branch of the first 64-channel block at target 0.4 (88-90% accuracy); with 20, none (97.2-99.7%).
-    search_epochs: int = 20
-    finetune_epochs: int = 10  # weights only, architecture frozen
-    batch_size: int = 64
-    learning_rate: float = 0.05
-    arch_learning_rate: float = 0.1
-    granule: int = 8  # channels decided together: 8 (fp16 tiles) or 32 (int8 tiles)
-    temperature_start: float = 1.0
-    temperature_end: float = 0.05
-    accuracy_tolerance: float = 0.5  # points of accuracy the chosen point may lose
-    # Which residual branches a target removes: "measured" (least harm to the pre-trained model
-    # first, `hdap.compress.branch_removal`) or "logits" (the search's own branch logits). The
-    # measured order does not weigh what each branch costs, which suits the latency objective
-    # (branches of a ResNet cost alike: equal FLOPs per block, one launch per kernel) but not the
-    # memory one (a 64-channel block has 16x the weights of a 16-channel one): memory uses the logits.
-    branch_order: str = "measured"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise HdapError(f"unknown search mode '{self.mode}': use one of {', '.join(MODES)}.")
-        if self.objective not in OBJECTIVES:
-            raise HdapError(f"unknown search objective '{self.objective}': use one of {', '.join(OBJECTIVES)}.")
-        if not self.targets and not self.strengths:
-            raise HdapError("give the search cost targets (fractions of the uncompressed cost, e.g. 0.8,0.5,0.3) or strengths.")
-        if any(not 0 < t <= 1 for t in self.targets):
-            raise HdapError(f"cost targets {self.targets} must be fractions of the uncompressed cost in (0, 1], e.g. 0.8,0.5,0.3.")
-        if self.finetune_epochs < 1:
-            raise HdapError(f"finetune_epochs={self.finetune_epochs}: each searched architecture needs at least one epoch of "
-                            "fine-tuning (it restarts from the pre-trained weights and measures its activation ranges then).")
-        if self.branch_order not in BRANCH_ORDERS:
-            raise HdapError(f"unknown branch order '{self.branch_order}': use one of {', '.join(BRANCH_ORDERS)}.")
-        if any(s < 0 for s in self.strengths):
-            raise HdapError(f"search strengths {self.strengths} must be non-negative numbers, e.g. 0.5,1,2,4,8.")
-
-    def settings(self) -> list[tuple[str, float]]:
-        """One (kind, value) per search: ("target", 0.5) or ("strength", 2.0). Strengths, when
-        given, replace the targets."""
-        return [("strength", s) for s in self.strengths] if self.strengths else [("target", t) for t in self.targets]
 
 
 @dataclass
 class SearchPoint:
-    setting: tuple[str, float]  # ("target", fraction of the uncompressed cost) or ("strength", penalty weight)
+    setting: SearchSetting
     accuracy: float  # percent, on the test split
     fleet_latency_ms: float  # fleet-weighted, by the fleet's surrogates
     cluster_latency_ms: list[float]
@@ -113,13 +57,7 @@ class SearchPoint:
 
     @property
     def label(self) -> str:
-        kind, value = self.setting
-        return f"{kind} {value:g}"
-
-    def summary(self) -> dict:
-        return {"setting": self.label, "accuracy": round(self.accuracy, 3), "fleet_latency_ms": round(self.fleet_latency_ms, 5),
-                "cluster_latency_ms": [round(v, 5) for v in self.cluster_latency_ms], "size_bits": self.size_bits,
-                "optimised_for": self.optimised_for, "pareto": self.pareto}
+        return self.setting.label
 
 
 @dataclass
@@ -130,7 +68,7 @@ class SearchResult:
     default_precision: str
     baseline_cluster_latency_ms: list[float]
     points: list[SearchPoint]
-    chosen: SearchPoint | list[SearchPoint]  # one point, or one per cluster in per-cluster mode
+    chosen: list[SearchPoint]  # one point, or one per cluster in per-cluster mode
     seconds: dict[str, float] = field(default_factory=dict)
     baseline_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the uncompressed model, trained
 
@@ -147,11 +85,11 @@ class SearchResult:
 class ArchitectureCost:
     """What one search minimises, normalised by the uncompressed model's value."""
 
-    def __init__(self, objective: str, latency: CompiledFleetCost | None, baseline: float) -> None:
+    def __init__(self, objective: Objective, latency: CompiledFleetCost | None, baseline: float) -> None:
         self.objective, self.latency, self.baseline = objective, latency, baseline
 
     def __call__(self, searchable: SearchableModel) -> torch.Tensor:
-        if self.objective == "memory":
+        if self.objective is Objective.MEMORY:
             return weight_bits(searchable.decisions(), searchable.space.precisions) / self.baseline
         return self.latency.fleet_weighted_latency(*searchable.cost_inputs()) / self.baseline
 
@@ -159,11 +97,11 @@ class ArchitectureCost:
 def _temperature(config: SearchConfig, epoch: int) -> float:
     """Warm for the first half of the search (the logits move freely), then falling
     exponentially to `temperature_end` (the choices harden before the freeze)."""
-    warm = config.search_epochs // 2
-    if epoch < warm or config.search_epochs - warm <= 1:
+    warm = config.epochs // 2
+    if epoch < warm or config.epochs - warm <= 1:
         return config.temperature_start if epoch < warm else config.temperature_end
     ratio = config.temperature_end / config.temperature_start
-    return config.temperature_start * ratio ** ((epoch - warm) / (config.search_epochs - warm - 1))
+    return config.temperature_start * ratio ** ((epoch - warm) / (config.epochs - warm - 1))
 
 
 # -- the search -------------------------------------------------------------------------------
@@ -208,7 +146,7 @@ def meet_target(searchable: SearchableModel, cost: ArchitectureCost, target: flo
 
 
 def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: SearchConfig, cost: ArchitectureCost,
-               setting: tuple[str, float], removal_order: list[str] | None = None) -> SearchableModel:
+               setting: SearchSetting, removal_order: list[str] | None = None) -> SearchableModel:
     """One search (a target or a strength): search, freeze, fine-tune. Returns the frozen searchable model.
     With a `removal_order` (`branch_removal_order`) the search says how many branches go, the
     measured harm which: the branches' removal values are handed out in that order before the threshold."""
@@ -219,19 +157,19 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     def on_epoch(epoch: int) -> None:
         searchable.temperature = _temperature(config, epoch)
 
-    kind, value = setting
-    if kind == "target":
+    value = setting.value
+    if setting.kind is SettingKind.TARGET:
         penalty = ConstraintPenalty(cost, searchable, value, config.multiplier_rate)
     else:
         def penalty() -> torch.Tensor:
             return value * cost(searchable)
-    train_epochs(searchable, dataset.train, config.search_epochs, config, f"searching ({kind} {value:g})",
+    train_epochs(searchable, dataset.train, config.epochs, config, f"searching ({setting.label})",
                  penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch,
                  arch_learning_rate=config.arch_learning_rate)
     searchable.freeze()
     if removal_order:
         searchable.reorder_branches(removal_order)
-    if kind == "target":
+    if setting.kind is SettingKind.TARGET:
         meet_target(searchable, cost, value)
     # The search chose the architecture; its weights were trained under soft channel masks and
     # precision mixes and suit the hard architecture worse than the uncompressed model's do
@@ -242,7 +180,7 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     searchable.load_plain_weights(pretrained.state_dict())
     torch.manual_seed(config.seed)
     teacher = copy.deepcopy(pretrained).eval()
-    train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({kind} {value:g})", teacher=teacher)
+    train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({setting.label})", teacher=teacher)
     return searchable
 
 
@@ -282,73 +220,98 @@ def choose(points: list[SearchPoint], baseline_accuracy: float, tolerance: float
     return min(close, key=lambda p: (p.fleet_latency_ms, -p.accuracy))
 
 
-def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal: FleetCost | None = None) -> SearchResult:
-    """The Pareto front of one mode. `fleet` holds the clusters' surrogates and weights (every
-    point is reported against it); `nominal` the datasheet device's, for mode `nominal`."""
-    if config.mode == "nominal" and nominal is None:
-        raise HdapError("nominal mode needs the datasheet device's latency surrogate.")
-    seconds: dict[str, float] = {}
-    pretrained, baseline_accuracy, seconds["pretrain"] = pretrain(config, dataset)
-    log.info("uncompressed %s: %.2f%% test accuracy after %d epochs", config.model, baseline_accuracy, config.pretrain_epochs)
+@dataclass
+class Baseline:
+    """The uncompressed model as every point is measured against: its layers, accuracy and costs."""
 
-    def space_of(model: nn.Module) -> SearchSpace:
-        return build_search_space(model, config.input_shape, fleet.precisions, config.granule)
+    model: nn.Module
+    accuracy: float
+    space: SearchSpace
+    removal_order: list[str] | None  # residual branches, least harmful first (latency objective)
+    configs: list  # its layers' LayerConfigs, every channel kept at the default precision
+    inputs: tuple  # `CompiledFleetCost`'s inputs for that architecture
+    fleet_latency: CompiledFleetCost  # the fleet's cost of these layers: every point is reported against it
+    latency_ms: float
+    size_bits: float
 
+
+def measure_baseline(config: SearchConfig, dataset: Dataset, fleet: FleetCost, seconds: dict[str, float]) -> Baseline:
+    pretrained, accuracy, seconds["pretrain"] = pretrain(config, dataset)
+    log.info("uncompressed %s: %.2f%% test accuracy after %d epochs", config.model, accuracy, config.pretrain_epochs)
     uncompressed = copy.deepcopy(pretrained)
-    reference = SearchableModel(uncompressed, space_of(uncompressed))
+    reference = SearchableModel(uncompressed, build_search_space(uncompressed, config.input_shape, fleet.precisions, config.granule))
     log.info("search space: %s", reference.space.describe())
-    removal_order = (branch_removal_order(pretrained, reference.space, dataset.train, config.seed)
-                     if config.branch_order == "measured" and config.objective == "latency" else None)
+    measured = config.branch_order is BranchOrder.MEASURED and config.objective is Objective.LATENCY
+    removal_order = branch_removal_order(pretrained, reference.space, dataset.train, config.seed) if measured else None
     reference.freeze()
     full = reference.decisions()  # every channel kept; every layer at the default precision:
     for d in full:
         d.precision_probs = torch.tensor([float(p == reference.space.default_precision) for p in fleet.precisions], dtype=torch.float64)
     configs = [d.config for d in full]
     fleet_latency = CompiledFleetCost(fleet, configs)
-    baseline_inputs = stack_decisions(full)
-    baseline_latency = float(fleet_latency.fleet_weighted_latency(*baseline_inputs))
-    baseline_bits = float(weight_bits(full, fleet.precisions))
+    inputs = stack_decisions(full)
+    return Baseline(pretrained, accuracy, reference.space, removal_order, configs, inputs, fleet_latency,
+                    float(fleet_latency.fleet_weighted_latency(*inputs)), float(weight_bits(full, fleet.precisions)))
 
-    def cost_for(surrogates: FleetCost) -> ArchitectureCost:
-        if config.objective == "memory":
-            return ArchitectureCost("memory", None, baseline_bits)
-        compiled = CompiledFleetCost(surrogates, configs)
-        return ArchitectureCost("latency", compiled, float(compiled.fleet_weighted_latency(*baseline_inputs)))
 
-    def point(searchable: SearchableModel, setting: tuple[str, float], optimised_for: str) -> SearchPoint:
-        accuracy = evaluate(searchable, dataset.test)
-        with torch.no_grad():
-            inputs = stack_decisions(searchable.decisions())
-            per_cluster = fleet_latency.per_cluster_latency(*inputs)
-            latency = float((fleet_latency.weights * per_cluster).sum())
-            bits = float(weight_bits(searchable.decisions(), searchable.space.precisions))
-        metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting[0]: setting[1]}
-        spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
-        weights = plain_weights(searchable)
-        log.info("%s %g: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", *setting, accuracy,
-                 latency, baseline_latency / latency, bits / 1e3)
-        return SearchPoint(setting, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for, weights=weights)
+def architecture_cost(config: SearchConfig, baseline: Baseline, surrogates: FleetCost) -> ArchitectureCost:
+    """What a search minimises: the memory, or the latency by `surrogates`, relative to the uncompressed model's."""
+    if config.objective is Objective.MEMORY:
+        return ArchitectureCost(Objective.MEMORY, None, baseline.size_bits)
+    compiled = CompiledFleetCost(surrogates, baseline.configs)
+    return ArchitectureCost(Objective.LATENCY, compiled, float(compiled.fleet_weighted_latency(*baseline.inputs)))
 
+
+def measure_point(searchable: SearchableModel, setting: SearchSetting, optimised_for: str, config: SearchConfig,
+                  dataset: Dataset, baseline: Baseline) -> SearchPoint:
+    """A searched architecture's accuracy on the test split, its fleet latency and size, and its spec."""
+    accuracy = evaluate(searchable, dataset.test)
+    with torch.no_grad():
+        inputs = stack_decisions(searchable.decisions())
+        per_cluster = baseline.fleet_latency.per_cluster_latency(*inputs)
+        latency = float((baseline.fleet_latency.weights * per_cluster).sum())
+        bits = float(weight_bits(searchable.decisions(), searchable.space.precisions))
+    metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting.kind.value: setting.value}
+    spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
+    log.info("%s: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", setting.label, accuracy,
+             latency, baseline.latency_ms / latency, bits / 1e3)
+    return SearchPoint(setting, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for,
+                       weights=plain_weights(searchable))
+
+
+def search_front(config: SearchConfig, dataset: Dataset, baseline: Baseline, cost: ArchitectureCost,
+                 optimised_for: str) -> tuple[list[SearchPoint], SearchPoint]:
+    """One search per setting against `cost`, the points marked on their Pareto front, and the chosen one."""
+    def space_of(model: nn.Module) -> SearchSpace:
+        return build_search_space(model, config.input_shape, baseline.space.precisions, config.granule)
+
+    points = [measure_point(search_one(baseline.model, space_of, dataset, config, cost, s, baseline.removal_order), s,
+                            optimised_for, config, dataset, baseline) for s in config.settings()]
+    mark_pareto(points)
+    return points, choose(points, baseline.accuracy, config.accuracy_tolerance)
+
+
+def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal: FleetCost | None = None) -> SearchResult:
+    """The Pareto front of one mode. `fleet` holds the clusters' surrogates and weights (every
+    point is reported against it); `nominal` the datasheet device's, for mode `nominal`."""
+    if config.mode is SearchMode.NOMINAL and nominal is None:
+        raise HdapError("nominal mode needs the datasheet device's latency surrogate.")
+    seconds: dict[str, float] = {}
+    baseline = measure_baseline(config, dataset, fleet, seconds)
     started = time.perf_counter()
-    if config.mode == "per-cluster":
-        points, chosen_per_cluster = [], []
+    if config.mode is SearchMode.PER_CLUSTER:
+        points, chosen = [], []
         for cluster, (surrogate, weight) in enumerate(zip(fleet.surrogates, fleet.weights)):
-            own = cost_for(FleetCost([surrogate], [1.0], fleet.precisions))
-            cluster_points = [point(search_one(pretrained, space_of, dataset, config, own, s, removal_order), s, f"cluster {cluster}")
-                              for s in config.settings()]
-            mark_pareto(cluster_points)
-            best = choose(cluster_points, baseline_accuracy, config.accuracy_tolerance)
-            chosen_per_cluster.append(best)
+            own = architecture_cost(config, baseline, FleetCost([surrogate], [1.0], fleet.precisions))
+            cluster_points, best = search_front(config, dataset, baseline, own, f"cluster {cluster}")
             points += cluster_points
+            chosen.append(best)
             log.info("cluster %d (weight %.2f): chose %s", cluster, weight, best.label)
-        chosen: SearchPoint | list[SearchPoint] = chosen_per_cluster
     else:
-        surrogates = nominal if config.mode == "nominal" else fleet
-        cost = cost_for(surrogates)
-        points = [point(search_one(pretrained, space_of, dataset, config, cost, s, removal_order), s, config.mode) for s in config.settings()]
-        mark_pareto(points)
-        chosen = choose(points, baseline_accuracy, config.accuracy_tolerance)
+        cost = architecture_cost(config, baseline, nominal if config.mode is SearchMode.NOMINAL else fleet)
+        points, best = search_front(config, dataset, baseline, cost, config.mode.value)
+        chosen = [best]
     seconds["search"] = time.perf_counter() - started
-    baseline_clusters = [float(v) for v in fleet_latency.per_cluster_latency(*baseline_inputs)]
-    return SearchResult(baseline_accuracy, baseline_latency, baseline_bits, reference.space.default_precision,
-                        baseline_clusters, points, chosen, seconds, baseline_weights=copy.deepcopy(pretrained.state_dict()))
+    baseline_clusters = [float(v) for v in baseline.fleet_latency.per_cluster_latency(*baseline.inputs)]
+    return SearchResult(baseline.accuracy, baseline.latency_ms, baseline.size_bits, baseline.space.default_precision,
+                        baseline_clusters, points, chosen, seconds, baseline_weights=copy.deepcopy(baseline.model.state_dict()))

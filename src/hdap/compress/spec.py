@@ -8,22 +8,19 @@ channels (residual adds, depthwise convolutions) go together.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from hdap.artifacts import Contract
 from hdap.compress.quantize import activation_precision
 from hdap.compress.searchable import SearchableModel
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.models import build_model
-
-FORMAT = "hdap.architecture/1"
 
 
 @dataclass
@@ -39,7 +36,8 @@ class LayerSpec:
 
 
 @dataclass
-class ArchitectureSpec:
+class ArchitectureSpec(Contract):
+    FORMAT = "hdap.architecture/1"
     model: str
     input_shape: list[int]
     classes: int
@@ -53,24 +51,6 @@ class ArchitectureSpec:
             if layer.name == name:
                 return layer
         raise HdapError(f"the architecture spec has no layer {name}.")
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, **asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ArchitectureSpec:
-        if data.get("format") != FORMAT:
-            raise HdapError(f"this is not an architecture spec hdap can read (format {data.get('format')!r}, expected {FORMAT}).")
-        values = {k: v for k, v in data.items() if k != "format"}
-        values["layers"] = [LayerSpec(**layer) for layer in values["layers"]]
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> ArchitectureSpec:
-        return cls.from_json(json.loads(Path(path).read_text()))
 
 
 def export_spec(searchable: SearchableModel, model_name: str, input_shape: tuple[int, ...], classes: int,

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from hdap.errors import HdapError
+from hdap.settings import DatasetName
 
-DATASETS = ("digits", "cifar10", "imagefolder")
 TEST_SHARE = 0.2
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"
+    name: DatasetName = DatasetName.DIGITS
     uri: str = ""  # where cifar10 and imagefolder data live in the store
     input_shape: tuple[int, int, int] = (1, 8, 8)
     seed: int = 0
@@ -53,15 +53,15 @@ class Dataset:
 
 def load_dataset(config: DataConfig, store=None) -> Dataset:
     """The dataset named by `config`, split, resized to its input shape and normalised."""
-    if config.name == "digits":
+    if config.name == DatasetName.DIGITS:
         images, labels = _digits()
         train_x, train_y, test_x, test_y = _split(images, labels, config.seed)
-    elif config.name == "cifar10":
+    elif config.name == DatasetName.CIFAR10:
         train_x, train_y, test_x, test_y = _cifar10(_require_store(store, config), config.uri)
-    elif config.name == "imagefolder":
+    elif config.name == DatasetName.IMAGEFOLDER:
         train_x, train_y, test_x, test_y = _image_folder(_require_store(store, config), config.uri, config.input_shape, config.seed)
     else:
-        raise HdapError(f"unknown dataset '{config.name}': use one of {', '.join(DATASETS)}.")
+        raise HdapError(f"unknown dataset '{config.name}': use one of {DatasetName.choices()}.")
     train_x, test_x = _shape(train_x, config.input_shape), _shape(test_x, config.input_shape)
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

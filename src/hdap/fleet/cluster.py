@@ -10,7 +10,7 @@ device nearest its centroid: the one device later profiled on behalf of the whol
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -20,28 +20,9 @@ from sklearn.preprocessing import StandardScaler
 
 from hdap.errors import HdapError
 from hdap.fleet.ingest import feature_columns
+from hdap.stages.cluster import ClusterConfig, ClusterSummary, DeviceCluster
 
 log = logging.getLogger("hdap")
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    k: int = 0  # 0: choose automatically within [k_min, k_max]
-    k_min: int = 2
-    k_max: int = 8
-    seed: int = 0
-    selection_sample: int = 20_000  # devices used to score each candidate k
-    minibatch_above: int = 50_000  # fleets larger than this use mini-batch k-means
-
-
-@dataclass
-class Cluster:
-    id: int
-    size: int
-    weight: float  # share of the fleet
-    representative: str  # device id
-    centroid: dict[str, float]  # feature -> the cluster's median, in its own unit (ms, GB/s)
-    representative_features: dict[str, float]
 
 
 @dataclass
@@ -50,23 +31,16 @@ class Clustering:
     selection: str  # how k was chosen, in words
     scores: dict[int, float]  # silhouette per candidate k (empty when k was fixed)
     features: list[str]
-    clusters: list[Cluster]
+    clusters: list[DeviceCluster]
     assignments: pa.Table  # device_id, cluster, distance (standardised units)
     algorithm: str
     projection: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 2)))  # 2-D view for plots
     projection_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, dtype=int))
     projection_representatives: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 2)))
 
-    def summary(self) -> dict:
-        return {
-            "k": self.k,
-            "selection": self.selection,
-            "silhouette_scores": {str(k): s for k, s in self.scores.items()},
-            "features": self.features,
-            "algorithm": self.algorithm,
-            "devices": int(sum(c.size for c in self.clusters)),
-            "clusters": [asdict(c) for c in self.clusters],
-        }
+    def summary(self, run_name: str = "") -> ClusterSummary:
+        return ClusterSummary(self.k, self.selection, dict(self.scores), self.features, self.algorithm,
+                              int(sum(c.size for c in self.clusters)), self.clusters, run_name)
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {"k": self.k, "k_chosen_automatically": 1.0 if self.scores else 0.0}
@@ -93,10 +67,6 @@ def choose_k(x: np.ndarray, config: ClusterConfig, rng: np.random.Generator) -> 
 
 def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
     names = feature_columns(features)
-    if config.k < 0:
-        raise HdapError(f"k={config.k} is not a number of clusters: use 0 (choose automatically) or a positive k.")
-    if config.k == 0 and not 2 <= config.k_min <= config.k_max:
-        raise HdapError(f"k bounds [{config.k_min}, {config.k_max}] are not a range of at least 2: fix k_min/k_max.")
     needed = config.k if config.k else config.k_min
     if features.num_rows < max(needed, 2) + 1:
         raise HdapError(
@@ -125,7 +95,7 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
     distances = distances[:, order]
 
     device_ids = features.column("device_id").to_numpy(zero_copy_only=False)
-    clusters: list[Cluster] = []
+    clusters: list[DeviceCluster] = []
     representatives: list[int] = []
     for cid in range(k):
         members = np.flatnonzero(labels == cid)
@@ -136,7 +106,7 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
         nearest = members[distances[members, cid].argmin()]
         representatives.append(nearest)
         clusters.append(
-            Cluster(
+            DeviceCluster(
                 id=cid,
                 size=int(len(members)),
                 weight=float(len(members) / len(x)),

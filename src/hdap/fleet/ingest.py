@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hdap.errors import HdapError
+from hdap.fleet.quarantine import QUARANTINE_SCHEMA, QuarantineReason, ReasonKind, RowReasons, quarantine_rows, reason_counts
 from hdap.fleet.schema import (
     MAX_PROBE_LATENCY_MS,
     PROBE_COLUMNS,
@@ -37,6 +37,7 @@ from hdap.fleet.schema import (
 )
 from hdap.fleet.sku import SKUS, get_sku
 from hdap.progress import progress
+from hdap.stages.ingest import IngestConfig
 from hdap.store import ObjectStore
 
 log = logging.getLogger("hdap")
@@ -44,17 +45,6 @@ log = logging.getLogger("hdap")
 READABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
 CLOCK_SKEW = timedelta(minutes=10)  # device clocks drift; a report this far ahead is still "now"
 STATE_COLUMNS = ["temperature_c", "gpu_clock_mhz", "cpu_clock_mhz", "emc_clock_mhz", "mem_bandwidth_gbps", "background_load"]
-QUARANTINE_SCHEMA = pa.schema(
-    [pa.field(f.name, f.type) for f in TELEMETRY_SCHEMA]
-    + [pa.field("source", pa.string()), pa.field("row", pa.int64()), pa.field("reason", pa.string())]
-)
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    telemetry_uri: str
-    sku: str
-    as_of: datetime | None = None  # "now" for the future-timestamp check; None = the clock
 
 
 @dataclass
@@ -64,35 +54,17 @@ class IngestResult:
     objects_read: int
     rows_read: int
     rows_valid: int
-    reasons: dict[str, int] = field(default_factory=dict)  # quarantined rows per reason kind
+    reasons: dict[str, int] = field(default_factory=dict)  # quarantined rows per reason key (`QuarantineReason.key`)
     unreadable_objects: dict[str, str] = field(default_factory=dict)  # uri -> why it could not be parsed
 
     @property
     def rows_quarantined(self) -> int:
         return self.quarantine.num_rows
 
-    def metrics(self) -> dict[str, float]:
-        out = {
-            "objects_read": self.objects_read,
-            "rows_read": self.rows_read,
-            "rows_valid": self.rows_valid,
-            "rows_quarantined": self.rows_quarantined,
-            "devices": self.features.num_rows,
-            "objects_unreadable": len(self.unreadable_objects),
-        }
-        out.update({f"quarantined_{kind}": n for kind, n in sorted(self.reasons.items())})
-        return out
-
-
-def reason_kind(reason: str) -> str:
-    """The reason's stable kind (its words before any quote, colon or digit), for counting."""
-    head = re.match(r"[^:'0-9(]*", reason).group().strip()
-    return head.replace(" ", "_")
-
 
 # -- reading ---------------------------------------------------------------------------------
 def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
-    """The object's rows, and per row a parse error ('' where none).
+    """The object's rows, and per row its parse error (a QuarantineReason; None where none).
 
     JSON lines are parsed line by line with every value kept as text, so one bad line or value
     costs that row, not the object; `conform` then casts the text to the schema's types.
@@ -100,9 +72,9 @@ def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
     """
     if uri.endswith(".parquet"):
         table = pq.read_table(io.BytesIO(data))
-        return table, np.full(table.num_rows, "", dtype=object)
+        return table, np.full(table.num_rows, None, dtype=object)
     records: list[dict] = []
-    errors: list[str] = []
+    errors: list[QuarantineReason | None] = []
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
@@ -111,15 +83,17 @@ def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
             records.append({k: None if v is None else str(v) for k, v in record.items()})
-            errors.append("")
+            errors.append(None)
         except ValueError as err:
             records.append({})
-            errors.append(f"unparseable JSON: {err} (line {number})")
+            errors.append(QuarantineReason(ReasonKind.UNPARSEABLE_JSON, detail=f"{err} (line {number})"))
     names = sorted({k for r in records for k in r})
     table = pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
     if not names:
         table = pa.table({"schema_version": pa.nulls(len(records), pa.string())})
-    return table, np.array(errors, dtype=object)
+    parse_errors = np.empty(len(errors), dtype=object)
+    parse_errors[:] = errors
+    return table, parse_errors
 
 
 def check_schema_version(raw: pa.Table, conformed: pa.Table, uri: str) -> None:
@@ -182,50 +156,41 @@ def conform(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
 
 
 # -- validating ------------------------------------------------------------------------------
-def _first_reason(reasons: np.ndarray, mask: np.ndarray, reason: str | np.ndarray) -> None:
-    """Set `reason` on rows in `mask` that have none yet (the first failing check wins)."""
-    target = mask & (reasons == "")
-    if isinstance(reason, np.ndarray):
-        reasons[target] = reason[target]
-    else:
-        reasons[target] = reason
-
-
 def _mask(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sku_name: str, as_of: datetime) -> np.ndarray:
-    """One reason per row ('' = valid), from the checks in order; duplicates come later."""
-    reasons = parse_errors.copy()
-    _first_reason(reasons, bad_type != "", np.array([f"wrong type in {c}" for c in bad_type], dtype=object))
+def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sku_name: str, as_of: datetime) -> RowReasons:
+    """One reason per row (None = valid), from the checks in order; duplicates come later."""
+    reasons = RowReasons(table.num_rows)
+    reasons.first_each(parse_errors != None, lambda row: parse_errors[row])  # noqa: E711 (element-wise)
+    reasons.first_each(bad_type != "", lambda row: QuarantineReason(ReasonKind.WRONG_TYPE, bad_type[row]))
     sku = get_sku(sku_name)
     required = [f.name for f in TELEMETRY_SCHEMA if not f.nullable] + [probe_column(p) for p in probes_for(sku)]
     for name in required:
-        _first_reason(reasons, _mask(pc.is_null(table.column(name))), f"missing {name}")
+        reasons.first(_mask(pc.is_null(table.column(name))), QuarantineReason(ReasonKind.MISSING, name))
 
     sku_column = table.column("sku")
     known = _mask(pc.fill_null(pc.is_in(sku_column, value_set=pa.array(list(SKUS))), True))
-    _first_reason(reasons, ~known, np.array([f"unknown sku '{s}'" for s in sku_column.to_pylist()], dtype=object))
+    reasons.first_each(~known, lambda row: QuarantineReason(ReasonKind.UNKNOWN_SKU, "sku", sku_column[row].as_py()))
     other = _mask(pc.fill_null(pc.not_equal(sku_column, sku_name), False))
-    _first_reason(reasons, other, f"sku is not {sku_name}")
+    reasons.first(other, QuarantineReason(ReasonKind.WRONG_SKU, "sku", sku_name))
 
     modes = pa.array([m.name for m in sku.power_modes])
     unknown_mode = ~_mask(pc.fill_null(pc.is_in(table.column("power_mode"), value_set=modes), True))
-    _first_reason(reasons, unknown_mode & ~other, f"unknown power mode for {sku_name}")
+    reasons.first(unknown_mode & ~other, QuarantineReason(ReasonKind.UNKNOWN_POWER_MODE, "power_mode", sku_name))
 
     for name in [*STATE_COLUMNS, *PROBE_COLUMNS]:
         values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-        _first_reason(reasons, np.isnan(values) & ~_mask(pc.is_null(table.column(name))), f"NaN in {name}")
+        reasons.first(np.isnan(values) & ~_mask(pc.is_null(table.column(name))), QuarantineReason(ReasonKind.NAN, name))
         low, high = VALUE_RANGES.get(name, (0.0, MAX_PROBE_LATENCY_MS))
         with np.errstate(invalid="ignore"):
             out_of_range = (values < low) | (values > high) | (values <= 0 if name in PROBE_COLUMNS else False)
-        kind = "latency out of range" if name in PROBE_COLUMNS else "value out of range"
-        _first_reason(reasons, out_of_range, f"{kind} in {name}")
+        reasons.first(out_of_range, QuarantineReason(ReasonKind.OUT_OF_RANGE, name))
 
     limit = pa.scalar(as_of + CLOCK_SKEW, type=pa.timestamp("ms", tz="UTC"))
     future = _mask(pc.fill_null(pc.greater(table.column("timestamp"), limit), False))
-    _first_reason(reasons, future, "timestamp in the future")
+    reasons.first(future, QuarantineReason(ReasonKind.FUTURE_TIMESTAMP, "timestamp"))
     return reasons
 
 
@@ -365,24 +330,21 @@ def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
         table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
         table = table.append_column("source", pa.DictionaryArray.from_arrays(
             pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([obj.uri])))
-        bad = reasons != ""
+        bad = reasons.refused
         if bad.any():
-            quarantine_parts.append(_quarantine_rows(table.filter(pa.array(bad)), reasons[bad]))
+            quarantine_parts.append(quarantine_rows(table.filter(pa.array(bad)), list(reasons.items[bad])))
         valid_parts.append(table.filter(pa.array(~bad)))
 
     valid = pa.concat_tables(valid_parts).combine_chunks() if valid_parts else _EMPTY_VALID
     grouped = DeviceOrder.of(valid)  # one sort of every row serves duplicates and aggregation
     duplicates = mark_duplicates(valid, grouped)
     if duplicates.any():  # the first copy (in object order) is kept
-        quarantine_parts.append(_quarantine_rows(valid.filter(pa.array(duplicates)), np.full(int(duplicates.sum()), "duplicate record")))
+        quarantine_parts.append(quarantine_rows(valid.filter(pa.array(duplicates)),
+                                                [QuarantineReason(ReasonKind.DUPLICATE)] * int(duplicates.sum())))
         valid = valid.filter(pa.array(~duplicates))
         grouped = DeviceOrder.of(valid)
 
     quarantine = pa.concat_tables(quarantine_parts) if quarantine_parts else QUARANTINE_SCHEMA.empty_table()
-    reasons_count: dict[str, int] = {}
-    for reason in quarantine.column("reason").to_pylist():
-        kind = reason_kind(reason)
-        reasons_count[kind] = reasons_count.get(kind, 0) + 1
     features = aggregate_devices(valid, [probe_column(p) for p in probes_for(sku)], grouped)
     result = IngestResult(
         features=features,
@@ -390,7 +352,7 @@ def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
         objects_read=objects_read,
         rows_read=rows_read,
         rows_valid=valid.num_rows,
-        reasons=reasons_count,
+        reasons=reason_counts(quarantine),
         unreadable_objects=unreadable,
     )
     log.info(
@@ -404,16 +366,3 @@ _EMPTY_VALID = pa.schema(
     [pa.field(f.name, f.type) for f in TELEMETRY_SCHEMA]
     + [pa.field("row", pa.int64()), pa.field("source", pa.dictionary(pa.int32(), pa.string()))]
 ).empty_table()
-
-
-def _quarantine_rows(rows: pa.Table, reasons: np.ndarray) -> pa.Table:
-    """Rows in QUARANTINE_SCHEMA: every reported field as read, where it came from, and why."""
-    count = len(reasons)
-    columns = [
-        rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(count, f.type)
-        for f in QUARANTINE_SCHEMA
-        if f.name not in {"source", "row", "reason"}
-    ]
-    columns += [rows.column("source").cast(pa.string()), rows.column("row")]
-    columns.append(pa.array(reasons.tolist(), pa.string()))
-    return pa.Table.from_arrays(columns, schema=QUARANTINE_SCHEMA)

@@ -13,7 +13,7 @@ a million devices never sits in memory. The ground truth goes to a separate pref
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -23,6 +23,7 @@ from hdap.fleet.schema import PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_co
 from hdap.fleet.sku import Sku, get_sku
 from hdap.latency.device_model import device_state, kernel_latency_ms, memory_bandwidth_gbps
 from hdap.progress import progress
+from hdap.settings import SEED, SKU, TELEMETRY_URI, Settings, at_least, internal, s3_uri, setting
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
@@ -68,15 +69,22 @@ DAILY_LOAD_SD = 0.03
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
-    sku: str = "jetson-xavier-nx"
-    devices: int = 1000
-    days: int = 7
-    seed: int = 0
-    telemetry_uri: str = "s3://hdap/telemetry/jetson-xavier-nx"
-    truth_uri: str = "s3://hdap/ground-truth/jetson-xavier-nx"
-    end: datetime = field(default_factory=lambda: datetime.now(timezone.utc))  # the newest report's latest time
-    chunk_devices: int = 100_000
+class SimulationConfig(Settings):
+    sku: str = SKU()
+    devices: int = setting(1000, "Number of devices in the fleet.", check=at_least(1))
+    days: int = setting(7, "Days of daily reports per device.", check=at_least(1))
+    seed: int = SEED()
+    telemetry_uri: str = TELEMETRY_URI()
+    truth_uri: str = setting("", "Where to write the fleet's hidden ground truth; empty: s3://hdap/ground-truth/<sku>.",
+                             check=s3_uri)
+    end: datetime | None = setting(None, "Time of the newest report, ISO 8601; empty: now.")
+    chunk_devices: int = internal(100_000)
+
+    def validate(self) -> None:
+        for name, value in (("telemetry_uri", self.telemetry_uri or f"s3://hdap/telemetry/{self.sku}"),
+                            ("truth_uri", self.truth_uri or f"s3://hdap/ground-truth/{self.sku}"),
+                            ("end", self.end or datetime.now(timezone.utc))):
+            object.__setattr__(self, name, value)
 
 
 @dataclass

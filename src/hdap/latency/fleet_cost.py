@@ -11,12 +11,17 @@ parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig
 from hdap.latency.surrogate import LatencySurrogate, LayerDecision, straight_through_ceil, transition_key
+
+if TYPE_CHECKING:
+    from hdap.stages.surrogate import SurrogateIndex
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int2": 2}
 
@@ -32,6 +37,12 @@ class FleetCost:
             raise HdapError("the fleet cost needs one surrogate per cluster and a weight for each.")
         total = sum(self.weights)
         self.weights = [w / total for w in self.weights]
+
+    @classmethod
+    def from_index(cls, index: SurrogateIndex, directory: Path) -> FleetCost:
+        """The clusters' surrogates and weights as the surrogate stage wrote them into `directory`."""
+        surrogates = [LatencySurrogate.load(directory / c.surrogate) for c in index.clusters]
+        return cls(surrogates, [c.weight for c in index.clusters], tuple(index.precisions))
 
     def per_cluster_latency(self, decisions: list[LayerDecision]) -> torch.Tensor:
         return torch.stack([s.model_cost(decisions, self.precisions) for s in self.surrogates])

@@ -22,32 +22,20 @@ import pyarrow.compute  # noqa: F401 (pa.compute is only there once imported)
 
 from hdap.errors import HdapError
 from hdap.fleet.sku import Sku, get_sku
-from hdap.latency.backends import BackendUnavailable, get_backend
+from hdap.latency.backends import BackendUnavailable, ProfilingBackend, get_backend
 from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
 from hdap.latency.device_model import DeviceState, device_state, kernel_latency_ms
 from hdap.latency.fleet_cost import FleetCost
 from hdap.latency.layers import LayerConfig, LayerShape
 from hdap.latency.profiling import plan_profile, profile_configs, run_profile, time_models
 from hdap.latency.surrogate import LatencySurrogate, fit_model_overhead, fit_surrogate, within
+from hdap.stages.cluster import ClusterSummary, DeviceCluster
+from hdap.stages.surrogate import SurrogateConfig
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
 SECONDS_PER_CONFIGURATION = 0.5  # building and warming one configuration on a device
 TIMED_RUNS_PER_CONFIGURATION = 50  # rounds x runs per round, as the real backends time them
-
-
-@dataclass(frozen=True)
-class SurrogateConfig:
-    model: str = "resnet20"
-    input_shape: tuple[int, ...] = (3, 32, 32)
-    backend: str = "simulated"
-    samples_per_layer: int = 30
-    granule: int = 8
-    rounds: int = 3  # profiling rounds on real backends (quietest round's median)
-    calibration_models: int = 12  # random whole-model variants measured to fit the per-model terms
-    seed: int = 0
-    truth_uri: str = ""  # simulated fleets: the hidden per-device truth (silicon bin, regulator cap)
-    profiles_uri: str = ""  # where device agents upload their own profiles
 
 
 @dataclass
@@ -137,81 +125,92 @@ def simulated_device(device_id: str, features: pa.Table, truth: dict[str, dict])
     )
 
 
+def _backend_precisions(config: SurrogateConfig, sku: str) -> tuple[str, ...]:
+    """What the configured backend can time (a simulated device: what its SKU runs)."""
+    if config.backend is ProfilingBackend.SIMULATED:
+        return get_sku(sku).precisions
+    try:
+        return get_backend(config.backend).precisions
+    except BackendUnavailable as err:
+        raise HdapError(str(err)) from None
+
+
+def _uploaded_profile(store: ObjectStore | None, config: SurrogateConfig, device_id: str,
+                      precisions: tuple[str, ...]) -> pa.Table | None:
+    """The profile the device uploaded itself (`hdap profile`), kept to the target's precisions; None if none."""
+    uploaded = join_uri(config.profiles_uri, device_id, "profile.parquet") if config.profiles_uri else ""
+    if not uploaded or store is None or not store.exists(uploaded):
+        return None
+    profile = store.get_table(uploaded)
+    have = set(profile.filter(pa.compute.equal(profile.column("status"), "ok")).column("precision").to_pylist())
+    if not set(precisions) <= have:
+        raise HdapError(
+            f"the uploaded profile of {device_id} ({uploaded}) covers {sorted(have)}, but the target runs {list(precisions)}: "
+            "profile the device again with those precisions, or remove the upload."
+        )
+    return profile.filter(pa.compute.is_in(profile.column("precision"), value_set=pa.array(list(precisions))))
+
+
+def _fit_cluster(cluster: DeviceCluster, profile: pa.Table, source: str, backend, layers: list[LayerShape],
+                 precisions: tuple[str, ...], config: SurrogateConfig, shared: bool) -> ClusterSurrogate:
+    """Fit one cluster's surrogate on its representative's profile, score it on held-out layers and,
+    where the backend can time whole models of a chain, fit the per-model terms."""
+    device_id = cluster.representative
+    configs, latencies = profile_configs(profile)
+    if len(configs) < 10:
+        raise HdapError(f"only {len(configs)} layer configurations of {device_id} could be timed: see the profile's reason column.")
+    train, test = held_out_split(configs, config.seed)
+    trial = fit_surrogate([configs[i] for i in train], latencies[train])
+    predicted = np.array([trial.predict(configs[i]) for i in test])
+    surrogate = fit_surrogate(configs, latencies, device=backend.describe() if backend else {"source": "uploaded", "device_id": device_id})
+    if backend is not None and is_chain(layers):
+        variants = random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1)
+        # Rounds only where a shared CPU drifts: a GPU's timings are steady, and each whole model is an engine build.
+        rounds = config.rounds if config.backend is ProfilingBackend.ONNXRUNTIME else 1
+        timed = time_models(backend, variants, rounds=rounds, seed=config.seed,
+                            description=f"cluster {cluster.id} ({device_id}): calibration models")
+        measured = [(variant, latency) for variant, latency in zip(variants, timed) if latency is not None]
+        if measured:
+            fit_model_overhead(surrogate, measured)
+    result = ClusterSurrogate(
+        cluster=cluster.id, weight=cluster.weight, representative=device_id, surrogate=surrogate, profile=profile, source=source,
+        held_out_within_10pct=within(predicted, latencies[test]), held_out=list(zip(latencies[test].tolist(), predicted.tolist())),
+        device_seconds=0.0 if shared else device_seconds(profile))
+    log.info("cluster %d: surrogate of %s from %d configurations (%s), %.1f%% of held-out within 10%%",
+             cluster.id, device_id, len(configs), source, 100 * result.held_out_within_10pct)
+    return result
+
+
 def build_cluster_surrogates(
     store: ObjectStore | None,
-    clusters: dict,
+    clusters: ClusterSummary,
     features: pa.Table,
     layers: list[LayerShape],
     config: SurrogateConfig,
 ) -> tuple[list[ClusterSurrogate], tuple[str, ...]]:
+    """One surrogate per cluster, from its representative's uploaded profile or from the configured
+    backend; and the precision menu every cluster shares (the target's, as far as the backend times it)."""
     truth = load_truth(store, config.truth_uri) if config.truth_uri and store is not None else {}
     sku = features.column("sku")[0].as_py()
-    if config.samples_per_layer < 3:
-        raise HdapError(f"samples_per_layer={config.samples_per_layer} is too few to fit and check a surrogate: use 3 or more.")
-    if config.backend not in ("simulated", "onnxruntime", "tensorrt"):
-        raise HdapError(f"unknown profiling backend '{config.backend}': use simulated, onnxruntime or tensorrt.")
+    precisions = precisions_for(sku, _backend_precisions(config, sku))
     results: list[ClusterSurrogate] = []
-    # One precision menu for every cluster: the target's, as far as the backend can time it.
-    if config.backend == "simulated":
-        backend_precisions = get_sku(sku).precisions
-    else:
-        try:
-            backend_precisions = get_backend(config.backend).precisions
-        except BackendUnavailable as err:
-            raise HdapError(str(err)) from None
-    precisions = precisions_for(sku, backend_precisions)
-    shared_onnxruntime: tuple | None = None
-    for cluster in clusters["clusters"]:
-        device_id = cluster["representative"]
-        uploaded = join_uri(config.profiles_uri, device_id, "profile.parquet") if config.profiles_uri else ""
-        shared = False
-        if uploaded and store is not None and store.exists(uploaded):
-            profile, source, backend = store.get_table(uploaded), "uploaded", None
-            have = set(profile.filter(pa.compute.equal(profile.column("status"), "ok")).column("precision").to_pylist())
-            if not set(precisions) <= have:
-                raise HdapError(
-                    f"the uploaded profile of {device_id} ({uploaded}) covers {sorted(have)}, but the target runs {list(precisions)}: "
-                    "profile the device again with those precisions, or remove the upload."
-                )
-            profile = profile.filter(pa.compute.is_in(profile.column("precision"), value_set=pa.array(list(precisions))))
-        else:
-            if config.backend == "simulated":
-                backend = SimulatedBackend(simulated_device(device_id, features, truth), seed=config.seed)
-            else:
-                backend = get_backend(config.backend)
-            source = config.backend
-            if config.backend == "onnxruntime" and shared_onnxruntime is not None:
-                profile, shared = shared_onnxruntime[0], True  # one machine stands in for every representative
+    shared_onnxruntime: pa.Table | None = None  # one machine stands in for every representative
+    for cluster in clusters.clusters:
+        device_id = cluster.representative
+        profile, source, backend, shared = _uploaded_profile(store, config, device_id, precisions), "uploaded", None, False
+        if profile is None:
+            source = config.backend.value
+            backend = (SimulatedBackend(simulated_device(device_id, features, truth), seed=config.seed)
+                       if config.backend is ProfilingBackend.SIMULATED else get_backend(config.backend))
+            if shared_onnxruntime is not None:
+                profile, shared = shared_onnxruntime, True
             else:
                 plan = plan_profile(layers, precisions, config.samples_per_layer, config.granule, config.seed)
-                rounds = 1 if config.backend == "simulated" else config.rounds
-                profile = run_profile(backend, plan, rounds=rounds, seed=config.seed, description=f"cluster {cluster['id']} ({device_id})")
-                if config.backend == "onnxruntime":
-                    shared_onnxruntime = (profile,)
-        configs, latencies = profile_configs(profile)
-        if len(configs) < 10:
-            raise HdapError(f"only {len(configs)} layer configurations of {device_id} could be timed: see the profile's reason column.")
-        train, test = held_out_split(configs, config.seed)
-        trial = fit_surrogate([configs[i] for i in train], latencies[train])
-        predicted = np.array([trial.predict(configs[i]) for i in test])
-        surrogate = fit_surrogate(configs, latencies, device=backend.describe() if backend else {"source": "uploaded", "device_id": device_id})
-        if backend is not None and is_chain(layers):
-            variants = random_variants(layers, precisions, config.calibration_models, config.granule, config.seed + 1)
-            # Rounds only where a shared CPU drifts: a GPU's timings are steady, and each whole model is an engine build.
-            timed = time_models(backend, variants, rounds=config.rounds if config.backend == "onnxruntime" else 1, seed=config.seed,
-                                description=f"cluster {cluster['id']} ({device_id}): calibration models")
-            measured = [(variant, latency) for variant, latency in zip(variants, timed) if latency is not None]
-            if measured:
-                fit_model_overhead(surrogate, measured)
-        results.append(
-            ClusterSurrogate(
-                cluster=cluster["id"], weight=cluster["weight"], representative=device_id, surrogate=surrogate, profile=profile,
-                source=source, held_out_within_10pct=within(predicted, latencies[test]),
-                held_out=list(zip(latencies[test].tolist(), predicted.tolist())), device_seconds=0.0 if shared else device_seconds(profile),
-            )
-        )
-        log.info("cluster %d: surrogate of %s from %d configurations (%s), %.1f%% of held-out within 10%%",
-                 cluster["id"], device_id, len(configs), source, 100 * results[-1].held_out_within_10pct)
+                rounds = 1 if config.backend is ProfilingBackend.SIMULATED else config.rounds
+                profile = run_profile(backend, plan, rounds=rounds, seed=config.seed, description=f"cluster {cluster.id} ({device_id})")
+                if config.backend is ProfilingBackend.ONNXRUNTIME:
+                    shared_onnxruntime = profile
+        results.append(_fit_cluster(cluster, profile, source, backend, layers, precisions, config, shared))
     return results, precisions
 
 

@@ -7,6 +7,7 @@ import html
 import numpy as np
 
 from hdap.fleet.cluster import Clustering
+from hdap.stages.cluster import ClusterSummary
 from hdap.report.figures import PAGE_STYLE, PALETTE, figure, to_img_tag
 
 
@@ -30,17 +31,16 @@ def cluster_scatter(clustering: Clustering) -> str:
     return to_img_tag(fig, "scatter of devices coloured by cluster")
 
 
-def cluster_shares(clusters: dict) -> str:
-    """How much of the fleet each cluster is (the weight its latency carries in the fleet objective), from
-    the clusters.json summary the cluster step writes (`Clustering.summary()`)."""
+def cluster_shares(clusters: ClusterSummary) -> str:
+    """How much of the fleet each cluster is (the weight its latency carries in the fleet objective)."""
     fig, ax = figure(5, 3.4)
-    ids = [c["id"] for c in clusters["clusters"]]
-    bars = ax.bar(ids, [100 * c["weight"] for c in clusters["clusters"]], color=[PALETTE[i % 10] for i in ids])
-    ax.bar_label(bars, [f"{100 * c['weight']:.1f}%\n{c['size']:,} devices" for c in clusters["clusters"]], fontsize=8)
+    ids = [c.id for c in clusters.clusters]
+    bars = ax.bar(ids, [100 * c.weight for c in clusters.clusters], color=[PALETTE[i % 10] for i in ids])
+    ax.bar_label(bars, [f"{100 * c.weight:.1f}%\n{c.size:,} devices" for c in clusters.clusters], fontsize=8)
     ax.set_xticks(ids, [f"cluster {i}" for i in ids])
     ax.set_ylabel("share of fleet (%)")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the two-line labels
-    ax.set_title(f"Fleet share per cluster (k={clusters['k']})")
+    ax.set_title(f"Fleet share per cluster (k={clusters.k})")
     return to_img_tag(fig, "bar chart of fleet share per cluster")
 
 

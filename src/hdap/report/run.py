@@ -1,7 +1,7 @@
 """The whole run on one page: the fleet, what compression bought it, and whether the model shipped.
 
-The last pipeline stage publishes this page. It is built from the steps' JSON summaries (not their
-Python objects), so it can be rendered again from a finished run's artifacts alone.
+The last pipeline stage publishes this page. It is built from the stages' artifacts (`BuildSummary`,
+`Front`, `ClusterSummary` and the device tables), so it can be drawn again from a finished run alone.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from matplotlib.patches import Patch
 
 from hdap.report.figures import PAGE_STYLE, PALETTE, figure, to_img_tag
 from hdap.report.fleet import cluster_shares
+from hdap.report.search import pareto_plot
+from hdap.stages.build import BuildAccuracy, BuildSummary, LayerSummary
+from hdap.stages.cluster import ClusterSummary
+from hdap.stages.search import Front
 
 SCATTER_POINTS = 5000  # more points only blur the picture and bloat the page
 SCATTER_AXES = ("probe_conv3x3_fp16_median_ms", "probe_launch_median_ms")  # compute-bound against overhead-bound
@@ -66,7 +70,7 @@ def _axis_label(feature: str) -> str:
     return feature.removeprefix("probe_").replace("_median_ms", " median (ms)").replace("_", " ")
 
 
-def device_scatter(clusters: dict, features: pa.Table, assignments: pa.Table) -> str:
+def device_scatter(clusters: ClusterSummary, features: pa.Table, assignments: pa.Table) -> str:
     """Devices on two probe latencies, coloured by cluster: the clusters should be visibly apart."""
     axes = _scatter_axes(features)
     if axes is None:
@@ -77,11 +81,10 @@ def device_scatter(clusters: dict, features: pa.Table, assignments: pa.Table) ->
     labels = assignments["cluster"].take(where).fill_null(-1).to_numpy(zero_copy_only=False)
     x, y = (sample[a].to_numpy(zero_copy_only=False).astype(float) for a in axes)
     fig, ax = figure(6.4, 4.4)
-    for c in clusters["clusters"]:
-        shown = (labels == c["id"]) & np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[shown], y[shown], s=6, alpha=0.45, color=PALETTE[c["id"] % 10],
-                   label=f"cluster {c['id']}: {100 * c['weight']:.1f}% of fleet")
-    centroids = [c["centroid"] for c in clusters["clusters"] if all(_finite(c["centroid"].get(a)) for a in axes)]
+    for c in clusters.clusters:
+        shown = (labels == c.id) & np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[shown], y[shown], s=6, alpha=0.45, color=PALETTE[c.id % 10], label=f"cluster {c.id}: {100 * c.weight:.1f}% of fleet")
+    centroids = [c.centroid for c in clusters.clusters if all(_finite(c.centroid.get(a)) for a in axes)]
     if centroids:
         ax.scatter([c[axes[0]] for c in centroids], [c[axes[1]] for c in centroids], marker="X", s=110,
                    color="black", edgecolor="white", label="cluster median")
@@ -95,12 +98,11 @@ def device_scatter(clusters: dict, features: pa.Table, assignments: pa.Table) ->
 
 
 # -- what compression bought -----------------------------------------------------------------
-def cluster_latency(build: dict) -> str:
+def cluster_latency(build: BuildSummary) -> str:
     """Predicted latency per cluster and fleet-weighted: a model tuned for one cluster shows up here."""
-    rows = [(f"cluster {c['cluster']}\n{100 * c['weight']:.0f}% of fleet", c["predicted_before_ms"], c["predicted_after_ms"],
-             PALETTE[c["cluster"] % 10]) for c in build["clusters"]]
-    fleet = build["fleet"]
-    rows.append(("fleet\n(weighted)", fleet["predicted_before_ms"], fleet["predicted_after_ms"], "#444"))
+    rows = [(f"cluster {c.cluster}\n{100 * c.weight:.0f}% of fleet", c.predicted_before_ms, c.predicted_after_ms,
+             PALETTE[c.cluster % 10]) for c in build.clusters]
+    rows.append(("fleet\n(weighted)", build.fleet.predicted_before_ms, build.fleet.predicted_after_ms, "#444"))
     names, before, after, colors = zip(*rows)
     at = np.arange(len(rows))
     fig, ax = figure(6.4, 3.8)
@@ -117,41 +119,10 @@ def cluster_latency(build: dict) -> str:
     return to_img_tag(fig, "grouped bars of predicted latency per cluster before and after compression")
 
 
-def pareto_plot(front: dict) -> str:
-    """The trade-off the search found, and where the deployed point sits on it."""
-    points = front["points"]
-    if not points:
-        return ""
-    fig, ax = figure(6.4, 4.4)
-    sizes = np.array([p["size_bits"] for p in points], dtype=float)
-    area = 20 + 180 * sizes / max(np.nanmax(sizes, initial=1.0), 1.0)
-    for pareto, color, label in ((False, "#bbb", "dominated"), (True, PALETTE[0], "Pareto front")):
-        chosen = [i for i, p in enumerate(points) if p["pareto"] == pareto]
-        ax.scatter([points[i]["fleet_latency_ms"] for i in chosen], [points[i]["accuracy"] for i in chosen], s=area[chosen],
-                   color=color, alpha=0.85, edgecolor="#333", linewidth=0.5, label=label)
-    line = sorted((p for p in points if p["pareto"]), key=lambda p: p["fleet_latency_ms"])
-    ax.plot([p["fleet_latency_ms"] for p in line], [p["accuracy"] for p in line], color=PALETTE[0], linewidth=1)
-    ax.scatter([front["baseline_fleet_latency_ms"]], [front["baseline_accuracy"]], marker="s", s=70, color="#444",
-               label=f"uncompressed ({front['default_precision']})")
-    best = [p for p in points if p["chosen"]]
-    ax.scatter([p["fleet_latency_ms"] for p in best], [p["accuracy"] for p in best], marker="*", s=300,
-               color=PALETTE[3], edgecolor="#333", zorder=5, label="chosen")
-    for p in points:
-        ax.annotate(p["setting"].split()[-1], (p["fleet_latency_ms"], p["accuracy"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
-    ax.set_xlabel("fleet-weighted latency predicted by the surrogates (ms)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Search ({front['mode']}): accuracy against fleet latency\nlabel: {points[0]['setting'].split()[0]}; "
-                 "marker area: weight memory", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    return to_img_tag(fig, "Pareto front of accuracy against fleet-weighted latency, with the chosen point")
-
-
-def per_class_accuracy(accuracy: dict) -> str:
+def per_class_accuracy(accuracy: BuildAccuracy) -> str:
     """Which classes fine-tuning recovered, and which the compression still costs."""
-    series = [("uncompressed", accuracy.get("per_class_uncompressed") or [], BEFORE),
-              ("before fine-tune", accuracy.get("per_class_before") or [], PALETTE[1]),
-              ("after fine-tune", accuracy.get("per_class_after") or [], PALETTE[0])]
+    series = [("uncompressed", accuracy.per_class_uncompressed, BEFORE), ("before fine-tune", accuracy.per_class_before, PALETTE[1]),
+              ("after fine-tune", accuracy.per_class_after, PALETTE[0])]
     classes = max(len(values) for _, values, _ in series)
     if classes == 0:
         return ""
@@ -172,22 +143,22 @@ def per_class_accuracy(accuracy: dict) -> str:
     return to_img_tag(fig, "grouped bars of accuracy per class before fine-tuning, after, and uncompressed")
 
 
-def layer_channels(layers: list[dict]) -> str:
+def layer_channels(layers: list[LayerSummary]) -> str:
     """Channels kept per layer against the original width, coloured by weight precision."""
     if not layers:
         return ""
-    precisions = sorted({layer["weight_precision"] for layer in layers if not layer["removed"]})
+    precisions = sorted({layer.weight_precision for layer in layers if not layer.removed})
     colors = {p: PALETTE[i % 10] for i, p in enumerate(precisions)}
     at = np.arange(len(layers))
     fig, ax = figure(6.4, 1.2 + 0.24 * len(layers))
-    ax.barh(at, [layer["original_out_channels"] for layer in layers], 0.8, color="none", edgecolor="#999", linewidth=0.8)
-    ax.barh(at, [0 if layer["removed"] else layer["out_channels"] for layer in layers], 0.8,
-            color=[colors.get(layer["weight_precision"], BEFORE) for layer in layers])
+    ax.barh(at, [layer.original_out_channels for layer in layers], 0.8, color="none", edgecolor="#999", linewidth=0.8)
+    ax.barh(at, [0 if layer.removed else layer.out_channels for layer in layers], 0.8,
+            color=[colors.get(layer.weight_precision, BEFORE) for layer in layers])
     for i, layer in enumerate(layers):
-        if layer["removed"]:
-            ax.barh(i, layer["original_out_channels"], 0.8, color="none", hatch="///", edgecolor=REMOVED, linewidth=0)
-            ax.text(layer["original_out_channels"], i, " removed", va="center", fontsize=7, color=REMOVED)
-    ax.set_yticks(at, [layer["name"] for layer in layers], fontsize=7)
+        if layer.removed:
+            ax.barh(i, layer.original_out_channels, 0.8, color="none", hatch="///", edgecolor=REMOVED, linewidth=0)
+            ax.text(layer.original_out_channels, i, " removed", va="center", fontsize=7, color=REMOVED)
+    ax.set_yticks(at, [layer.name for layer in layers], fontsize=7)
     ax.invert_yaxis()  # the first layer on top
     ax.set_xlabel("output channels")
     ax.set_title("Channels kept per layer (outline: original width)")
@@ -198,84 +169,79 @@ def layer_channels(layers: list[dict]) -> str:
 
 
 # -- the page --------------------------------------------------------------------------------
-def _verdict(build: dict) -> str:
-    gate = build["gate"]
-    message = html.escape(gate["message"].rstrip("."))  # the page adds its own full stop
-    if build["published"]:
-        return (f'<p class="verdict published"><b>Published</b> to <code>{html.escape(build["registry_uri"])}</code>.'
+def _verdict(build: BuildSummary) -> str:
+    message = html.escape(build.gate.message.rstrip("."))  # the page adds its own full stop
+    if build.published:
+        return (f'<p class="verdict published"><b>Published</b> to <code>{html.escape(build.registry_uri)}</code>.'
                 f'<br><span class="note">Quality gate passed: {message}.</span></p>')
-    if not gate["passed"]:
+    if not build.gate.passed:
         return f'<p class="verdict refused"><b>Refused by the quality gate:</b> {message}.</p>'
     return f'<p class="verdict"><b>Not published</b> (the quality gate passed: {message}).</p>'
 
 
-def _headline(build: dict) -> str:
-    fleet, accuracy, size = build["fleet"], build["accuracy"], build["size"]
-    ort, trt = build["onnxruntime"], build["tensorrt"]
-    cards = [_card(_fmt(fleet["predicted_speedup"], ".2f", "×"),
-                   f"fleet-weighted latency speed-up, predicted: {_fmt(fleet['predicted_before_ms'], '.3f')} → "
-                   f"{_fmt(fleet['predicted_after_ms'], '.3f')} ms")]
-    if "true_speedup" in fleet:
-        cards.append(_card(_fmt(fleet["true_speedup"], ".2f", "×"),
-                           f"fleet-weighted speed-up, simulated true: {_fmt(fleet.get('true_before_ms'), '.3f')} → "
-                           f"{_fmt(fleet.get('true_after_ms'), '.3f')} ms"))
+def _headline(build: BuildSummary) -> str:
+    fleet, accuracy, size, ort, trt = build.fleet, build.accuracy, build.size, build.onnxruntime, build.tensorrt
+    cards = [_card(_fmt(fleet.predicted_speedup, ".2f", "×"),
+                   f"fleet-weighted latency speed-up, predicted: {_fmt(fleet.predicted_before_ms, '.3f')} → "
+                   f"{_fmt(fleet.predicted_after_ms, '.3f')} ms")]
+    if fleet.true_speedup is not None:
+        cards.append(_card(_fmt(fleet.true_speedup, ".2f", "×"),
+                           f"fleet-weighted speed-up, simulated true: {_fmt(fleet.true_before_ms, '.3f')} → "
+                           f"{_fmt(fleet.true_after_ms, '.3f')} ms"))
     cards += [
-        _card(f"{_fmt(accuracy['uncompressed_onnxruntime'], '.1f', '%')} → {_fmt(accuracy['onnxruntime'], '.1f', '%')}",
+        _card(f"{_fmt(accuracy.uncompressed_onnxruntime, '.1f', '%')} → {_fmt(accuracy.onnxruntime, '.1f', '%')}",
               "test accuracy, uncompressed → compressed, both in ONNX Runtime"),
-        _card(f"{_kb(size['uncompressed_onnx_bytes'])} → {_kb(size['onnx_bytes'])}",
-              "ONNX model size, uncompressed → compressed"),
-        _card(_fmt(ort["speedup"], ".2f", "×"),
-              f"ONNX Runtime speed-up measured on this machine (CPU threads: {ort['threads']})"),
-        _card(_fmt(trt.get("speedup"), ".2f", "×"), f"TensorRT speed-up on {trt.get('gpu', 'the GPU')}") if trt["built"]
-        else _card("TensorRT not built", trt["reason"]),
+        _card(f"{_kb(size.uncompressed_onnx_bytes)} → {_kb(size.onnx_bytes)}", "ONNX model size, uncompressed → compressed"),
+        _card(_fmt(ort.speedup, ".2f", "×"), f"ONNX Runtime speed-up measured on this machine (CPU threads: {ort.threads})"),
+        _card(_fmt(trt.speedup, ".2f", "×"), f"TensorRT speed-up on {trt.gpu or 'the GPU'}") if trt.built
+        else _card("TensorRT not built", trt.reason),
     ]
     return f'<div class="band">{"".join(cards)}</div>'
 
 
-def _measured_table(build: dict) -> str:
-    ort, trt, accuracy = build["onnxruntime"], build["tensorrt"], build["accuracy"]
-    rows = [f"<tr><td>ONNX Runtime (CPU threads: {ort['threads']}, rounds: {ort['rounds']})</td>"
-            f"<td>{_fmt(ort['uncompressed_latency_ms'], '.3f')}</td><td>{_fmt(ort['latency_ms'], '.3f')}</td>"
-            f"<td>{_fmt(ort['speedup'], '.2f', '×')}</td><td>{_fmt(accuracy['onnxruntime'], '.2f', '%')}</td></tr>"]
-    if trt["built"]:
-        engine = html.escape(f"TensorRT {trt.get('version', '')}, {trt.get('gpu', 'GPU')}")
-        rows.append(f"<tr><td>{engine}</td><td>{_fmt(trt.get('uncompressed_latency_ms'), '.3f')}</td>"
-                    f"<td>{_fmt(trt.get('latency_ms'), '.3f')}</td><td>{_fmt(trt.get('speedup'), '.2f', '×')}</td>"
-                    f"<td>{_fmt(trt.get('accuracy'), '.2f', '%')}</td></tr>")
+def _measured_table(build: BuildSummary) -> str:
+    ort, trt, accuracy = build.onnxruntime, build.tensorrt, build.accuracy
+    rows = [f"<tr><td>ONNX Runtime (CPU threads: {ort.threads}, rounds: {ort.rounds})</td>"
+            f"<td>{_fmt(ort.uncompressed_latency_ms, '.3f')}</td><td>{_fmt(ort.latency_ms, '.3f')}</td>"
+            f"<td>{_fmt(ort.speedup, '.2f', '×')}</td><td>{_fmt(accuracy.onnxruntime, '.2f', '%')}</td></tr>"]
+    if trt.built:
+        engine = html.escape(f"TensorRT {trt.version}, {trt.gpu or 'GPU'}")
+        rows.append(f"<tr><td>{engine}</td><td>{_fmt(trt.uncompressed_latency_ms, '.3f')}</td>"
+                    f"<td>{_fmt(trt.latency_ms, '.3f')}</td><td>{_fmt(trt.speedup, '.2f', '×')}</td>"
+                    f"<td>{_fmt(trt.accuracy, '.2f', '%')}</td></tr>")
     else:
-        rows.append(f"<tr><td>TensorRT</td><td colspan=4>not built: {html.escape(trt['reason'])}</td></tr>")
+        rows.append(f"<tr><td>TensorRT</td><td colspan=4>not built: {html.escape(trt.reason)}</td></tr>")
     return ("<table><tr><th>engine (batch 1)</th><th>uncompressed (ms)</th><th>compressed (ms)</th><th>speed-up</th>"
             f"<th>accuracy</th></tr>{''.join(rows)}</table>"
             f'<p class="note">The exported model predicts the same class as the fine-tuned PyTorch model on '
-            f"{_fmt(100 * accuracy['onnxruntime_agreement'], '.1f', '%')} of test images.</p>")
+            f"{_fmt(100 * accuracy.onnxruntime_agreement, '.1f', '%')} of test images.</p>")
 
 
-def _accuracy_table(build: dict) -> str:
-    accuracy, size = build["accuracy"], build["size"]
-    stages = [("uncompressed (PyTorch)", accuracy["uncompressed"]),
-              ("uncompressed (ONNX Runtime)", accuracy["uncompressed_onnxruntime"]),
-              ("pruned and quantized, before fine-tune", accuracy["before_finetune"]),
-              ("after quantization-aware fine-tune", accuracy["fake_quantized"]),
-              ("exported (ONNX Runtime)", accuracy["onnxruntime"])]
+def _accuracy_table(build: BuildSummary) -> str:
+    accuracy, size = build.accuracy, build.size
+    stages = [("uncompressed (PyTorch)", accuracy.uncompressed), ("uncompressed (ONNX Runtime)", accuracy.uncompressed_onnxruntime),
+              ("pruned and quantized, before fine-tune", accuracy.before_finetune),
+              ("after quantization-aware fine-tune", accuracy.fake_quantized), ("exported (ONNX Runtime)", accuracy.onnxruntime)]
     rows = "".join(f"<tr><td>{name}</td><td>{_fmt(value, '.2f', '%')}</td></tr>" for name, value in stages)
     return (f"<table><tr><th>stage</th><th>test accuracy</th></tr>{rows}</table>"
-            f'<p class="note">Weight memory: {_kb(size["uncompressed_weight_bits"] / 8)} → {_kb(size["weight_bits"] / 8)}; '
-            f"quality gate tolerance {_fmt(build['gate']['tolerance'], 'g')} points.</p>")
+            f'<p class="note">Weight memory: {_kb(size.uncompressed_weight_bits / 8)} → {_kb(size.weight_bits / 8)}; '
+            f"quality gate tolerance {_fmt(build.gate.tolerance, 'g')} points.</p>")
 
 
-def run_report_html(build: dict, front: dict, clusters: dict, features: pa.Table | None, assignments: pa.Table | None) -> str:
-    """The run's page from the steps' summaries; without device features it leaves out the device scatter."""
+def run_report_html(build: BuildSummary, front: Front, clusters: ClusterSummary, features: pa.Table | None,
+                    assignments: pa.Table | None) -> str:
+    """The run's page; without device features it leaves out the device scatter."""
     scatter = device_scatter(clusters, features, assignments) if features is not None and assignments is not None else ""
-    model = html.escape(build["model"])
-    shape = "×".join(str(d) for d in build["input_shape"])
-    chosen = next((p for p in front["points"] if p["chosen"]), None)
+    model = html.escape(build.model)
+    shape = "×".join(str(d) for d in build.input_shape)
+    chosen = front.chosen[0] if front.chosen else None
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>hdap: {model} for the fleet</title><style>{PAGE_STYLE}{RUN_STYLE}</style></head>
 <body>
 <h1>hdap: {model} for the fleet</h1>
-<p class="note">Version {html.escape(build["version"])}, input {shape}; {sum(c["size"] for c in clusters["clusters"]):,} devices
-in {clusters["k"]} clusters (k {html.escape(clusters["selection"])}); search mode {html.escape(front["mode"])},
-objective {html.escape(front["objective"])}{f", chose {html.escape(chosen['setting'])}" if chosen else ""}.</p>
+<p class="note">Version {html.escape(build.version)}, input {shape}; {sum(c.size for c in clusters.clusters):,} devices
+in {clusters.k} clusters (k {html.escape(clusters.selection)}); search mode {html.escape(front.mode.value)},
+objective {html.escape(front.objective.value)}{f", chose {html.escape(chosen.setting.label)}" if chosen else ""}.</p>
 {_verdict(build)}
 {_headline(build)}
 <h2>The fleet</h2>
@@ -284,9 +250,9 @@ objective {html.escape(front["objective"])}{f", chose {html.escape(chosen['setti
 <h2>What compression buys each cluster</h2>
 <div class="grid">{cluster_latency(build)}{pareto_plot(front)}</div>
 <h2>Accuracy</h2>
-<div class="grid">{per_class_accuracy(build["accuracy"])}<div>{_accuracy_table(build)}</div></div>
+<div class="grid">{per_class_accuracy(build.accuracy)}<div>{_accuracy_table(build)}</div></div>
 <h2>The compressed architecture</h2>
-{layer_channels(build["layers"])}
+{layer_channels(build.layers)}
 <h2>Measured latency</h2>
 {_measured_table(build)}
 </body></html>

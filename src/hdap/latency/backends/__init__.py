@@ -5,24 +5,31 @@
 - `tensorrt`: a GPU with TensorRT, where one exists.
 """
 
+import importlib
+
 from hdap.latency.backends.base import Backend, BackendUnavailable, MeasurementFailed
+from hdap.settings import Choice
 
-__all__ = ["Backend", "BackendUnavailable", "MeasurementFailed", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "MeasurementFailed", "ProfilingBackend", "get_backend"]
 
 
-def get_backend(name: str, **options) -> Backend:
-    from hdap.errors import HdapError
+class ProfilingBackend(Choice):
+    SIMULATED = "simulated"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
 
-    if name == "simulated":
-        from hdap.latency.backends.simulated import SimulatedBackend
 
-        return SimulatedBackend(**options)
-    if name == "onnxruntime":
-        from hdap.latency.backends.onnxruntime import OnnxRuntimeBackend
+# Each backend's class, imported when it is used (ONNX Runtime and TensorRT are heavy, or absent).
+BACKENDS = {
+    ProfilingBackend.SIMULATED: "hdap.latency.backends.simulated:SimulatedBackend",
+    ProfilingBackend.ONNXRUNTIME: "hdap.latency.backends.onnxruntime:OnnxRuntimeBackend",
+    ProfilingBackend.TENSORRT: "hdap.latency.backends.tensorrt:TensorRTBackend",
+}
 
-        return OnnxRuntimeBackend(**options)
-    if name == "tensorrt":
-        from hdap.latency.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(**options)
-    raise HdapError(f"unknown profiling backend '{name}': use simulated, onnxruntime or tensorrt.")
+def get_backend(name: ProfilingBackend | str, **options) -> Backend:
+    """The backend `name` made with `options`; BackendUnavailable where it cannot run here."""
+    from hdap.settings import from_parameter
+
+    module, _, cls = BACKENDS[from_parameter(name, ProfilingBackend, "backend")].partition(":")
+    return getattr(importlib.import_module(module), cls)(**options)

@@ -1,0 +1,190 @@
+"""The pipeline on this machine (`hdap run`, `hdap demo`): check up front, run with kfp.local, summarise.
+
+The run itself is the real Kubeflow pipeline (`pipelines/`), executed by kfp.local, each step a
+subprocess. What it wrote is read back through the stages' contracts for the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hdap.config import home_dir
+from hdap.errors import HdapError
+from hdap.stages import RunSettings
+from hdap.stages.build import BuildSummary
+from hdap.stages.cluster import ClusterSummary
+from hdap.stages.ingest import IngestSummary
+from hdap.stages.search import Front
+from hdap.stages.surrogate import SurrogateIndex
+from hdap.store import ObjectStore, join_uri
+
+
+@dataclass
+class LocalRun:
+    """What a finished run wrote, as its stages' contracts, and its reports on this machine."""
+
+    run_uri: str
+    ingest: IngestSummary
+    clusters: ClusterSummary
+    surrogates: SurrogateIndex
+    front: Front
+    build: BuildSummary | None  # None where the run stopped after the search (per-cluster mode)
+    reports: dict[str, Path]  # "fleet", "surrogate", "search" and, once built, "run"
+
+
+def preflight(settings: RunSettings, store: ObjectStore) -> None:
+    """What can be checked before any step runs: the model builds for its input, the store answers,
+    the telemetry is there. (Each setting was checked when `settings` was made.)"""
+    from hdap.models import build_model
+
+    search = settings["search"]
+    build_model(search.model, search.input_shape)
+    store.check()
+    telemetry_uri = settings["ingest"].telemetry_uri
+    if not store.list(telemetry_uri):
+        raise HdapError(f"there is no telemetry under {telemetry_uri}: upload device reports there (or `hdap fleet simulate`), "
+                        "or fix --telemetry-uri.")
+
+
+def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None) -> LocalRun:
+    """Check, then run every step with kfp.local in this machine's store; the run's outputs."""
+    from hdap.embedded_store import local_store_config
+    from pipelines.local import PipelineFailed, run_locally
+
+    config = store.config if store is not None else local_store_config()
+    store = store or ObjectStore(config)
+    preflight(settings, store)
+    os.environ.update(config.as_environment())  # the steps are subprocesses: they inherit these
+    with tempfile.NamedTemporaryFile(prefix="hdap-failure-", delete=False) as handle:
+        failure_file = Path(handle.name)
+    os.environ["HDAP_FAILURE_FILE"] = str(failure_file)
+    try:
+        clusters = run_locally(settings.to_parameters(), home_dir() / "local_outputs")
+    except PipelineFailed as err:
+        reason = failure_file.read_text().strip()
+        raise HdapError(f"the pipeline stopped in step {reason}" if reason else f"the pipeline failed: {err}") from None
+    finally:
+        failure_file.unlink(missing_ok=True)
+        os.environ.pop("HDAP_FAILURE_FILE", None)
+    return collect_run(store, join_uri(settings.output.output_uri, clusters.run_name, ""), clusters)
+
+
+def collect_run(store: ObjectStore, run_uri: str, clusters: ClusterSummary) -> LocalRun:
+    """The run's contracts from the store, and its reports copied to .hdap/runs/<run name>/."""
+    folder = home_dir() / "runs" / clusters.run_name
+    reports = {"fleet": "cluster/report.html", "surrogate": "surrogate/report.html", "search": "search/report.html"}
+    build_uri = join_uri(run_uri, "build", "build.json")
+    built = store.exists(build_uri)
+    if built:
+        reports["run"] = "build/report.html"
+    paths = {name: store.get_file(join_uri(run_uri, key), folder / ("report.html" if name == "run" else f"{name}-report.html"))
+             for name, key in reports.items()}
+    return LocalRun(run_uri, IngestSummary.get(store, join_uri(run_uri, "ingest", "summary.json")), clusters,
+                    SurrogateIndex.get(store, join_uri(run_uri, "surrogate", "fleet.json")),
+                    Front.get(store, join_uri(run_uri, "search", "front.json")),
+                    BuildSummary.get(store, build_uri) if built else None, paths)
+
+
+def run_demo(devices: int, days: int, sku: str, seed: int, console: Console) -> LocalRun:
+    """`make run`: the embedded store (unless one is configured), a simulated fleet (reused the same day), the pipeline."""
+    from hdap.embedded_store import EmbeddedStore, local_store_config
+    from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+    from hdap.store import StoreConfig
+
+    if StoreConfig.configured() is None:
+        embedded = EmbeddedStore.default()
+        config = embedded.up()
+        console.print(f"embedded object store at http://{config.endpoint} (data in {embedded.data_dir}; stop it with `hdap store down`)")
+    store = ObjectStore(local_store_config())
+    today = datetime.now(timezone.utc).date()
+    # The prefix names the fleet and the day, so re-running the demo reuses it instead of rewriting.
+    fleet_uri = f"s3://hdap/demo/{sku}/{devices}x{days}d-seed{seed}/{today.isoformat()}"
+    simulation = SimulationConfig(sku=sku, devices=devices, days=days, seed=seed, telemetry_uri=f"{fleet_uri}/telemetry",
+                                  truth_uri=f"{fleet_uri}/ground-truth")
+    if store.exists(f"{simulation.telemetry_uri}/date={today.isoformat()}/part-00000.parquet"):
+        console.print(f"reusing today's simulated fleet under {simulation.telemetry_uri}")
+    else:
+        result = simulate_fleet(store, simulation)
+        console.print(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {simulation.telemetry_uri}")
+    settings = RunSettings.from_parameters({"telemetry_uri": simulation.telemetry_uri, "sku": sku, "seed": seed,
+                                            "truth_uri": simulation.truth_uri})
+    return run_pipeline_locally(settings, store)
+
+
+# -- the summary -----------------------------------------------------------------------------
+def print_summary(run: LocalRun, console: Console) -> None:
+    """What the run did, stage by stage, in a few lines and tables; text from data is printed as text."""
+    ingest = run.ingest
+    console.rule("[bold]hdap run summary")
+    reasons = ", ".join(f"{k}: {v}" for k, v in ingest.quarantine_reasons.items())
+    console.print(f"telemetry: {ingest.rows_read:,} reports from {ingest.objects_read} objects -> [bold]{ingest.devices:,} devices[/] "
+                  f"ingested, {ingest.rows_quarantined:,} rows quarantined" + (f" ({escape(reasons)})" if ingest.rows_quarantined else ""))
+    if ingest.unreadable_objects:
+        console.print(f"[yellow]unreadable objects:[/] {escape(', '.join(ingest.unreadable_objects))}")
+    console.print(f"clusters: {run.clusters.k} ({escape(run.clusters.selection)})")
+    console.print(_cluster_table(run.clusters))
+    surrogates = run.surrogates
+    accuracy = ", ".join(f"{100 * c.held_out_within_10pct:.0f}%" for c in surrogates.clusters)
+    console.print(
+        f"latency surrogates for {escape(surrogates.model)} ({'/'.join(surrogates.precisions)}), one per cluster, "
+        f"profiled by {', '.join(sorted({c.source for c in surrogates.clusters}))}: held-out layers within +-10%: {accuracy}"
+    )
+    _print_search(run.front, console)
+    if run.build is not None:
+        _print_build(run.build, console)
+    console.print(f"outputs in the store: [bold]{escape(run.run_uri)}[/]")
+    if "run" in run.reports:
+        console.print(f"report: [bold]{run.reports['run']}[/]")
+    console.print(f"stage reports: {run.reports['search']}, {run.reports['fleet']} and {run.reports['surrogate']}")
+
+
+def _cluster_table(clusters: ClusterSummary) -> Table:
+    table = Table(show_edge=False)
+    for column in ("cluster", "devices", "share", "representative", "conv3x3 fp16 ms", "launch ms"):
+        table.add_column(column, justify="left" if column == "representative" else "right")
+    for c in clusters.clusters:
+        table.add_row(str(c.id), f"{c.size:,}", f"{100 * c.weight:.1f}%", escape(c.representative),
+                      f"{c.centroid.get('probe_conv3x3_fp16_median_ms', float('nan')):.4f}",
+                      f"{c.centroid.get('probe_launch_median_ms', float('nan')):.4f}")
+    return table
+
+
+def _print_search(front: Front, console: Console) -> None:
+    baseline = front.baseline_fleet_latency_ms
+    console.print(f"search ({front.mode.value}, {front.objective.value}): uncompressed {escape(front.model)} "
+                  f"{front.baseline_accuracy:.2f}% accurate, {baseline:.4f} ms fleet-weighted at {front.default_precision}")
+    truth = any(p.true_fleet_latency_ms is not None for p in front.points)
+    table = Table(show_edge=False)
+    for column in (front.points[0].setting.kind.value, "accuracy", "fleet latency ms", "speed-up", "weights kB",
+                   *(["true fleet ms"] if truth else []), "Pareto", "chosen"):
+        table.add_column(column, justify="right")
+    for p in front.points:
+        true = [f"{p.true_fleet_latency_ms if p.true_fleet_latency_ms is not None else float('nan'):.4f}"] if truth else []
+        table.add_row(f"{p.setting.value:g}", f"{p.accuracy:.2f}%", f"{p.fleet_latency_ms:.4f}", f"{baseline / p.fleet_latency_ms:.2f}x",
+                      f"{p.size_bits / 8e3:.1f}", *true, "yes" if p.pareto else "", "<-" if p.chosen else "")
+    console.print(table)
+
+
+def _print_build(build: BuildSummary, console: Console) -> None:
+    accuracy, fleet, timing, trt = build.accuracy, build.fleet, build.onnxruntime, build.tensorrt
+    true = (f", simulated fleet truth {fleet.true_before_ms:.4f} -> {fleet.true_after_ms:.4f} ms ({fleet.true_speedup:.2f}x)"
+            if fleet.true_speedup is not None else "")
+    console.print(f"fine-tuned and built: accuracy {accuracy.uncompressed:.2f}% uncompressed -> {accuracy.onnxruntime:.2f}% "
+                  f"(ONNX Runtime; agrees with the fake-quantised model on {100 * accuracy.onnxruntime_agreement:.1f}% of test images)")
+    console.print(f"fleet-weighted latency predicted {fleet.predicted_before_ms:.4f} -> {fleet.predicted_after_ms:.4f} ms "
+                  f"([bold]{fleet.predicted_speedup:.2f}x[/]){true}")
+    console.print(f"ONNX Runtime on this machine ({timing.threads} thread): {timing.uncompressed_latency_ms:.4f} -> "
+                  f"{timing.latency_ms:.4f} ms ({timing.speedup:.2f}x); ONNX {build.size.uncompressed_onnx_bytes / 1e3:.0f} -> "
+                  f"{build.size.onnx_bytes / 1e3:.0f} kB")
+    console.print(f"TensorRT: {trt.latency_ms:.4f} ms on {escape(trt.gpu)} ({trt.speedup:.2f}x)" if trt.built
+                  else f"TensorRT engine not built: {escape(trt.reason)}")
+    console.print(f"published to [bold]{escape(build.registry_uri)}[/]" if build.published
+                  else f"[yellow]not published:[/] {escape(build.gate.message)}")

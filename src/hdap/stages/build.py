@@ -1,0 +1,361 @@
+"""Stage 6, build: QDQ ONNX export, ONNX Runtime and TensorRT builds, measurements, quality gate, registry.
+
+Exports the fine-tuned model with each layer's precision written into the graph, measures its
+accuracy and its latency against the uncompressed model's on this machine (ONNX Runtime; and
+TensorRT where a GPU and TensorRT exist), predicts each cluster's latency before and after (and,
+for a simulated fleet, the truth), and publishes to the registry if the accuracy stays within
+the tolerance. Writes the ONNX graphs, `build.json` (`BuildSummary`) and the run's report under
+`<output_uri>/<run>/build/`; a model the gate refuses ends the step with the gate's sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdap.artifacts import Contract, plain
+from hdap.errors import HdapError
+from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
+                           Settings, at_least, setting)
+from hdap.stages import Stage, StageContext
+
+log = logging.getLogger("hdap")
+
+
+class TensorRTPolicy(Choice):
+    AUTO = "auto"  # build where a GPU and TensorRT exist, else say why not and go on
+    OFF = "off"
+    REQUIRED = "required"  # a run that cannot build an engine fails
+
+
+@dataclass(frozen=True)
+class BuildConfig(Settings):
+    PREFIX = "build"
+    tensorrt: TensorRTPolicy = setting(TensorRTPolicy.AUTO, "TensorRT engine: auto (where a GPU and TensorRT exist), off, "
+                                       "or required.")
+    onnxruntime_threads: int = setting(1, "Threads ONNX Runtime uses when timing the built model.", check=at_least(1))
+    registry_uri: str = REGISTRY_URI()
+    accuracy_tolerance: float = ACCURACY_TOLERANCE()
+    dataset: DatasetName = DATASET()
+    dataset_uri: str = DATASET_URI()
+    truth_uri: str = TRUTH_URI()
+    seed: int = SEED()
+
+
+@dataclass
+class BuildAccuracy:
+    uncompressed: float  # the uncompressed model in PyTorch, as the search measured it
+    before_finetune: float
+    finetune_kept_epoch: int
+    fake_quantized: float  # the fine-tuned model in PyTorch
+    onnxruntime: float  # the exported graph
+    onnxruntime_agreement: float  # share of test images where the graph and the fake-quantised model agree
+    uncompressed_onnxruntime: float
+    per_class_before: list[float]
+    per_class_after: list[float]
+    per_class_uncompressed: list[float]
+
+
+@dataclass
+class ModelSize:
+    uncompressed_onnx_bytes: int
+    onnx_bytes: int
+    uncompressed_weight_bits: float
+    weight_bits: float
+
+
+@dataclass
+class OnnxRuntimeTiming:
+    latency_ms: float  # batch 1, median over alternating rounds
+    uncompressed_latency_ms: float
+    speedup: float  # median of the rounds' ratios
+    threads: int
+    rounds: int
+
+
+@dataclass
+class TensorRTResult:
+    built: bool
+    reason: str = ""  # why not built
+    published: bool = False  # the engine passed the gate and went to the registry
+    latency_ms: float | None = None
+    uncompressed_latency_ms: float | None = None
+    speedup: float | None = None
+    accuracy: float | None = None
+    agreement_with_onnxruntime: float | None = None
+    gpu: str = ""
+    version: str = ""
+
+
+@dataclass
+class ClusterLatency:
+    cluster: int
+    weight: float
+    predicted_before_ms: float
+    predicted_after_ms: float
+
+
+@dataclass
+class FleetLatency:
+    predicted_before_ms: float
+    predicted_after_ms: float
+    predicted_speedup: float
+    true_before_ms: float | None = None  # a simulated fleet's mean over every device
+    true_after_ms: float | None = None
+    true_speedup: float | None = None
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    op: str
+    in_channels: int
+    out_channels: int
+    original_out_channels: int
+    weight_precision: str
+    removed: bool
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    tolerance: float
+    message: str
+
+
+@dataclass
+class RunRef:
+    name: str
+    outputs: str  # <output_uri>/<run name>/
+
+
+@dataclass
+class BuildSummary(Contract):
+    FORMAT = "hdap.build/1"
+    model: str
+    version: str  # the registry version: the run's name
+    input_shape: tuple[int, ...]
+    published: bool
+    registry_uri: str  # the entry, when published
+    accuracy: BuildAccuracy
+    size: ModelSize
+    onnxruntime: OnnxRuntimeTiming
+    tensorrt: TensorRTResult
+    clusters: list[ClusterLatency]
+    fleet: FleetLatency
+    layers: list[LayerSummary]
+    run: RunRef
+    gate: GateResult
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {"accuracy_uncompressed": self.accuracy.uncompressed, "accuracy_onnxruntime": self.accuracy.onnxruntime,
+                   "onnxruntime_agreement": self.accuracy.onnxruntime_agreement, "onnxruntime_latency_ms": self.onnxruntime.latency_ms,
+                   "onnxruntime_speedup": self.onnxruntime.speedup, "predicted_fleet_speedup": self.fleet.predicted_speedup,
+                   "tensorrt_built": float(self.tensorrt.built), "onnx_bytes": self.size.onnx_bytes}
+        if self.fleet.true_speedup is not None:
+            metrics["true_fleet_speedup"] = self.fleet.true_speedup
+        if self.tensorrt.latency_ms is not None:
+            metrics["tensorrt_latency_ms"] = self.tensorrt.latency_ms
+        return {k: round(float(v), 5) for k, v in metrics.items()}
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    model: Path  # the fine-tune's folder
+    surrogates: Path  # the surrogate stage's folder (SurrogateIndex)
+    features: Path
+    clusters: Path  # ClusterSummary
+    assignments: Path
+    front: Path  # Front
+
+
+@dataclass(frozen=True)
+class BuildOutputs:
+    engines: Path  # a folder: model.onnx, uncompressed.onnx, model.plan where built, build.json
+    report: Path  # the run's report
+
+
+@dataclass
+class _Built:
+    """What the export and the measurements produced, before the gate."""
+
+    spec: Any
+    shape: tuple[int, ...]
+    accuracy: BuildAccuracy
+    size: ModelSize
+    onnxruntime: OnnxRuntimeTiming
+    tensorrt: TensorRTResult
+
+
+def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context: StageContext) -> dict[str, float]:
+    from hdap.stages.search import Front
+
+    front = Front.load(inputs.front)
+    outputs.engines.mkdir(parents=True, exist_ok=True)
+    built = _export_and_measure(config, inputs, outputs.engines, front, context)
+    shapes = _layer_shapes(built.spec)
+    clusters, fleet = _fleet_latency(config, inputs, built.spec, shapes, front, context)
+    original = {layer.name: layer.out_channels for layer in shapes}
+    layers = [LayerSummary(layer.name, layer.op, layer.in_channels, layer.out_channels, original[layer.name],
+                           layer.weight_precision, layer.removed) for layer in built.spec.layers]
+    run_ref = RunRef(context.run_name, context.run_uri)
+    parts = {"accuracy": built.accuracy, "size": built.size, "onnxruntime": built.onnxruntime, "tensorrt": built.tensorrt,
+             "clusters": clusters, "fleet": fleet, "run": run_ref}
+    entry, gate = _publish(config, built, front, outputs.engines, inputs.model, parts, context)
+    summary = BuildSummary(built.spec.model, context.run_name, built.shape, entry is not None, entry or "", built.accuracy,
+                           built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
+    _report(summary, front, inputs, outputs, context)
+    if not gate.passed:
+        raise HdapError(f"the quality gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
+    return summary.metrics()
+
+
+def _layer_shapes(spec) -> list:
+    from hdap.models import build_model, prunable_layers
+
+    shape = tuple(spec.input_shape)
+    return prunable_layers(build_model(spec.model, shape, classes=spec.classes), shape)
+
+
+def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path, front, context: StageContext) -> _Built:
+    """Export both models as ONNX; their accuracy and latency in ONNX Runtime (and TensorRT where it runs)."""
+    import functools
+
+    import onnx
+    import torch
+
+    from hdap.compress.finetune import load_finetuned, trained_model
+    from hdap.compress.training import accuracy_percent, labels, per_class_accuracy, predictions
+    from hdap.data import DataConfig, load_dataset
+    from hdap.deploy.export import export_float_onnx, export_qdq_onnx, fold_batch_norms, quantized_layer_names
+    from hdap.deploy.onnxruntime_build import compare_latency, inference_session, onnx_predictions
+    from hdap.stages.finetune import FinetuneSummary
+
+    finetuned = FinetuneSummary.load(inputs.model / "summary.json")
+    plain, spec, amax = load_finetuned(inputs.model, fake_quantized=False)
+    fake_quantized, _, _ = load_finetuned(inputs.model)
+    shape = tuple(spec.input_shape)
+    data = load_dataset(DataConfig(config.dataset, config.dataset_uri, shape, config.seed), context.store)
+    uncompressed = trained_model(spec.model, shape, spec.classes,
+                                 torch.load(inputs.model / "uncompressed.weights.pt", weights_only=True))
+    qdq = export_qdq_onnx(plain, amax, shape)
+    baseline = export_float_onnx(fold_batch_norms(uncompressed), shape)
+    onnx.save(qdq, engines / "model.onnx")
+    onnx.save(baseline, engines / "uncompressed.onnx")
+    written = list(quantized_layer_names(qdq).values())
+    log.info("exported %s: %d int8 (Q/DQ) layers, %d fp16 layers", engines / "model.onnx", written.count("int8"), written.count("fp16"))
+
+    truth = labels(data.test)
+    reference = predictions(fake_quantized, data.test)
+    ours = onnx_predictions(inference_session(qdq, config.onnxruntime_threads), data.test)
+    theirs = onnx_predictions(inference_session(baseline, config.onnxruntime_threads), data.test)
+    accuracy = functools.partial(accuracy_percent, truth=truth)
+    timing = compare_latency(qdq, baseline, shape, threads=config.onnxruntime_threads)
+    log.info("ONNX Runtime on this machine: %.4f ms vs %.4f ms uncompressed (%.2fx), accuracy %.2f%%",
+             timing.latency_ms, timing.baseline_latency_ms, timing.speedup, accuracy(ours))
+    return _Built(
+        spec, shape,
+        BuildAccuracy(front.baseline_accuracy, finetuned.accuracy_before, finetuned.kept_epoch, accuracy(reference), accuracy(ours),
+                      float((ours == reference).float().mean()), accuracy(theirs), finetuned.per_class_before,
+                      per_class_accuracy(ours, truth, spec.classes), per_class_accuracy(theirs, truth, spec.classes)),
+        ModelSize((engines / "uncompressed.onnx").stat().st_size, (engines / "model.onnx").stat().st_size, front.baseline_size_bits,
+                  spec.metrics.get("size_bits", float("nan"))),
+        OnnxRuntimeTiming(round(timing.latency_ms, 5), round(timing.baseline_latency_ms, 5), round(timing.speedup, 3),
+                          timing.threads, timing.rounds),
+        _tensorrt(config, qdq, baseline, shape, data, engines, ours, accuracy))
+
+
+def _tensorrt(config: BuildConfig, qdq, baseline, shape: tuple[int, ...], data, engines: Path, ours, accuracy) -> TensorRTResult:
+    """Both graphs as TensorRT engines where TensorRT and a GPU exist; otherwise why not."""
+    from hdap.deploy.tensorrt_build import build_engine, tensorrt_unavailable_reason
+
+    required = config.tensorrt is TensorRTPolicy.REQUIRED
+    reason = "switched off (--build-tensorrt off)" if config.tensorrt is TensorRTPolicy.OFF else tensorrt_unavailable_reason()
+    if reason is None:
+        try:
+            engine = build_engine(qdq, shape, data.test, timing_cache=engines / "timing.cache")
+            base_engine = build_engine(baseline, shape, data.test, timing_cache=engines / "timing.cache")
+        except HdapError as err:
+            if required:
+                raise
+            reason = str(err)
+        else:
+            (engines / "model.plan").write_bytes(engine.plan)
+            # The baseline engine is the uncompressed fp32 graph, as ONNX Runtime's is.
+            return TensorRTResult(True, latency_ms=engine.latency_ms, uncompressed_latency_ms=base_engine.latency_ms,
+                                  speedup=base_engine.latency_ms / engine.latency_ms, accuracy=accuracy(engine.predictions),
+                                  agreement_with_onnxruntime=float((engine.predictions == ours).float().mean()),
+                                  gpu=engine.gpu, version=engine.version)
+    if required:
+        raise HdapError(f"a TensorRT engine was required but {reason}: run the build step on a GPU node with the GPU image.")
+    log.info("TensorRT engine not built: %s", reason)
+    return TensorRTResult(False, reason=reason)
+
+
+def _fleet_latency(config: BuildConfig, inputs: BuildInputs, spec, layers: list, front,
+                   context: StageContext) -> tuple[list[ClusterLatency], FleetLatency]:
+    """What the surrogates predict per cluster, before and after; and what a simulated fleet would truly see."""
+    import pyarrow.parquet as pq
+
+    from hdap.compress.spec import spec_layer_configs
+    from hdap.latency.fleet_cost import FleetCost
+    from hdap.latency.fleet_profiling import load_truth, simulated_fleet_latency_ms
+    from hdap.stages.surrogate import SurrogateIndex
+
+    index = SurrogateIndex.load(inputs.surrogates / "fleet.json")
+    fleet = FleetCost.from_index(index, inputs.surrogates)
+    after = spec_layer_configs(spec, layers)
+    before = [layer.config(precision=front.default_precision) for layer in layers]
+    clusters = [ClusterLatency(c.cluster, w, s.predict_model(before), s.predict_model(after))
+                for c, s, w in zip(index.clusters, fleet.surrogates, fleet.weights)]
+    predicted_before = sum(c.weight * c.predicted_before_ms for c in clusters)
+    predicted_after = sum(c.weight * c.predicted_after_ms for c in clusters)
+    fleet_latency = FleetLatency(predicted_before, predicted_after, predicted_before / predicted_after)
+    if config.truth_uri:
+        truth = load_truth(context.store, config.truth_uri)
+        features = pq.read_table(inputs.features)
+        fleet_latency.true_before_ms = float(simulated_fleet_latency_ms(before, features, truth).mean())
+        fleet_latency.true_after_ms = float(simulated_fleet_latency_ms(after, features, truth).mean())
+        fleet_latency.true_speedup = fleet_latency.true_before_ms / fleet_latency.true_after_ms
+    return clusters, fleet_latency
+
+
+def _publish(config: BuildConfig, built: _Built, front, engines: Path, model_dir: Path, parts: dict,
+             context: StageContext) -> tuple[str | None, GateResult]:
+    """The registry entry if the exported model passes the gate (the engine too, if it passes on its own)."""
+    from hdap.deploy.registry import QualityGate, publish_if_accepted
+
+    gate = QualityGate(config.accuracy_tolerance)
+    files = {"model.onnx": engines / "model.onnx", "architecture.json": model_dir / "architecture.json",
+             "quantization.json": model_dir / "quantization.json", "weights.pt": model_dir / "weights.pt"}
+    if built.tensorrt.built:
+        engine_ok, engine_message = gate.check(built.tensorrt.accuracy, front.baseline_accuracy)
+        if engine_ok:
+            files["model.plan"] = engines / "model.plan"
+            built.tensorrt.published = True
+        else:
+            log.warning("the TensorRT engine is not published: its %s", engine_message)
+    metadata = {key: plain(value) for key, value in parts.items()}
+    entry, message = publish_if_accepted(context.store, gate, built.accuracy.onnxruntime, front.baseline_accuracy,
+                                         config.registry_uri, built.spec.model, context.run_name, files, metadata)
+    return entry, GateResult(entry is not None, config.accuracy_tolerance, message)
+
+
+def _report(summary: BuildSummary, front, inputs: BuildInputs, outputs: BuildOutputs, context: StageContext) -> None:
+    import pyarrow.parquet as pq
+
+    from hdap.report.run import run_report_html
+    from hdap.stages.cluster import ClusterSummary
+
+    clusters = ClusterSummary.load(inputs.clusters)
+    page = run_report_html(summary, front, clusters, pq.read_table(inputs.features), pq.read_table(inputs.assignments))
+    outputs.report.write_text(page)
+    summary.save(outputs.engines / "build.json")
+    for name, path in (("report.html", outputs.report), ("build.json", outputs.engines / "build.json"),
+                       ("model.onnx", outputs.engines / "model.onnx"), ("uncompressed.onnx", outputs.engines / "uncompressed.onnx")):
+        context.store.put_file(context.uri("build", name), path)
+
+
+STAGE = Stage("build", "export + build + publish", BuildConfig, BuildInputs, BuildOutputs, run)

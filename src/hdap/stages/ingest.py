@@ -1,0 +1,89 @@
+"""Stage 1, ingest: every telemetry object under a prefix -> one feature row per device.
+
+Rows that fail validation are quarantined with a structured reason (`hdap.fleet.ingest`); the
+summary counts them per reason. Writes `features.parquet`, `quarantine.parquet` and
+`summary.json` (`IngestSummary`) under `<output_uri>/<run>/ingest/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from hdap.artifacts import Contract
+from hdap.errors import HdapError
+from hdap.settings import SKU, TELEMETRY_URI, Settings, setting
+from hdap.stages import Stage, StageContext
+
+log = logging.getLogger("hdap")
+
+
+@dataclass(frozen=True)
+class IngestConfig(Settings):
+    PREFIX = "ingest"
+    telemetry_uri: str = TELEMETRY_URI()
+    sku: str = SKU()
+    as_of: datetime | None = setting(None, "ISO time taken as 'now' when rejecting reports from the future; empty: the clock.")
+
+    def validate(self) -> None:
+        if not self.telemetry_uri:  # the SKU's default folder
+            object.__setattr__(self, "telemetry_uri", f"s3://hdap/telemetry/{self.sku}")
+
+
+@dataclass(frozen=True)
+class IngestInputs:
+    pass
+
+
+@dataclass(frozen=True)
+class IngestOutputs:
+    features: Path  # one row per device (Parquet)
+    quarantine: Path  # every rejected row, where it came from and why (Parquet)
+
+
+@dataclass
+class IngestSummary(Contract):
+    FORMAT = "hdap.ingest-summary/1"
+    telemetry_uri: str
+    sku: str
+    objects_read: int
+    rows_read: int
+    rows_valid: int
+    rows_quarantined: int
+    devices: int
+    quarantine_reasons: dict[str, int]  # rows per reason key (`QuarantineReason.key`)
+    unreadable_objects: dict[str, str]  # object URI -> why it could not be parsed
+
+    def metrics(self) -> dict[str, float]:
+        out = {"objects_read": self.objects_read, "rows_read": self.rows_read, "rows_valid": self.rows_valid,
+               "rows_quarantined": self.rows_quarantined, "devices": self.devices,
+               "objects_unreadable": len(self.unreadable_objects)}
+        return out | {f"quarantined_{key}": n for key, n in sorted(self.quarantine_reasons.items())}
+
+
+def run(config: IngestConfig, inputs: IngestInputs, outputs: IngestOutputs, context: StageContext) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
+    from hdap.fleet.ingest import ingest_telemetry
+
+    result = ingest_telemetry(context.store, config)
+    pq.write_table(result.features, outputs.features)
+    pq.write_table(result.quarantine, outputs.quarantine)
+    context.store.put_file(context.uri("ingest", "features.parquet"), outputs.features)
+    quarantine_uri = context.uri("ingest", "quarantine.parquet")
+    context.store.put_file(quarantine_uri, outputs.quarantine)
+    summary = IngestSummary(config.telemetry_uri, config.sku, result.objects_read, result.rows_read, result.rows_valid,
+                            result.rows_quarantined, result.features.num_rows, result.reasons, result.unreadable_objects)
+    summary.put(context.store, context.uri("ingest", "summary.json"))
+    if result.rows_quarantined:
+        log.warning("quarantined %d rows (%s): %s", result.rows_quarantined, result.reasons, quarantine_uri)
+    if result.features.num_rows == 0:
+        top = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1])[:3]) or "no readable rows"
+        raise HdapError(f"no valid telemetry under {config.telemetry_uri} for {config.sku}: {result.rows_quarantined} rows "
+                        f"quarantined ({top}); see {quarantine_uri}.")
+    return summary.metrics()
+
+
+STAGE = Stage("ingest", "ingest telemetry", IngestConfig, IngestInputs, IngestOutputs, run)
