@@ -183,12 +183,7 @@ def test_the_soft_search_scales_weights_as_scaling_the_input_channels_would(name
     searchable = randomised(SearchableModel(model, space)).double().train()
     x = torch.randn(8, *DIGITS, dtype=torch.float64)
     searchable(x)  # activation ranges measured once, before the two passes
-    with torch.no_grad():
-        searchable._channel_keep = torch.cat([torch.sigmoid(torch.cat(list(searchable.keep_logits)))[searchable.granule_of_root],
-                                              torch.ones(1, dtype=torch.float64)])
-        searchable._forward_precisions = searchable._all_precision_probabilities()
-        _, on_weights = searchable._searched_weights(len(x))
-    assert on_weights, "no layer carries its mask on its weights: the test would compare nothing"
+    assert searchable.forward_state(len(x)).masked_on_weights, "no layer carries its mask on its weights: nothing to compare"
 
     def output_and_gradients() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         searchable.zero_grad(set_to_none=True)
@@ -197,7 +192,7 @@ def test_the_soft_search_scales_weights_as_scaling_the_input_channels_would(name
         return out.detach(), {n: p.grad.clone() for n, p in searchable.named_parameters() if p.grad is not None}
 
     batched, batched_grads = output_and_gradients()
-    searchable._searched_weights = lambda batch: ({}, set())  # each input masked, each weight mixed on its own
+    searchable._searched_weights = lambda state, batch: ({}, set())  # each input masked, each weight mixed on its own
     per_layer, per_layer_grads = output_and_gradients()
     assert torch.allclose(batched, per_layer, rtol=1e-9, atol=1e-12)
     assert batched_grads.keys() == per_layer_grads.keys()

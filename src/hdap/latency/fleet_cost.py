@@ -18,7 +18,7 @@ import torch
 
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig
-from hdap.latency.surrogate import LatencySurrogate, LayerDecision, straight_through_ceil, transition_key
+from hdap.latency.surrogate import GroupModel, LatencySurrogate, LayerDecision, layer_work, roofline_ms, transition_key
 
 if TYPE_CHECKING:
     from hdap.stages.surrogate import SurrogateIndex
@@ -88,6 +88,9 @@ class CompiledFleetCost:
                     for f in fields:
                         table[f][s, p, layer] = float(getattr(group, f))
         self.table = table
+        # Every cluster x precision x layer's roofline as one group model of (clusters, precisions, layers) tensors.
+        self.models = GroupModel(table["tile"], table["overhead_ms"], table["compute_ms_per_gmac"], table["input_ms_per_melement"],
+                                 table["output_ms_per_melement"], table["weight_ms_per_melement"], table["sharpness"])
         as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
         self.depthwise = torch.tensor([c.op == "depthwise" for c in layers])
         self.kernel_area = as_tensor([c.kernel_size**2 for c in layers])
@@ -106,26 +109,14 @@ class CompiledFleetCost:
         """Latency (ms) per cluster for soft channel counts (layers,), precision probabilities
         (layers, precisions) and the probability each layer exists (layers,; default all 1)."""
         t = self.table
-        tile = t["tile"]
-        cout = out_channels.to(torch.float64)
-        cin = torch.where(self.depthwise, cout, in_channels.to(torch.float64))
-        tiled_out = straight_through_ceil(cout, tile)
-        tiled_in = torch.where(self.depthwise, torch.ones_like(tile),
-                               straight_through_ceil(cin, t["input_tile"], t["in_unpadded_below_tile"] > 0))
-        macs = self.out_area * self.kernel_area * tiled_out * tiled_in
-        weights = self.kernel_area * cout * torch.where(self.depthwise, torch.ones_like(cin), cin)
-        compute = t["compute_ms_per_gmac"] * macs / 1e9
-        memory = (t["input_ms_per_melement"] * cin * self.in_area + t["output_ms_per_melement"] * cout * self.out_area
-                  + t["weight_ms_per_melement"] * weights) / 1e6
-        big = torch.maximum(compute, memory).clamp_min(1e-12)
-        small = torch.minimum(compute, memory)
-        p = t["sharpness"]
-        layer_ms = t["overhead_ms"] + big * (1 + (small / big) ** p) ** (1 / p)  # (clusters, precisions, layers)
+        work = layer_work(self.depthwise, self.kernel_area, self.in_area, self.out_area, in_channels.to(torch.float64),
+                          out_channels.to(torch.float64), t["tile"], t["input_tile"], t["in_unpadded_below_tile"] > 0)
+        layer_ms = roofline_ms(self.models, work)  # (clusters, precisions, layers)
         probs = precision_probs.to(torch.float64)
         if present is not None:
             layer_ms = layer_ms * present.to(torch.float64)
         layers = torch.einsum("spl,lp->s", layer_ms, probs)
-        elements = cout[:-1] * self.out_area[:-1] / 1e6
+        elements = work.out_channels[:-1] * self.out_area[:-1] / 1e6
         boundaries = torch.einsum("spq,lp,lq,l->s", self.transitions, probs[:-1], probs[1:], elements)
         return self.scale * layers + self.offset + boundaries
 

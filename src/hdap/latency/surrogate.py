@@ -51,6 +51,8 @@ GroupKey = tuple[str, int, int, int, int, str]  # op, kernel size, stride, heigh
 
 def group_key(config: LayerConfig, precision: str | None = None) -> GroupKey:
     return (config.op, config.kernel_size, config.stride, config.height, config.width, precision or config.precision)
+
+
 TILE_CANDIDATES = (1, 4, 8, 16, 32)
 
 
@@ -63,8 +65,46 @@ def straight_through_ceil(channels: torch.Tensor, tile: int | torch.Tensor,
     return channels + (rounded - channels).detach()
 
 
-def _tiled(channels: int, tile: int, unpadded_below_tile: bool = False) -> int:
-    return channels if unpadded_below_tile and channels < tile else -(-channels // tile) * tile
+@dataclass(frozen=True)
+class LayerWork:
+    """A layer's roofline terms: multiply-accumulates on channels rounded up to tiles, and the
+    elements it reads and writes (its input as channels x area, likewise its output)."""
+
+    macs: torch.Tensor
+    in_channels: torch.Tensor
+    in_area: torch.Tensor | int
+    out_channels: torch.Tensor
+    out_area: torch.Tensor | int
+    weights: torch.Tensor
+
+
+def layer_work(depthwise: bool | torch.Tensor, kernel_area: int | torch.Tensor, in_area: int | torch.Tensor,
+               out_area: int | torch.Tensor, cin: torch.Tensor, cout: torch.Tensor, tile: int | torch.Tensor,
+               input_tile: int | torch.Tensor, in_unpadded_below_tile: bool | torch.Tensor = False) -> LayerWork:
+    """The terms of a layer (or of many: every argument broadcasts) on channels rounded up to
+    tiles. A depthwise layer reads one input channel per output channel and has no input tile."""
+    depthwise = torch.as_tensor(depthwise)
+    cin = torch.where(depthwise, cout, cin)
+    tiled_out = straight_through_ceil(cout, tile)
+    tiled_in = straight_through_ceil(cin, input_tile, in_unpadded_below_tile)
+    tiled_in = torch.where(depthwise, torch.ones_like(tiled_in), tiled_in)
+    macs = out_area * kernel_area * tiled_out * tiled_in
+    weights = kernel_area * cout * torch.where(depthwise, torch.ones_like(cin), cin)
+    return LayerWork(macs, cin, in_area, cout, out_area, weights)
+
+
+def roofline_ms(model: GroupModel, work: LayerWork) -> torch.Tensor:
+    """t = b0 + ((a_c * MACs)^p + (a_i * inputs + a_o * outputs + a_w * weights)^p)^(1/p), the one
+    place the roofline is written: for a layer, a profile's configurations while fitting, and every
+    cluster x precision x layer of the search's cost (`CompiledFleetCost`, whose model holds tensors)."""
+    compute = model.compute_ms_per_gmac * work.macs / 1e9
+    memory = (model.input_ms_per_melement * work.in_channels * work.in_area
+              + model.output_ms_per_melement * work.out_channels * work.out_area + model.weight_ms_per_melement * work.weights) / 1e6
+    p = model.sharpness
+    # (c^p + m^p)^(1/p) computed stably as max * (1 + (min/max)^p)^(1/p).
+    big = torch.maximum(compute, memory).clamp_min(1e-12)
+    small = torch.minimum(compute, memory)
+    return model.overhead_ms + big * (1 + (small / big) ** p) ** (1 / p)
 
 
 @dataclass
@@ -84,23 +124,10 @@ class GroupModel:
         return self.in_tile or self.tile
 
     def latency(self, op: str, kernel_size: int, stride: int, height: int, width: int, cin: torch.Tensor, cout: torch.Tensor) -> torch.Tensor:
-        out_h, out_w = -(-height // stride), -(-width // stride)
-        tiled_out = straight_through_ceil(cout, self.tile)
-        if op == "depthwise":
-            macs = out_h * out_w * tiled_out * kernel_size**2
-            weights = kernel_size**2 * cout
-            cin = cout
-        else:
-            macs = out_h * out_w * tiled_out * kernel_size**2 * straight_through_ceil(cin, self.input_tile, self.in_unpadded_below_tile)
-            weights = kernel_size**2 * cout * cin
-        compute = self.compute_ms_per_gmac * macs / 1e9
-        memory = (self.input_ms_per_melement * cin * height * width + self.output_ms_per_melement * cout * out_h * out_w
-                  + self.weight_ms_per_melement * weights) / 1e6
-        p = self.sharpness
-        # (c^p + m^p)^(1/p) computed stably as max * (1 + (min/max)^p)^(1/p).
-        big = torch.maximum(compute, memory).clamp_min(1e-12)
-        small = torch.minimum(compute, memory)
-        return self.overhead_ms + big * (1 + (small / big) ** p) ** (1 / p)
+        out_area = -(-height // stride) * -(-width // stride)
+        work = layer_work(op == "depthwise", kernel_size**2, height * width, out_area, cin, cout, self.tile, self.input_tile,
+                          self.in_unpadded_below_tile)
+        return roofline_ms(self, work)
 
 
 @dataclass
@@ -216,16 +243,15 @@ _FIELDS = ("overhead_ms", "compute_ms_per_gmac", "input_ms_per_melement", "outpu
 
 
 def _terms(configs: list[LayerConfig], tile: int, in_tile: int, in_unpadded: bool) -> np.ndarray:
-    """Per configuration: 1, GMACs (tiled), input, output and weight elements (millions)."""
-    rows = []
-    for c in configs:
-        t_out = _tiled(c.out_channels, tile)
-        t_in = _tiled(c.in_channels, in_tile, in_unpadded)
-        per_output = c.kernel_size**2 * (1 if c.op == "depthwise" else t_in)
-        macs = c.out_height * c.out_width * t_out * per_output
-        cin = c.out_channels if c.op == "depthwise" else c.in_channels
-        rows.append([1.0, macs / 1e9, cin * c.height * c.width / 1e6, c.out_channels * c.out_height * c.out_width / 1e6, c.weights / 1e6])
-    return np.array(rows)
+    """Per configuration of one group (one layer shape): 1, GMACs (tiled), input, output and weight
+    elements (millions): the roofline's terms at p = 1, for a linear fit."""
+    c = configs[0]
+    work = layer_work(c.op == "depthwise", c.kernel_size**2, c.height * c.width, c.out_height * c.out_width,
+                      torch.tensor([float(x.in_channels) for x in configs], dtype=torch.float64),
+                      torch.tensor([float(x.out_channels) for x in configs], dtype=torch.float64), tile, in_tile, in_unpadded)
+    columns = [torch.ones_like(work.macs), work.macs / 1e9, work.in_channels * work.in_area / 1e6,
+               work.out_channels * work.out_area / 1e6, work.weights / 1e6]
+    return torch.stack(columns, dim=1).numpy()
 
 
 def _log_error(model: GroupModel, configs: list[LayerConfig], latencies: np.ndarray) -> float:
