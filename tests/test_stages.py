@@ -105,6 +105,11 @@ def test_the_pipeline_hands_each_component_the_parameter_of_its_own_setting(comp
     assert checked == sum(len(s.config.exposed()) + 1 for s in stages())
 
 
+def test_the_readme_names_every_pipeline_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert [e.name for e in pipeline_settings() if f"`{e.name}`" not in readme] == []
+
+
 def test_components_and_the_pipeline_call_by_keyword_only() -> None:
     files = [*sorted((ROOT / "components").glob("*/component.py")), ROOT / "pipelines" / "hdap_pipeline.py"]
     for path in files:
