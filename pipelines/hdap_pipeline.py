@@ -17,7 +17,7 @@ from components.finetune import finetune
 from components.ingest import ingest
 from components.search import search
 from components.surrogate import surrogate
-from hdap.stages import pipeline_defaults, stage
+from hdap.stages import pipeline_defaults, pipeline_settings, stage
 from hdap.stages.search import SearchMode
 
 D = pipeline_defaults()
@@ -54,12 +54,6 @@ def on_build_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(
-    name="hdap",
-    description="Compress a DNN for a fleet of identical edge devices: ingest fleet telemetry, cluster the devices, "
-    "learn each cluster's latency surrogate, search channels and precisions against the fleet-weighted latency, "
-    "fine-tune quantization-aware, build and publish. `hdap run --help` explains every parameter.",
-)
 def hdap_pipeline(
     telemetry_uri: str = D["telemetry_uri"],
     sku: str = D["sku"],
@@ -120,3 +114,13 @@ def hdap_pipeline(
             registry_uri=registry_uri, accuracy_tolerance=accuracy_tolerance, dataset=dataset, dataset_uri=dataset_uri,
             truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "build"))
     return cluster_task.outputs["clusters"]
+
+
+# Each parameter's description in the Kubeflow UI is its setting's help (kfp reads them from the docstring).
+hdap_pipeline.__doc__ = "The hdap pipeline.\n\nArgs:\n" + "\n".join(f"    {e.name}: {e.help}" for e in pipeline_settings())
+hdap_pipeline = dsl.pipeline(
+    name="hdap",
+    description="Compress a DNN for a fleet of identical edge devices: ingest fleet telemetry, cluster the devices, "
+    "learn each cluster's latency surrogate, search channels and precisions against the fleet-weighted latency, "
+    "fine-tune quantization-aware, build and publish. Each parameter is explained beside it, and by `hdap run --help`.",
+)(hdap_pipeline)

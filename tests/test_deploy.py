@@ -158,3 +158,27 @@ def test_tensorrt_builds_a_strongly_typed_engine_that_agrees_with_onnx_runtime(f
     assert engine.plan and engine.latency_ms > 0 and (tmp_path / "timing.cache").exists()
     ours = onnx_predictions(inference_session(graph), data.test)
     assert float((engine.predictions == ours).float().mean()) >= 0.99
+
+
+@pytest.mark.parametrize("model_accuracy", [90.8, 80.0])
+def test_a_tensorrt_engine_is_marked_published_only_when_the_model_is(model_accuracy: float, object_store, bucket, tmp_path) -> None:
+    """The engine passes its own accuracy check here; it is in the registry only if the exported model passes too."""
+    from types import SimpleNamespace
+
+    from hdap.stages import StageContext
+    from hdap.stages.build import BuildConfig, _Built, _publish
+    from tests.examples import build_input, front_input
+
+    summary = build_input(published=True)
+    summary.accuracy.onnxruntime = model_accuracy
+    for name in ("model.onnx", "model.plan", "architecture.json", "quantization.json", "weights.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    built = _Built(SimpleNamespace(model="resnet8"), (3, 32, 32), summary.accuracy, summary.size, summary.onnxruntime,
+                   summary.tensorrt)
+    config = BuildConfig(accuracy_tolerance=0.5, registry_uri=f"s3://{bucket}/registry")
+    entry, gate = _publish(config, built, front_input(), tmp_path, tmp_path, {}, StageContext(object_store, f"s3://{bucket}/runs", "r1"))
+    published = model_accuracy > 90.0
+    assert (entry is not None) == gate.passed == published
+    assert built.tensorrt.published == published  # the engine (90.5%) passed its own check either way
+    if published:
+        assert "model.plan" in verify_entry(object_store, entry)["files"]

@@ -63,10 +63,9 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
         "--search-targets", "0.6,0.3", "--search-pretrain-epochs", "2", "--search-epochs", "2", "--search-finetune-epochs", "1",
         "--finetune-epochs", "1", "--accuracy-tolerance", "100", "--registry-uri", f"s3://{bucket}/registry",
         cwd=tmp_path, env={"COLUMNS": "500"},  # wide enough that rich wraps no path
-
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    printed = " ".join(result.stdout.split())  # rich wraps long lines
+    printed = " ".join(result.stdout.split())
     assert "hdap run summary" in printed
     assert "800 devices ingested, 0 rows quarantined" in printed
     assert "latency surrogates for small-cnn (fp16/int8), one per cluster, profiled by simulated" in printed
@@ -75,7 +74,6 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     assert f"published to s3://{bucket}/registry/small-cnn/" in printed
     run_report = next((tmp_path / ".hdap" / "runs").glob("*/report.html"))
     assert f"report: {run_report}" in printed
-
     assert run_report.read_text().count("<img") >= 5
     latest = object_store.get_json(f"s3://{bucket}/registry/small-cnn/latest.json")
     manifest = verify_entry(object_store, latest["manifest"].removesuffix("/manifest.json"))
@@ -158,6 +156,7 @@ def test_hdap_profile_measures_this_machine_and_uploads_the_profile(store_env: S
         (("run", "--telemetry-uri", "/data/telemetry"), "telemetry_uri='/data/telemetry' is not an object-store URI"),
         (("run", "--search-targets", "0.5,1.5"), "search_targets='0.5,1.5' must be fractions of the uncompressed cost"),
         (("run", "--cluster-k", "-1"), "cluster_k=-1 is not a number of clusters"),
+        (("run", "--config", "missing.toml"), "cannot read the run configuration missing.toml"),
     ],
 )
 def test_malformed_options_end_with_one_sentence_and_no_traceback(store_env: StoreConfig, tmp_path: Path, args, message) -> None:

@@ -418,3 +418,43 @@ def test_reordered_branches_keep_the_searchs_count_and_remove_the_first_of_the_o
     searchable.reorder_branches(order)
     removed = {key for key in keys if not any(searchable.kept_granules(int(key)))}
     assert removed == set(order[:4])
+
+
+@pytest.mark.parametrize("mode", ["per-cluster", "nominal"])
+def test_the_search_stage_writes_what_its_mode_chose_and_the_fine_tune_takes_only_one(mode: str, object_store, bucket, tmp_path) -> None:
+    """The stage's own output for the modes the reference run does not take: per-cluster (one
+    architecture per cluster, which the fine-tune refuses in one sentence) and nominal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hdap.stages import StageContext
+    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
+    from hdap.stages.search import run as run_search_stage
+    from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
+
+    fleet = two_cluster_fleet("small-cnn", samples_per_layer=8)
+    surrogates = tmp_path / "surrogates"
+    surrogates.mkdir()
+    for cluster, surrogate in enumerate(fleet.surrogates):
+        surrogate.save(surrogates / f"cluster-{cluster}.json")
+    SurrogateIndex("small-cnn", DIGITS, MENU, [ClusterSurrogateEntry(c, w, f"dev-{c}", f"cluster-{c}.json", "simulated", 1.0, 0.0)
+                                               for c, w in enumerate(fleet.weights)]).save(surrogates / "fleet.json")
+    pq.write_table(pa.table({"device_id": ["xnx-0000000"], "sku": ["jetson-xavier-nx"]}), tmp_path / "features.parquet")
+    config = SearchConfig(model="small-cnn", mode=mode, targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1)
+    outputs = SearchOutputs(tmp_path / "architecture", tmp_path / "front.json", tmp_path / "report.html")
+
+    run_search_stage(config, SearchInputs(surrogates, tmp_path / "features.parquet"), outputs,
+                     StageContext(object_store, f"s3://{bucket}/runs", "r1"))
+
+    index, front = SearchIndex.load(outputs.architecture / "index.json"), Front.load(outputs.front)
+    assert all((outputs.architecture / entry.spec).exists() and (outputs.architecture / entry.weights).exists()
+               for entry in index.architectures)
+    if mode == "per-cluster":
+        assert [entry.cluster for entry in index.architectures] == [0, 1] and len(front.chosen) == 2
+        assert [p.optimised_for for p in front.points] == ["cluster 0", "cluster 1"]
+        with pytest.raises(HdapError, match=r"the search chose 2 architectures \(mode per-cluster\); the fine-tune and build "
+                                            "stages take one: run the search in fleet or nominal mode"):
+            index.single()
+    else:
+        assert index.single().cluster is None and [p.optimised_for for p in front.points] == ["nominal"]
+        assert front.chosen[0].fleet_latency_ms < front.baseline_fleet_latency_ms  # reported on the fleet's scale

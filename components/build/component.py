@@ -27,6 +27,7 @@ def build(
     metrics: Output[Metrics],
 ):
     """QDQ ONNX export, ONNX Runtime (and TensorRT where a GPU is) builds and measurements, quality gate, registry entry, report."""
+    arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
-    run_step(stage="build", arguments=locals())  # every parameter above, by name
+    run_step(stage="build", arguments=arguments)

@@ -74,6 +74,7 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     assert built.accuracy.onnxruntime_agreement >= 0.99
     reason = tensorrt_unavailable_reason()  # built where TensorRT and a GPU exist; elsewhere, the reason why not
     assert built.tensorrt.built == (reason is None) and built.tensorrt.reason == (reason or "")
+    assert built.tensorrt.published == built.tensorrt.built  # with the model, as the engine passes its own gate here
     assert built.fleet.predicted_speedup > 1 and built.fleet.true_speedup > 1
     assert len(built.clusters) == 2 and built.size.onnx_bytes < built.size.uncompressed_onnx_bytes
     manifest = verify_entry(object_store, built.registry_uri)

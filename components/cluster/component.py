@@ -19,6 +19,7 @@ def cluster(
     metrics: Output[Metrics],
 ):
     """k-means over the devices' performance features (k=0: chosen by silhouette); a representative per cluster."""
+    arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
-    run_step(stage="cluster", arguments=locals())  # every parameter above, by name
+    run_step(stage="cluster", arguments=arguments)

@@ -18,6 +18,7 @@ def finetune(
     metrics: Output[Metrics],
 ):
     """Quantization-aware fine-tune of the searched architecture (pruned physically), distilling the uncompressed model."""
+    arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
-    run_step(stage="finetune", arguments=locals())  # every parameter above, by name
+    run_step(stage="finetune", arguments=arguments)

@@ -16,6 +16,7 @@ def ingest(
     metrics: Output[Metrics],
 ):
     """Validate every telemetry object under telemetry_uri; per-device features, bad rows quarantined with reasons."""
+    arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
-    run_step(stage="ingest", arguments=locals())  # every parameter above, by name
+    run_step(stage="ingest", arguments=arguments)

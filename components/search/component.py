@@ -31,6 +31,7 @@ def search(
     metrics: Output[Metrics],
 ):
     """Joint pruning + mixed-precision search against the fleet-weighted latency: a Pareto front and the chosen architecture."""
+    arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
-    run_step(stage="search", arguments=locals())  # every parameter above, by name
+    run_step(stage="search", arguments=arguments)

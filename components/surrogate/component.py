@@ -22,6 +22,7 @@ def surrogate(
     metrics: Output[Metrics],
 ):
     """Profile each cluster's representative and fit its differentiable latency surrogate."""
+    arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
-    run_step(stage="surrogate", arguments=locals())  # every parameter above, by name
+    run_step(stage="surrogate", arguments=arguments)

@@ -118,7 +118,11 @@ def _decode(value: Any, hint: Any, where: str) -> Any:
         key, item = arguments
         return {(int(k) if key is int else k): _decode(v, item, where) for k, v in value.items()}
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return hint(value)
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(str(member.value) for member in hint)
+            raise HdapError(f"{where} is {value!r}, not one of {choices}: re-run the stage that wrote it.") from None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

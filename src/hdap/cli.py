@@ -140,7 +140,7 @@ def fleet_simulate(values: dict[str, Any]) -> None:
     result = simulate_fleet(_local_store(), config)
     console.print(
         f"wrote {result.reports:,} reports from {result.devices:,} devices in {len(result.telemetry_objects)} objects "
-        f"under [bold]{config.telemetry_uri}[/]; ground truth under {config.truth_uri}"
+        f"under [bold]{config.telemetry_folder}[/]; ground truth under {config.truth_folder}"
     )
 
 
@@ -194,9 +194,11 @@ def run_command(values: dict[str, Any]) -> None:
     """Run the pipeline on this machine with kfp.local (no Kubernetes, no Docker) and print a summary."""
     from hdap.local_run import print_summary, run_pipeline_locally
     from hdap.run_file import read_run_file
-    from hdap.stages import RunSettings
+    from hdap.stages import MEANING_CHANGED, RunSettings
 
     _setup_logging()
+    for name in MEANING_CHANGED.keys() & _given(values).keys():
+        console.print(f"[yellow]note:[/] {MEANING_CHANGED[name]}", highlight=False)
     config_file = values.pop("config")
     parameters = read_run_file(config_file) if config_file else {}
     settings = RunSettings.from_parameters(parameters | _given(values))

@@ -27,20 +27,6 @@ from hdap.config import home_dir
 from hdap.errors import HdapError
 from hdap.store import ObjectStore, StoreConfig
 
-def local_store_config() -> StoreConfig:
-    """The store the environment or config file names, else the running embedded store (the `hdap` command's choice)."""
-    configured = StoreConfig.configured()
-    if configured is not None:
-        return configured
-    embedded = EmbeddedStore.default().running_config()
-    if embedded is None:
-        raise HdapError(
-            "no object store is configured and the embedded one is not running: "
-            "start it with `hdap store up`, or set HDAP_S3_ENDPOINT, HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
-        )
-    return embedded
-
-
 DEFAULT_S3_PORT = 8333  # SeaweedFS's (and Kubeflow's) S3 port
 # weed serves master, volume, filer and S3, each with an HTTP and a gRPC port.
 _PORT_NAMES = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
@@ -292,3 +278,17 @@ class EmbeddedStore:
             return " | ".join(self.log_file.read_text(errors="replace").strip().splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def local_store_config() -> StoreConfig:
+    """The store the environment or config file names, else the running embedded store (the `hdap` command's choice)."""
+    configured = StoreConfig.configured()
+    if configured is not None:
+        return configured
+    embedded = EmbeddedStore.default().running_config()
+    if embedded is None:
+        raise HdapError(
+            "no object store is configured and the embedded one is not running: "
+            "start it with `hdap store up`, or set HDAP_S3_ENDPOINT, HDAP_S3_ACCESS_KEY and HDAP_S3_SECRET_KEY."
+        )
+    return embedded

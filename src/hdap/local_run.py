@@ -48,7 +48,7 @@ def preflight(settings: RunSettings, store: ObjectStore) -> None:
     search = settings["search"]
     build_model(search.model, search.input_shape)
     store.check()
-    telemetry_uri = settings["ingest"].telemetry_uri
+    telemetry_uri = settings["ingest"].folder
     if not store.list(telemetry_uri):
         raise HdapError(f"there is no telemetry under {telemetry_uri}: upload device reports there (or `hdap fleet simulate`), "
                         "or fix --telemetry-uri.")

@@ -18,13 +18,14 @@ every setting at its default (`run_file_template`).
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from hdap.errors import HdapError
 from hdap.settings import Exposed, from_parameter, to_parameter
-from hdap.stages import NAMES, pipeline_settings, unknown_settings
+from hdap.stages import NAMES, RENAMED, pipeline_settings
 
 
 def read_run_file(path: Path) -> dict[str, Any]:
@@ -48,11 +49,19 @@ def read_run_file(path: Path) -> dict[str, Any]:
 
 
 def _name(settings: dict, section_key: tuple[str, str], path: Path) -> str:
+    """The parameter name of a [section] key; an unknown one is refused, saying where the setting goes."""
     if section_key in settings:
         return settings[section_key].name
     section, key = section_key
+    where = f"[{section}] {key}" if section else key
     name = f"{section}_{key}" if section else key
-    raise HdapError(f"the run configuration {path} names {'[' + section + '] ' if section else ''}{key}: {unknown_settings([name])}")
+    by_name = {e.name: e for e in settings.values()}
+    meant = RENAMED.get(name) or RENAMED.get(key) or next(iter(difflib.get_close_matches(name, list(by_name), n=1)), None)
+    if meant is None:
+        raise HdapError(f"the run configuration {path} names {where}, which is not a setting: `hdap config` prints them all.")
+    table, right = by_name[meant].section_key
+    raise HdapError(f"the run configuration {path} names {where}, which is not a setting: did you mean "
+                    f"{f'[{table}] {right}' if table else right} ({meant})?")
 
 
 def run_file_template() -> str:

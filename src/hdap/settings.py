@@ -99,7 +99,21 @@ class DatasetName(Choice):
 
 TELEMETRY_URI = Shared("telemetry_uri", "", "Folder holding the fleet's telemetry objects; empty: s3://hdap/telemetry/<sku>.",
                        check=s3_uri)
-SKU = Shared("sku", "jetson-xavier-nx", "The fleet's hardware SKU: jetson-nano, jetson-xavier-nx or jetson-orin-nano.",
+
+
+def telemetry_folder(telemetry_uri: str, sku: str) -> str:
+    """Where a fleet's telemetry lives: the given folder, or the SKU's default one."""
+    return telemetry_uri or f"s3://hdap/telemetry/{sku}"
+
+
+
+def check_dataset(dataset: DatasetName, dataset_uri: str) -> None:
+    """Every dataset but the digits is read from the store: its URI must be given."""
+    if dataset is not DatasetName.DIGITS and not dataset_uri:
+        raise HdapError(f"dataset={dataset.value} is read from the store: give its s3:// URI as dataset_uri.")
+
+
+SKU = Shared("sku", "jetson-xavier-nx", f"The fleet's hardware SKU: {', '.join(SKUS)}.",
              check=lambda value: None if value in SKUS else f"is not a SKU hdap knows: use one of {', '.join(SKUS)}")
 SEED = Shared("seed", 0, "Random seed of every stage: clustering, profiling plans, data split, training.")
 OUTPUT_URI = Shared("output_uri", "s3://hdap/runs", "Where runs write their outputs: <output_uri>/<run name>/<stage>/.",
@@ -108,8 +122,8 @@ MODEL = Shared("model", "resnet20", "Model to compress: small-cnn, resnet20, res
                "mobilenetv2 or vgg16-bn.")
 INPUT_SHAPE = Shared("input_shape", (1, 8, 8), "Model input, channels,height,width (digits are 1,8,8; CIFAR-10 3,32,32).",
                      check=lambda shape: None if min(shape) >= 1 else "is not an input shape: write channels,height,width, like 3,32,32")
-DATASET = Shared("dataset", DatasetName.DIGITS, "Training data: digits (shipped with scikit-learn), cifar10 or imagefolder "
-                 "(both from dataset_uri).")
+DATASET = Shared("dataset", DatasetName.DIGITS, f"Training data: {DatasetName.choices()} (digits ship with scikit-learn; "
+                 "the others are read from dataset_uri).")
 DATASET_URI = Shared("dataset_uri", "", "The dataset in the store: CIFAR-10's python tarball, or an ImageFolder tree.",
                      check=s3_uri)
 TRUTH_URI = Shared("truth_uri", "", "A simulated fleet's hidden truth (its devices' bins and caps): profiles its "
@@ -119,7 +133,8 @@ PROFILES_URI = Shared("profiles_uri", "s3://hdap/profiles", "Where device agents
 ACCURACY_TOLERANCE = Shared("accuracy_tolerance", 0.5, "Accuracy points the chosen architecture may lose against the "
                             "uncompressed model; also the registry's quality gate.", check=at_least(0))
 REGISTRY_URI = Shared("registry_uri", "s3://hdap/registry", "The model registry: entries go to "
-                      "<registry_uri>/<model>/<run name>/.", check=s3_uri)
+                      "<registry_uri>/<model>/<run name>/.", check=lambda v: s3_uri(v) if v else "must name a folder in the "
+                      "store, like s3://hdap/registry")
 # Listed in the order the pipeline and `hdap run --help` show them.
 SHARED = (TELEMETRY_URI, SKU, MODEL, INPUT_SHAPE, DATASET, DATASET_URI, ACCURACY_TOLERANCE, SEED, OUTPUT_URI, REGISTRY_URI, TRUTH_URI,
           PROFILES_URI)
@@ -173,7 +188,7 @@ def to_parameter(value: Any) -> ParameterValue:
     if isinstance(value, (int, float)):
         return value
     if isinstance(value, tuple):
-        return ",".join(_number_text(v) for v in value)
+        return ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)  # exact: 0.1234567 stays itself
     if isinstance(value, datetime):
         return value.isoformat()
     if value is None:
@@ -182,14 +197,12 @@ def to_parameter(value: Any) -> ParameterValue:
 
 
 def _display(value: Any) -> str:
-    """A value as an error message shows it: numbers as written, text in quotes."""
+    """A value as an error message shows it: numbers short (6 digits), text in quotes."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _number_text(value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, tuple):
+        return repr(",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
     return repr(to_parameter(value))
-
-
-def _number_text(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def from_parameter(value: Any, annotation: Any, name: str) -> Any:
@@ -292,10 +305,13 @@ class Settings:
 
     @classmethod
     def parameter_name(cls, field_name: str) -> str:
+        """How messages name a field: its parameter name if exposed, else the class's field (not a parameter)."""
         for item in dataclasses.fields(cls):
             if item.name == field_name:
                 info = item.metadata.get(SETTING)
-                if info is not None and info.name:
+                if info is None:
+                    return f"{cls.__name__}.{field_name}"
+                if info.name:
                     return info.name
         return f"{cls.PREFIX}_{field_name}" if cls.PREFIX else field_name
 
@@ -321,7 +337,3 @@ class Settings:
     def to_parameters(self) -> dict[str, ParameterValue]:
         """Every exposed setting as a pipeline parameter, keyed by its name."""
         return {e.name: to_parameter(getattr(self, e.field)) for e in self.exposed()}
-
-    def to_fields(self) -> dict[str, ParameterValue]:
-        """Every exposed setting as a component parameter, keyed by field name."""
-        return {e.field: to_parameter(getattr(self, e.field)) for e in self.exposed()}

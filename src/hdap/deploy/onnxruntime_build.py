@@ -19,6 +19,7 @@ import torch
 
 from hdap.latency.backends.onnxruntime import session, time_session
 from hdap.progress import progress
+from hdap.stages.build import OnnxRuntimeTiming
 
 
 @dataclass
@@ -29,9 +30,10 @@ class LatencyComparison:
     threads: int
     rounds: int
 
-    def summary(self) -> dict:
-        return {"latency_ms": round(self.latency_ms, 5), "uncompressed_latency_ms": round(self.baseline_latency_ms, 5),
-                "speedup": round(self.speedup, 3), "threads": self.threads, "rounds": self.rounds}
+    def timing(self) -> OnnxRuntimeTiming:
+        """As the build's summary records it (latencies to 5 decimals, the speed-up to 3)."""
+        return OnnxRuntimeTiming(round(self.latency_ms, 5), round(self.baseline_latency_ms, 5), round(self.speedup, 3), self.threads,
+                                 self.rounds)
 
 
 def inference_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:

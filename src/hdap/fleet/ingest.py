@@ -299,10 +299,10 @@ def feature_columns(features: pa.Table) -> list[str]:
 def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
     sku = get_sku(config.sku)
     as_of = config.as_of or datetime.now(timezone.utc)
-    objects = store.list(config.telemetry_uri)
+    objects = store.list(config.folder)
     if not objects:
         raise HdapError(
-            f"there is no telemetry under {config.telemetry_uri}: upload device reports there "
+            f"there is no telemetry under {config.folder}: upload device reports there "
             "(or simulate a fleet with `hdap fleet simulate`), or fix the prefix."
         )
     valid_parts: list[pa.Table] = []

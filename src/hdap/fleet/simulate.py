@@ -23,7 +23,7 @@ from hdap.fleet.schema import PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_co
 from hdap.fleet.sku import Sku, get_sku
 from hdap.latency.device_model import device_state, kernel_latency_ms, memory_bandwidth_gbps
 from hdap.progress import progress
-from hdap.settings import SEED, SKU, TELEMETRY_URI, Settings, at_least, internal, s3_uri, setting
+from hdap.settings import SKU, TELEMETRY_URI, Settings, at_least, internal, s3_uri, setting, telemetry_folder
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
@@ -73,18 +73,20 @@ class SimulationConfig(Settings):
     sku: str = SKU()
     devices: int = setting(1000, "Number of devices in the fleet.", check=at_least(1))
     days: int = setting(7, "Days of daily reports per device.", check=at_least(1))
-    seed: int = SEED()
+    seed: int = setting(0, "Random seed: the same seed gives the same fleet.")
     telemetry_uri: str = TELEMETRY_URI()
     truth_uri: str = setting("", "Where to write the fleet's hidden ground truth; empty: s3://hdap/ground-truth/<sku>.",
                              check=s3_uri)
     end: datetime | None = setting(None, "Time of the newest report, ISO 8601; empty: now.")
     chunk_devices: int = internal(100_000)
 
-    def validate(self) -> None:
-        for name, value in (("telemetry_uri", self.telemetry_uri or f"s3://hdap/telemetry/{self.sku}"),
-                            ("truth_uri", self.truth_uri or f"s3://hdap/ground-truth/{self.sku}"),
-                            ("end", self.end or datetime.now(timezone.utc))):
-            object.__setattr__(self, name, value)
+    @property
+    def telemetry_folder(self) -> str:
+        return telemetry_folder(self.telemetry_uri, self.sku)
+
+    @property
+    def truth_folder(self) -> str:
+        return self.truth_uri or f"s3://hdap/ground-truth/{self.sku}"
 
 
 @dataclass
@@ -179,19 +181,20 @@ def simulate_fleet(store: ObjectStore, config: SimulationConfig) -> SimulationRe
     truth_objects: list[str] = []
     counts: dict[str, int] = {}
     starts = range(0, config.devices, config.chunk_devices)
+    end = config.end or datetime.now(timezone.utc)  # one "now" for every chunk
     for chunk_index, first in enumerate(progress(starts, f"simulating {config.devices:,} {sku.name} devices")):
         size = min(config.chunk_devices, config.devices - first)
-        chunk = simulate_chunk(sku, first, size, config.days, config.end, config.seed)
+        chunk = simulate_chunk(sku, first, size, config.days, end, config.seed)
         for day, table in chunk.days:
-            uri = join_uri(config.telemetry_uri, f"date={day.isoformat()}", f"part-{chunk_index:05d}.parquet")
+            uri = join_uri(config.telemetry_folder, f"date={day.isoformat()}", f"part-{chunk_index:05d}.parquet")
             store.put_table(uri, table)
             telemetry_objects.append(uri)
-        uri = join_uri(config.truth_uri, f"part-{chunk_index:05d}.parquet")
+        uri = join_uri(config.truth_folder, f"part-{chunk_index:05d}.parquet")
         store.put_table(uri, chunk.truth)
         truth_objects.append(uri)
         for name in chunk.truth.column("group").to_pylist():
             counts[name] = counts.get(name, 0) + 1
-    log.info("simulated %d devices x %d days into %s", config.devices, config.days, config.telemetry_uri)
+    log.info("simulated %d devices x %d days into %s", config.devices, config.days, config.telemetry_folder)
     return SimulationResult(
         devices=config.devices,
         reports=config.devices * config.days,

@@ -10,22 +10,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hdap.latency.backends import ProfilingBackend
-from hdap.settings import INPUT_SHAPE, MODEL, PROFILES_URI, Settings, Shape, at_least, setting
+from hdap.settings import INPUT_SHAPE, MODEL, PROFILES_URI, Choice, Settings, Shape, at_least, setting
+from hdap.stages.surrogate import SurrogateConfig
 
 if TYPE_CHECKING:
     from hdap.store import ObjectStore
 
 
-def _measures_this_machine(backend: ProfilingBackend) -> str | None:
-    return None if backend is not ProfilingBackend.SIMULATED else "cannot be simulated: a device measures itself, with onnxruntime or tensorrt"
+class DeviceBackend(Choice):
+    """What a device measures itself with (a subset of the profiling backends: nothing simulated)."""
+
+    ONNXRUNTIME = ProfilingBackend.ONNXRUNTIME.value  # this machine's CPU
+    TENSORRT = ProfilingBackend.TENSORRT.value  # this machine's GPU
 
 
 @dataclass(frozen=True)
 class ProfileConfig(Settings):
-    backend: ProfilingBackend = setting(ProfilingBackend.ONNXRUNTIME, "onnxruntime (this machine's CPU) or tensorrt (this "
-                                        "machine's GPU).", check=_measures_this_machine)
-    model: str = MODEL()
-    input_shape: Shape = INPUT_SHAPE()
+    backend: DeviceBackend = setting(DeviceBackend.ONNXRUNTIME, "onnxruntime (this machine's CPU) or tensorrt (this machine's GPU).")
+    # The model and input the pipeline will ask about: its defaults, so a device's profile fits the run's.
+    model: str = setting(MODEL.default, "Model whose layers to profile (the pipeline's model).")
+    input_shape: Shape = setting(INPUT_SHAPE.default, "Its input, channels,height,width (the pipeline's input_shape).",
+                                 check=INPUT_SHAPE.check)
     threads: int = setting(1, "onnxruntime: intra-op threads (a device state).", check=at_least(1))
     samples_per_layer: int = setting(30, "Configurations per layer and precision.", check=at_least(1))
     rounds: int = setting(3, "Shuffled rounds; each configuration keeps its quietest round.", check=at_least(1))
@@ -54,12 +59,12 @@ def profile_device(config: ProfileConfig, store: ObjectStore) -> DeviceProfile:
 
     layers = prunable_layers(build_model(config.model, config.input_shape), config.input_shape)
     try:
-        profiler = get_backend(config.backend, **({"threads": config.threads} if config.backend is ProfilingBackend.ONNXRUNTIME else {}))
+        profiler = get_backend(config.backend.value, **({"threads": config.threads} if config.backend is DeviceBackend.ONNXRUNTIME else {}))
     except BackendUnavailable as err:
         raise HdapError(str(err)) from None
     store.check()
     device = config.device_id or socket.gethostname()
-    plan = plan_profile(layers, profiler.precisions, config.samples_per_layer, granule=8)
+    plan = plan_profile(layers, profiler.precisions, config.samples_per_layer, granule=SurrogateConfig.granule)
     profile = run_profile(profiler, plan, rounds=config.rounds, description=f"profiling {config.model} on {device}")
     target = join_uri(config.profiles_uri, device)
     store.put_table(join_uri(target, "profile.parquet"), profile)

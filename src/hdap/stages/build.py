@@ -13,13 +13,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract, plain
 from hdap.errors import HdapError
 from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
-                           Settings, at_least, setting)
+                           Settings, at_least, check_dataset, setting)
 from hdap.stages import Stage, StageContext
+
+if TYPE_CHECKING:
+    from hdap.compress.spec import ArchitectureSpec
+    from hdap.latency.layers import LayerShape
+    from hdap.stages.search import Front
 
 log = logging.getLogger("hdap")
 
@@ -33,8 +38,8 @@ class TensorRTPolicy(Choice):
 @dataclass(frozen=True)
 class BuildConfig(Settings):
     PREFIX = "build"
-    tensorrt: TensorRTPolicy = setting(TensorRTPolicy.AUTO, "TensorRT engine: auto (where a GPU and TensorRT exist), off, "
-                                       "or required.")
+    tensorrt: TensorRTPolicy = setting(TensorRTPolicy.AUTO, f"TensorRT engine: {TensorRTPolicy.choices()} (auto: where a GPU "
+                                       "and TensorRT exist).")
     onnxruntime_threads: int = setting(1, "Threads ONNX Runtime uses when timing the built model.", check=at_least(1))
     registry_uri: str = REGISTRY_URI()
     accuracy_tolerance: float = ACCURACY_TOLERANCE()
@@ -42,6 +47,9 @@ class BuildConfig(Settings):
     dataset_uri: str = DATASET_URI()
     truth_uri: str = TRUTH_URI()
     seed: int = SEED()
+
+    def validate(self) -> None:
+        check_dataset(self.dataset, self.dataset_uri)
 
 
 @dataclass
@@ -79,7 +87,7 @@ class OnnxRuntimeTiming:
 class TensorRTResult:
     built: bool
     reason: str = ""  # why not built
-    published: bool = False  # the engine passed the gate and went to the registry
+    published: bool = False  # the engine passed the gate and went to the registry with the model
     latency_ms: float | None = None
     uncompressed_latency_ms: float | None = None
     speedup: float | None = None
@@ -181,7 +189,7 @@ class BuildOutputs:
 class _Built:
     """What the export and the measurements produced, before the gate."""
 
-    spec: Any
+    spec: ArchitectureSpec
     shape: tuple[int, ...]
     accuracy: BuildAccuracy
     size: ModelSize
@@ -212,14 +220,14 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     return summary.metrics()
 
 
-def _layer_shapes(spec) -> list:
+def _layer_shapes(spec: ArchitectureSpec) -> list[LayerShape]:
     from hdap.models import build_model, prunable_layers
 
     shape = tuple(spec.input_shape)
     return prunable_layers(build_model(spec.model, shape, classes=spec.classes), shape)
 
 
-def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path, front, context: StageContext) -> _Built:
+def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path, front: Front, context: StageContext) -> _Built:
     """Export both models as ONNX; their accuracy and latency in ONNX Runtime (and TensorRT where it runs)."""
     import functools
 
@@ -262,8 +270,7 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
                       per_class_accuracy(ours, truth, spec.classes), per_class_accuracy(theirs, truth, spec.classes)),
         ModelSize((engines / "uncompressed.onnx").stat().st_size, (engines / "model.onnx").stat().st_size, front.baseline_size_bits,
                   spec.metrics.get("size_bits", float("nan"))),
-        OnnxRuntimeTiming(round(timing.latency_ms, 5), round(timing.baseline_latency_ms, 5), round(timing.speedup, 3),
-                          timing.threads, timing.rounds),
+        timing.timing(),
         _tensorrt(config, qdq, baseline, shape, data, engines, ours, accuracy))
 
 
@@ -272,7 +279,7 @@ def _tensorrt(config: BuildConfig, qdq, baseline, shape: tuple[int, ...], data, 
     from hdap.deploy.tensorrt_build import build_engine, tensorrt_unavailable_reason
 
     required = config.tensorrt is TensorRTPolicy.REQUIRED
-    reason = "switched off (--build-tensorrt off)" if config.tensorrt is TensorRTPolicy.OFF else tensorrt_unavailable_reason()
+    reason = "switched off (build_tensorrt=off)" if config.tensorrt is TensorRTPolicy.OFF else tensorrt_unavailable_reason()
     if reason is None:
         try:
             engine = build_engine(qdq, shape, data.test, timing_cache=engines / "timing.cache")
@@ -294,7 +301,7 @@ def _tensorrt(config: BuildConfig, qdq, baseline, shape: tuple[int, ...], data, 
     return TensorRTResult(False, reason=reason)
 
 
-def _fleet_latency(config: BuildConfig, inputs: BuildInputs, spec, layers: list, front,
+def _fleet_latency(config: BuildConfig, inputs: BuildInputs, spec: ArchitectureSpec, layers: list[LayerShape], front: Front,
                    context: StageContext) -> tuple[list[ClusterLatency], FleetLatency]:
     """What the surrogates predict per cluster, before and after; and what a simulated fleet would truly see."""
     import pyarrow.parquet as pq
@@ -322,7 +329,7 @@ def _fleet_latency(config: BuildConfig, inputs: BuildInputs, spec, layers: list,
     return clusters, fleet_latency
 
 
-def _publish(config: BuildConfig, built: _Built, front, engines: Path, model_dir: Path, parts: dict,
+def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, model_dir: Path, parts: dict,
              context: StageContext) -> tuple[str | None, GateResult]:
     """The registry entry if the exported model passes the gate (the engine too, if it passes on its own)."""
     from hdap.deploy.registry import QualityGate, publish_if_accepted
@@ -330,20 +337,22 @@ def _publish(config: BuildConfig, built: _Built, front, engines: Path, model_dir
     gate = QualityGate(config.accuracy_tolerance)
     files = {"model.onnx": engines / "model.onnx", "architecture.json": model_dir / "architecture.json",
              "quantization.json": model_dir / "quantization.json", "weights.pt": model_dir / "weights.pt"}
+    engine_ok = False
     if built.tensorrt.built:
         engine_ok, engine_message = gate.check(built.tensorrt.accuracy, front.baseline_accuracy)
         if engine_ok:
             files["model.plan"] = engines / "model.plan"
-            built.tensorrt.published = True
         else:
             log.warning("the TensorRT engine is not published: its %s", engine_message)
+    built.tensorrt.published = engine_ok  # as the entry's manifest records it, if the model is published
     metadata = {key: plain(value) for key, value in parts.items()}
     entry, message = publish_if_accepted(context.store, gate, built.accuracy.onnxruntime, front.baseline_accuracy,
                                          config.registry_uri, built.spec.model, context.run_name, files, metadata)
+    built.tensorrt.published = engine_ok and entry is not None
     return entry, GateResult(entry is not None, config.accuracy_tolerance, message)
 
 
-def _report(summary: BuildSummary, front, inputs: BuildInputs, outputs: BuildOutputs, context: StageContext) -> None:
+def _report(summary: BuildSummary, front: Front, inputs: BuildInputs, outputs: BuildOutputs, context: StageContext) -> None:
     import pyarrow.parquet as pq
 
     from hdap.report.run import run_report_html

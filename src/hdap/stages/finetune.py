@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract
 from hdap.errors import HdapError
-from hdap.settings import DATASET, DATASET_URI, SEED, DatasetName, Settings, at_least, internal, positive, setting
+from hdap.settings import DATASET, DATASET_URI, SEED, DatasetName, Settings, at_least, check_dataset, internal, positive, setting
 from hdap.stages import Stage, StageContext
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class FinetuneConfig(Settings):
     validation_share: float = internal(0.1)
 
     def validate(self) -> None:
+        check_dataset(self.dataset, self.dataset_uri)
         if self.batch_size < 1 or not 0 <= self.validation_share < 1:
             raise HdapError(f"fine-tune batch_size={self.batch_size} and validation_share={self.validation_share} are out of "
                             "range: batch_size >= 1, 0 <= validation_share < 1.")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hdap.artifacts import Contract
 from hdap.errors import HdapError
-from hdap.settings import SKU, TELEMETRY_URI, Settings, setting
+from hdap.settings import SKU, TELEMETRY_URI, Settings, setting, telemetry_folder
 from hdap.stages import Stage, StageContext
 
 log = logging.getLogger("hdap")
@@ -27,9 +27,10 @@ class IngestConfig(Settings):
     sku: str = SKU()
     as_of: datetime | None = setting(None, "ISO time taken as 'now' when rejecting reports from the future; empty: the clock.")
 
-    def validate(self) -> None:
-        if not self.telemetry_uri:  # the SKU's default folder
-            object.__setattr__(self, "telemetry_uri", f"s3://hdap/telemetry/{self.sku}")
+    @property
+    def folder(self) -> str:
+        """Where the telemetry is: telemetry_uri, or the SKU's default folder."""
+        return telemetry_folder(self.telemetry_uri, self.sku)
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,14 @@ def run(config: IngestConfig, inputs: IngestInputs, outputs: IngestOutputs, cont
     context.store.put_file(context.uri("ingest", "features.parquet"), outputs.features)
     quarantine_uri = context.uri("ingest", "quarantine.parquet")
     context.store.put_file(quarantine_uri, outputs.quarantine)
-    summary = IngestSummary(config.telemetry_uri, config.sku, result.objects_read, result.rows_read, result.rows_valid,
+    summary = IngestSummary(config.folder, config.sku, result.objects_read, result.rows_read, result.rows_valid,
                             result.rows_quarantined, result.features.num_rows, result.reasons, result.unreadable_objects)
     summary.put(context.store, context.uri("ingest", "summary.json"))
     if result.rows_quarantined:
         log.warning("quarantined %d rows (%s): %s", result.rows_quarantined, result.reasons, quarantine_uri)
     if result.features.num_rows == 0:
         top = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1])[:3]) or "no readable rows"
-        raise HdapError(f"no valid telemetry under {config.telemetry_uri} for {config.sku}: {result.rows_quarantined} rows "
+        raise HdapError(f"no valid telemetry under {config.folder} for {config.sku}: {result.rows_quarantined} rows "
                         f"quarantined ({top}); see {quarantine_uri}.")
     return summary.metrics()
 

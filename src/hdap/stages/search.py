@@ -17,7 +17,7 @@ from pathlib import Path
 from hdap.artifacts import Contract
 from hdap.errors import HdapError
 from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, INPUT_SHAPE, MODEL, SEED, TRUTH_URI, Choice, DatasetName,
-                           Settings, Shape, at_least, internal, setting)
+                           Settings, Shape, at_least, check_dataset, internal, setting)
 from hdap.stages import Stage, StageContext
 
 log = logging.getLogger("hdap")
@@ -59,9 +59,9 @@ class SearchConfig(Settings):
     input_shape: Shape = INPUT_SHAPE()
     dataset: DatasetName = DATASET()
     dataset_uri: str = DATASET_URI()
-    mode: SearchMode = setting(SearchMode.FLEET, "fleet (weighted over clusters), nominal (the datasheet device) or "
-                               "per-cluster (one architecture per cluster; the run stops after the search).")
-    objective: Objective = setting(Objective.LATENCY, "What the search lowers: latency, or memory (weight bits).")
+    mode: SearchMode = setting(SearchMode.FLEET, f"{SearchMode.choices()}: the fleet weighted over its clusters, the "
+                               "datasheet device, or one architecture per cluster (the run then stops after the search).")
+    objective: Objective = setting(Objective.LATENCY, f"What the search lowers: {Objective.choices()} (weight bits).")
     targets: tuple[float, ...] = setting((0.8, 0.65, 0.5, 0.4, 0.3, 0.2), "Cost targets as fractions of the uncompressed "
                                          "model's, one search each: the points of the Pareto front.", check=_fractions)
     strengths: tuple[float, ...] = setting((), "Penalty strengths instead of cost targets (given, they replace "
@@ -93,8 +93,7 @@ class SearchConfig(Settings):
         if not self.targets and not self.strengths:
             raise HdapError("search_targets and search_strengths are both empty: give cost targets (fractions of the "
                             "uncompressed cost, e.g. 0.8,0.5,0.3) or strengths.")
-        if self.dataset is not DatasetName.DIGITS and not self.dataset_uri:
-            raise HdapError(f"dataset={self.dataset.value} is read from the store: give its s3:// URI as dataset_uri.")
+        check_dataset(self.dataset, self.dataset_uri)
 
     def settings(self) -> list[SearchSetting]:
         """One search per target, or per strength (strengths, when given, replace the targets)."""

@@ -1,6 +1,6 @@
 """What every Kubeflow component does with its stage: the one adapter between kfp and the library.
 
-A component's body is `run_step(stage="<stage>", arguments=locals())`: its parameters, by name. Settings become the
+A component's body hands `run_step` its parameters, by name (`arguments = dict(locals())`). Settings become the
 stage's config (checked, so a bad value ends the step in one sentence), artifacts become paths, the
 store comes from the step's environment (HDAP_S3_*, which the pipeline fills from the hdap-s3
 secret), and the metrics the stage returns are logged for the Kubeflow UI. An expected failure
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from hdap.errors import HdapError
-
-CONTEXT_PARAMETERS = ("output_uri", "run_name")
 
 
 def run_step(*, stage: str, arguments: dict[str, Any]) -> dict[str, float]:

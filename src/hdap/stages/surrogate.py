@@ -23,12 +23,13 @@ class SurrogateConfig(Settings):
     model: str = MODEL()
     input_shape: Shape = INPUT_SHAPE()
     backend: ProfilingBackend = setting(ProfilingBackend.SIMULATED, "How representatives without an uploaded profile are "
-                                        "profiled: simulated, onnxruntime (this machine) or tensorrt (this machine's GPU).")
+                                        f"profiled: {ProfilingBackend.choices()} (the simulated fleet's device model, this "
+                                        "machine's CPU, this machine's GPU).")
     samples_per_layer: int = setting(30, "Profiled configurations per layer and precision.", check=at_least(3))
     profiles_uri: str = PROFILES_URI()
     truth_uri: str = TRUTH_URI()
     seed: int = SEED()
-    granule: int = internal(8)  # channels move in granules when profiling, as the search prunes them
+    granule: int = internal(8)  # channels move in granules when profiling, as the search prunes them (`hdap profile` too)
     rounds: int = internal(3)  # profiling rounds on real backends (each configuration's quietest round)
     calibration_models: int = internal(12)  # random whole-model variants timed to fit the per-model terms
 
