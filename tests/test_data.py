@@ -79,6 +79,35 @@ def test_a_corrupt_cifar_tarball_is_a_clear_error(object_store, bucket) -> None:
         load_dataset(DataConfig("cifar10", uri, (3, 32, 32)), object_store)
 
 
+class _RunsACommand:
+    """What a crafted batch would hold: unpickling it calls os.system."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_tarball_whose_pickle_would_run_code_is_refused_without_running_it(object_store, bucket, tmp_path) -> None:
+    marker = tmp_path / "ran"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name in ("data_batch_1", "test_batch"):
+            payload = pickle.dumps({b"data": _RunsACommand(marker), b"labels": [0]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    uri = f"s3://{bucket}/datasets/crafted.tar.gz"
+    object_store.put_bytes(uri, buffer.getvalue())
+    with pytest.raises(HdapError, match=r"not a readable CIFAR-10 python tarball \(it names posix.system, which no CIFAR-10 batch "
+                                        r"holds \(refused, not run\)\)"):
+        load_dataset(DataConfig("cifar10", uri, (3, 32, 32)), object_store)
+    assert not marker.exists()
+
+
 def test_image_folder_test_classes_are_numbered_as_the_training_classes(object_store, bucket) -> None:
     def put(split: str, label: str, colour) -> None:
         image = io.BytesIO()

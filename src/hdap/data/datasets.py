@@ -122,6 +122,19 @@ CIFAR_HINT = ("upload the standard python tarball from https://www.cs.toronto.ed
               "`mc cp cifar-10-python.tar.gz <alias>/<bucket>/datasets/`, and pass its s3:// URI.")
 
 
+class _CifarBatchUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 batch (a dict of bytes, lists and numpy arrays) and nothing else: a pickle
+    that names any other callable (os.system, say) is refused before it runs."""
+
+    ALLOWED = {(numpy_core, name) for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR-10 batch holds (refused, not run)")
+        return super().find_class(module, name)
+
+
 def _cifar10(store, uri: str) -> tuple[torch.Tensor, ...]:
     if not store.exists(uri):
         raise HdapError(f"there is no CIFAR-10 tarball at {uri}: {CIFAR_HINT}")
@@ -131,7 +144,7 @@ def _cifar10(store, uri: str) -> tuple[torch.Tensor, ...]:
             for member in archive.getmembers():
                 name = Path(member.name).name
                 if name.startswith("data_batch_") or name == "test_batch":
-                    batches[name] = pickle.load(archive.extractfile(member), encoding="bytes")  # noqa: S301 (the format is pickles)
+                    batches[name] = _CifarBatchUnpickler(archive.extractfile(member), encoding="bytes").load()
     except (tarfile.TarError, OSError, pickle.UnpicklingError, EOFError) as err:
         raise HdapError(f"{uri} is not a readable CIFAR-10 python tarball ({err}): {CIFAR_HINT}") from None
     if "test_batch" not in batches or not any(n.startswith("data_batch_") for n in batches):
