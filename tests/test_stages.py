@@ -97,7 +97,6 @@ def test_each_component_takes_exactly_its_stage_settings_and_artifacts_and_defau
 
 def test_the_pipeline_hands_each_component_the_parameter_of_its_own_setting(compiled: dict) -> None:
     tasks = dict(compiled["root"]["dag"]["tasks"]) | dict(compiled["components"]["comp-condition-1"]["dag"]["tasks"])
-    from hdap.stages import stage as find
 
     checked = 0
     for current in stages():

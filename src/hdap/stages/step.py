@@ -21,16 +21,15 @@ from hdap.errors import HdapError
 
 def run_step(*, stage: str, arguments: dict[str, Any]) -> dict[str, float]:
     """Run one stage from a component's parameters; log its metrics to the component's `metrics` output."""
-    stage_name = stage
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     try:
-        metrics = _run(stage_name, arguments)
+        metrics = _run(stage, arguments)
     except HdapError as err:
         print(f"hdap: {err}", file=sys.stderr, flush=True)
         # A local run (`hdap run`) names a file to hear why a step failed, in one line.
         failure_file = os.environ.get("HDAP_FAILURE_FILE")
         if failure_file:
-            Path(failure_file).write_text(f"{stage_name}: {err}")
+            Path(failure_file).write_text(f"{stage}: {err}")
         raise SystemExit(1) from None
     if "metrics" in arguments:
         for name, value in metrics.items():
@@ -39,10 +38,11 @@ def run_step(*, stage: str, arguments: dict[str, Any]) -> dict[str, float]:
 
 
 def _run(stage_name: str, arguments: dict[str, Any]) -> dict[str, float]:
-    from hdap.stages import OutputSettings, StageContext, stage
+    from hdap.stages import OutputSettings, StageContext
+    from hdap.stages import stage as find_stage
     from hdap.store import ObjectStore
 
-    current = stage(stage_name)
+    current = find_stage(stage_name)
     config = current.config.from_fields(arguments)
     output = OutputSettings.from_fields(arguments)
     inputs = current.inputs(**{f.name: Path(arguments[f.name].path) for f in dataclasses.fields(current.inputs)})
