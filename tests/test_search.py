@@ -11,7 +11,6 @@ from torch import nn
 
 from hdap.compress.branch_removal import branch_removal_order
 from hdap.compress.search import SearchPoint, choose, front_size, mark_pareto, run_search
-from hdap.stages.search import SearchConfig, SearchSetting, SettingKind
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
 from hdap.compress.spec import ArchitectureSpec, apply_spec, export_spec
@@ -23,6 +22,7 @@ from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decision
 from hdap.latency.fleet_profiling import nominal_device, simulated_surrogate
 from hdap.latency.surrogate import GroupModel, LatencySurrogate, group_key
 from hdap.models import build_model, prunable_layers
+from hdap.stages.search import SearchConfig, SearchSetting, SettingKind
 
 DIGITS = (1, 8, 8)
 MENU = ("fp16", "int8")
@@ -458,3 +458,41 @@ def test_the_search_stage_writes_what_its_mode_chose_and_the_fine_tune_takes_onl
     else:
         assert index.single().cluster is None and [p.optimised_for for p in front.points] == ["nominal"]
         assert front.chosen[0].fleet_latency_ms < front.baseline_fleet_latency_ms  # reported on the fleet's scale
+
+
+def test_an_option_a_resnet_prunes_each_stage_on_its_own_and_the_rebuilt_model_computes_what_the_masked_one_did() -> None:
+    """The zero-padding shortcut splits the residual channels into one group per stage (Torch-Pruning
+    alone ties all three stages into one and breaks the model); pruning the stream of one stage
+    changes which channels the next stage's shortcut copies, in the masked and the pruned model alike."""
+    torch.manual_seed(0)
+    shape = (3, 32, 32)
+    model = build_model("resnet20-a", shape)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    space = build_search_space(model, shape, ("fp32",))
+    streams = {g.root: g.channels for g in space.groups if len([m for m in g.members if m.side == "out"]) > 2}
+    assert sorted(streams.values()) == [16, 32, 64]
+    assert {(r.layer, space.groups[r.group].channels) for r in space.channel_maps} == {("layer2.0.shortcut", 16),
+                                                                                      ("layer3.0.shortcut", 32)}
+    searchable = randomised(SearchableModel(model, space), seed=2)
+    with torch.no_grad():  # prune a third of every stream's granules, whatever the random logits said
+        for group in space.groups:
+            if group.channels in streams.values() and group.root in streams:
+                searchable.keep_logits[group.index][: group.granules // 3].fill_(-5)
+    searchable.freeze()
+    searchable.eval()
+    spec = export_spec(searchable, "resnet20-a", shape, 10)
+    x = torch.randn(4, *shape)
+    with torch.no_grad():
+        expected = searchable(x)
+    rebuilt = apply_spec(spec, copy.deepcopy(searchable).remove())
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), expected, atol=1e-4)
+    kept = {layer.name: len(layer.kept_out_channels) for layer in spec.layers if not layer.removed}
+    assert kept["layer2.2.conv2"] < 32 and kept["layer3.2.conv2"] < 64

@@ -102,6 +102,8 @@ class SearchableModel(nn.Module):
             parametrize.register_parametrization(module, "weight", _MixedPrecisionWeight(
                 space.precisions, lambda name=shape.name: self.precision_probabilities(name),
                 lambda name=shape.name: self._state.weights.get(name) if self._state is not None else None))
+        for reader in space.channel_maps:
+            self._handles.append(modules[reader.layer].register_forward_pre_hook(self._channel_map_hook(reader.layer)))
         self._scaled_norms = self._scale_branches(modules)
         self._build_mask_indices()
         self._build_weight_tables(modules)
@@ -222,6 +224,10 @@ class SearchableModel(nn.Module):
             for group, channels, roots in feeds:
                 index[channels] = root_start[group] + roots
             self._mask_index[shape.name] = index
+        for reader in self.space.channel_maps:
+            index = torch.full((reader.in_channels,), ones_slot, dtype=torch.long)
+            index[torch.tensor(reader.channel_of_root)] = root_start[reader.group] + torch.arange(len(reader.channel_of_root))
+            self._mask_index[reader.layer] = index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._forward(self.forward_state(x.shape[0])):
@@ -319,6 +325,15 @@ class SearchableModel(nn.Module):
             mixed = mix(x, self.precision_probabilities(shape.name), self.space.precisions,
                         lambda value, precision: round_activation(value, precision, amax))
             return (mixed, *inputs[1:])
+        return hook
+
+    def _channel_map_hook(self, layer: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+            state = self._state
+            if state is None:
+                return None
+            x = inputs[0]
+            return (x * state.channel_keep[self._mask_index[layer]].view(1, -1, *([1] * (x.dim() - 2))), *inputs[1:])
         return hook
 
     def _branch_hook(self, group: int):

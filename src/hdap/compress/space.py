@@ -23,6 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
+from hdap.compress.pruners import CHANNEL_MAPS, dependency_graph
 from hdap.errors import HdapError
 from hdap.latency.fleet_cost import BITS
 from hdap.latency.layers import LayerShape
@@ -79,11 +80,24 @@ class ChannelGroup:
 
 
 @dataclass
+class ChannelMapReader:
+    """A parameter-free layer that reads a group's channels without being element-wise (the
+    option-A shortcut): the search masks its input, since the pruned model no longer has the
+    channels it would copy."""
+
+    layer: str
+    in_channels: int
+    group: int
+    channel_of_root: list[int]
+
+
+@dataclass
 class SearchSpace:
     layers: list[LayerShape]  # prunable layers in execution order
     groups: list[ChannelGroup]
     precisions: tuple[str, ...]  # the target's menu
     protected: set[str] = field(default_factory=set)  # layers held at the default precision
+    channel_maps: list[ChannelMapReader] = field(default_factory=list)
 
     @property
     def default_precision(self) -> str:
@@ -126,7 +140,7 @@ def build_search_space(model: nn.Module, input_shape: tuple[int, ...], precision
     was_training = model.training
     model.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
+        graph = dependency_graph(model, input_shape)
         raw_groups = list(graph.get_all_groups(ignored_layers=[last], root_module_types=[nn.Conv2d, nn.Linear]))
     except Exception as err:  # noqa: BLE001 - any failure of the tracer means the graph is beyond it
         raise HdapError(f"the dependency analysis could not follow this model's graph ({type(err).__name__}: {err}); "
@@ -134,27 +148,32 @@ def build_search_space(model: nn.Module, input_shape: tuple[int, ...], precision
     finally:
         model.train(was_training)
     prunable = {shape.name for shape in layers}
-    groups = []
+    groups, maps = [], []
     for raw in raw_groups:
         root_module = raw.items[0].dep.target.module
         channels = len(raw.items[0].idxs)
-        members = []
+        members, readers = [], []
         for item in raw.items:
             module = item.dep.target.module
             name = names.get(module)
+            side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            if isinstance(module, CHANNEL_MAPS) and side == "in":
+                readers.append(ChannelMapReader(name, module.in_channels, -1, list(item.idxs)))
             if name not in prunable:
                 continue  # batch norms and element-wise ops follow their layer
-            side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
             members.append(GroupMember(name, side, list(item.idxs)))
         if not any(m.side == "out" for m in members):
             continue
+        for reader in readers:
+            reader.group = len(groups)
+        maps += readers
         importance = tp.importance.GroupMagnitudeImportance(p=2)(raw)
         order = [int(c) for c in torch.argsort(importance, descending=True, stable=True)]
         groups.append(ChannelGroup(len(groups), names[root_module], channels, min(granule, channels), members, order))
     _check_one_owner(layers, groups)
     _mark_collapsible(model, layers, groups)
     protected = {layers[0].name, layers[-1].name} if protect_first_and_last else set()
-    return SearchSpace(layers, groups, tuple(precisions), protected)
+    return SearchSpace(layers, groups, tuple(precisions), protected, maps)
 
 
 _ADDS = {operator.add, operator.iadd, torch.add}

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch_pruning as tp
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from hdap.artifacts import Contract
+from hdap.compress.pruners import dependency_graph
 from hdap.compress.quantize import activation_precision
 from hdap.compress.searchable import SearchableModel
 from hdap.errors import HdapError
@@ -98,7 +98,7 @@ def apply_spec(spec: ArchitectureSpec, model: nn.Module | None = None) -> nn.Mod
     modules = dict(model.named_modules())
     was_training = model.training
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *shape))
+    graph = dependency_graph(model, shape)
     dead = [g for g in spec.groups if not g["kept"]]
     for group in spec.groups:
         removed = sorted(set(range(group["channels"])) - set(group["kept"]))

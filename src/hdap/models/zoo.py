@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hdap.errors import HdapError
+from hdap.models.option_a import ResNetA
 
 
 def small_cnn(in_channels: int = 3, classes: int = 10) -> nn.Module:
@@ -131,6 +132,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "small-cnn": small_cnn,
     "resnet20": lambda **kw: CifarResNet(3, **kw),
     "resnet56": lambda **kw: CifarResNet(9, **kw),
+    # The paper's option-A form, as the widely shared CIFAR-10 checkpoints were trained (their keys load as they are).
+    "resnet20-a": lambda **kw: ResNetA(3, **kw),
+    "resnet56-a": lambda **kw: ResNetA(9, **kw),
     "mobilenetv1": MobileNetV1,
     "resnet18": lambda **kw: torchvision_resnet(18, **kw),
     "resnet50": lambda **kw: torchvision_resnet(50, **kw),
