@@ -37,6 +37,8 @@ STORE_SECRET_KEYS = {
 # be pinned to nodes of the target SKU (a node label key=value).
 BUILD_ACCELERATOR = os.environ.get("HDAP_BUILD_ACCELERATOR", "")  # e.g. nvidia.com/gpu; empty: CPU only
 BUILD_NODE_LABEL = os.environ.get("HDAP_BUILD_NODE_LABEL", "")  # e.g. nvidia.com/gpu.product=Jetson-Xavier-NX
+# The search and the fine-tune train: on a cluster with GPUs they ask for one (`hdap compile --train-accelerator`).
+TRAIN_ACCELERATOR = os.environ.get("HDAP_TRAIN_ACCELERATOR", "")  # e.g. nvidia.com/gpu; empty: CPU only
 
 
 def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
@@ -54,6 +56,12 @@ def on_build_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def on_training_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    if TRAIN_ACCELERATOR:
+        task.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(1)
+    return task
+
+
 def hdap_pipeline(
     telemetry_uri: str = D["telemetry_uri"],
     sku: str = D["sku"],
@@ -63,6 +71,7 @@ def hdap_pipeline(
     dataset_uri: str = D["dataset_uri"],
     accuracy_tolerance: float = D["accuracy_tolerance"],
     seed: int = D["seed"],
+    device: str = D["device"],
     output_uri: str = D["output_uri"],
     registry_uri: str = D["registry_uri"],
     truth_uri: str = D["truth_uri"],
@@ -81,6 +90,11 @@ def hdap_pipeline(
     search_epochs: int = D["search_epochs"],
     search_finetune_epochs: int = D["search_finetune_epochs"],
     search_granule: int = D["search_granule"],
+    search_weights_uri: str = D["search_weights_uri"],
+    search_mean: str = D["search_mean"],
+    search_std: str = D["search_std"],
+    search_channel_order: str = D["search_channel_order"],
+    search_validation: str = D["search_validation"],
     finetune_epochs: int = D["finetune_epochs"],
     finetune_learning_rate: float = D["finetune_learning_rate"],
     build_tensorrt: str = D["build_tensorrt"],
@@ -97,16 +111,17 @@ def hdap_pipeline(
         truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "surrogate")
     search_task = step(search(
         surrogates=surrogate_task.outputs["surrogates"], features=features, model=model, input_shape=input_shape,
-        dataset=dataset, dataset_uri=dataset_uri, mode=search_mode, objective=search_objective, targets=search_targets,
+        dataset=dataset, dataset_uri=dataset_uri, weights_uri=search_weights_uri, mean=search_mean, std=search_std,
+        channel_order=search_channel_order, validation=search_validation, mode=search_mode, objective=search_objective, targets=search_targets,
         strengths=search_strengths, pretrain_epochs=search_pretrain_epochs, epochs=search_epochs,
         finetune_epochs=search_finetune_epochs, granule=search_granule, accuracy_tolerance=accuracy_tolerance,
-        truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "search")
-    search_task.set_cpu_limit("4").set_memory_limit("8G")
+        truth_uri=truth_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "search")
+    on_training_nodes(search_task.set_cpu_limit("4").set_memory_limit("8G"))
     with dsl.If(search_mode != SearchMode.PER_CLUSTER.value, name="one-architecture"):  # per-cluster stops after the search
         finetune_task = step(finetune(
             architecture=search_task.outputs["architecture"], epochs=finetune_epochs, learning_rate=finetune_learning_rate,
-            dataset=dataset, dataset_uri=dataset_uri, seed=seed, output_uri=output_uri, run_name=RUN), "finetune")
-        finetune_task.set_cpu_limit("4").set_memory_limit("8G").set_retry(2)
+            dataset=dataset, dataset_uri=dataset_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "finetune")
+        on_training_nodes(finetune_task.set_cpu_limit("4").set_memory_limit("8G").set_retry(2))
         on_build_nodes(step(build(
             model=finetune_task.outputs["model"], surrogates=surrogate_task.outputs["surrogates"], features=features,
             clusters=cluster_task.outputs["clusters"], assignments=cluster_task.outputs["assignments"],

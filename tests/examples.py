@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from hdap.preprocessing import ChannelOrder, DataRecipe, Preprocessing, ValidationSource
 from hdap.stages.build import (BuildAccuracy, BuildSummary, ClusterLatency, FleetLatency, GateResult, LayerSummary, ModelSize,
                                OnnxRuntimeTiming, RunRef, TensorRTResult)
 from hdap.stages.cluster import ClusterSummary, DeviceCluster
@@ -14,6 +15,8 @@ REGISTRY_URI = "s3://registry/resnet8/20261120-1201"
 GATE_PASS = "accuracy 90.50% is within 1 points of the uncompressed model's 91.00%"
 GATE_REFUSAL = "accuracy 80.00% lost 11.00 points against the uncompressed model's 91.00%, more than the 1 allowed"
 TENSORRT_REASON = "no CUDA device is visible"
+PREPROCESSING = Preprocessing([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], ChannelOrder.RGB, [3, 32, 32])
+RECIPE = DataRecipe(PREPROCESSING, ValidationSource.TEST)
 
 
 def fleet_inputs() -> tuple[ClusterSummary, pa.Table, pa.Table]:
@@ -37,9 +40,11 @@ def fleet_inputs() -> tuple[ClusterSummary, pa.Table, pa.Table]:
 
 def front_input() -> Front:
     def point(target: float, accuracy: float, latency: float, pareto: bool, chosen: bool = False) -> FrontPoint:
-        return FrontPoint(SearchSetting(SettingKind.TARGET, target), accuracy, latency, [latency * 0.8, latency, latency * 1.6],
-                          8e5 * target, "fleet", 2, pareto, chosen, true_fleet_latency_ms=latency * 1.05)
-    return Front("resnet8", SearchMode.FLEET, Objective.LATENCY, 91.0, 2.0, 1.6e6, [1.6, 2.0, 3.2], "fp16", {}, 3,
+        return FrontPoint(SearchSetting(SettingKind.TARGET, target), accuracy, accuracy + 0.1, latency,
+                          [latency * 0.8, latency, latency * 1.6], 8e5 * target, "fleet", 2, pareto, chosen,
+                          true_fleet_latency_ms=latency * 1.05)
+    return Front("resnet8", SearchMode.FLEET, Objective.LATENCY, RECIPE, 91.0, 91.2, 91.1, 2.0, 1.6e6, [1.6, 2.0, 3.2], "fp16",
+                 {}, 3, 4,
                  [point(0.3, 85.0, 0.7, True), point(0.5, 90.2, 1.0, True, chosen=True), point(0.6, 89.0, 1.3, False),
                   point(0.8, 90.8, 1.6, True)])
 
@@ -48,11 +53,12 @@ def build_input(published: bool) -> BuildSummary:
     layers = [LayerSummary(f"layer{i}.conv", "conv3x3", 16, 16 if i % 2 else 10, 16, "int8" if i % 3 else "fp16", i == 3)
               for i in range(6)]
     tensorrt = (TensorRTResult(True, published=True, latency_ms=0.2, uncompressed_latency_ms=0.5, speedup=2.5, accuracy=90.5,
-                               gpu="NVIDIA H100", version="10.3") if published else TensorRTResult(False, reason=TENSORRT_REASON))
+                               validation_accuracy=90.9, gpu="NVIDIA H100", version="10.3") if published else TensorRTResult(False, reason=TENSORRT_REASON))
     accuracy = BuildAccuracy(91.0, 70.0, 2, 90.6, 90.5 if published else 80.0, 0.995, 91.0, [60.0 + i for i in range(10)],
-                             [88.0 + i / 5 for i in range(10)], [90.0 + i / 10 for i in range(10)])
+                             [88.0 + i / 5 for i in range(10)], [90.0 + i / 10 for i in range(10)], 91.2,
+                             90.6 if published else 80.1)
     return BuildSummary(
-        "resnet8", "20261120-1201", (3, 32, 32), published, REGISTRY_URI if published else "", accuracy,
+        "resnet8", "20261120-1201", (3, 32, 32), PREPROCESSING, published, REGISTRY_URI if published else "", accuracy,
         ModelSize(320_000, 95_000, 2.5e6, 6e5), OnnxRuntimeTiming(0.8, 1.9, 2.375, 1, 200), tensorrt,
         [ClusterLatency(c, w, b, b / 2.1) for c, w, b in ((0, 0.5, 1.5), (1, 0.3, 2.2), (2, 0.2, 3.1))],
         FleetLatency(2.03, 0.97, 2.1, 2.1, 1.05, 2.0), layers, RunRef("20261120-1201", "s3://runs/20261120-1201/"),

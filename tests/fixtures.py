@@ -124,5 +124,6 @@ def searched_resnet20(directory: Path, epochs: int = 3, seed: int = 0):
     torch.save(plain_weights(searchable), directory / "architecture.weights.pt")
     torch.save(model.state_dict(), directory / "uncompressed.weights.pt")
     SearchIndex(SearchMode.FLEET, [ArchitectureEntry(None, "architecture.json", "architecture.weights.pt")],
-                "uncompressed.weights.pt", baseline_accuracy=0.0, default_precision="fp16").save(directory / "index.json")
+                "uncompressed.weights.pt", baseline_accuracy=0.0, baseline_validation_accuracy=0.0, default_precision="fp16",
+                data=data.recipe).save(directory / "index.json")
     return spec, data

@@ -12,7 +12,21 @@ import torch
 from PIL import Image
 
 from hdap.data import DataConfig, load_dataset
+from hdap.data.datasets import augment_batch
 from hdap.errors import HdapError
+from hdap.preprocessing import ChannelOrder, ValidationSource
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HDAP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def png(colour, size=(8, 8)) -> bytes:
+    image = io.BytesIO()
+    Image.new("RGB", size, colour).save(image, format="PNG")
+    return image.getvalue()
 
 
 def test_digits_are_split_by_class_normalised_and_resized_to_the_model_input() -> None:
@@ -22,8 +36,10 @@ def test_digits_are_split_by_class_normalised_and_resized_to_the_model_input() -
     assert x.shape[1:] == (3, 16, 16)
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
     test_labels = data.test.tensors[1]
-    assert len(data.train) + len(data.test) == 1797
-    assert set(test_labels.tolist()) == set(range(10))
+    assert len(data.train) + len(data.validation) + len(data.test) == 1797
+    assert len(data.validation) == pytest.approx(0.1 * (len(data.train) + len(data.validation)), abs=10)
+    assert set(test_labels.tolist()) == set(range(10)) and set(data.validation.tensors[1].tolist()) == set(range(10))
+    assert data.recipe.validation is ValidationSource.TRAIN and not data.augment
     again = load_dataset(DataConfig("digits", input_shape=(3, 16, 16), seed=0))
     assert torch.equal(again.test.tensors[1], test_labels)  # the same seed, the same split
 
@@ -46,7 +62,7 @@ def test_cifar10_is_read_from_its_python_tarball_in_the_store(object_store, buck
     uri = f"s3://{bucket}/datasets/cifar-10-python.tar.gz"
     object_store.put_bytes(uri, cifar_tarball())
     data = load_dataset(DataConfig("cifar10", uri, (3, 32, 32)), object_store)
-    assert len(data.train) == 40 and len(data.test) == 20
+    assert len(data.train) + len(data.validation) == 40 and len(data.test) == 20 and data.augment
     assert data.train.tensors[0].shape[1:] == (3, 32, 32)
 
 
@@ -57,7 +73,7 @@ def test_an_image_folder_tree_in_the_store_becomes_a_dataset(object_store, bucke
             Image.new("RGB", (20, 20), colour).save(image, format="PNG")
             object_store.put_bytes(f"s3://{bucket}/datasets/pets/{label}/{index}.png", image.getvalue())
     data = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/datasets/pets", (3, 8, 8)), object_store)
-    assert data.classes == 2 and len(data.train) + len(data.test) == 10
+    assert data.classes == 2 and len(data.train) + len(data.validation) + len(data.test) == 10
     assert data.train.tensors[0].shape[1:] == (3, 8, 8)
 
 
@@ -119,3 +135,77 @@ def test_image_folder_test_classes_are_numbered_as_the_training_classes(object_s
     put("test", "cat", (255, 255, 255))  # the test split lacks ant and bee
     data = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/datasets/split", (3, 8, 8)), object_store)
     assert data.test.tensors[1].tolist() == [2]
+
+
+def _distinct_rows(*datasets) -> int:
+    return len({tuple(row.tolist()) for d in datasets for row in d.tensors[0].flatten(1)})
+
+
+def test_the_three_splits_are_disjoint_and_a_checkpoints_validation_is_half_the_test_images() -> None:
+    held = load_dataset(DataConfig("digits", input_shape=(1, 8, 8), seed=3))
+    total = len(held.train) + len(held.validation) + len(held.test)
+    assert _distinct_rows(held.train, held.validation, held.test) == _distinct_rows(held.train) + _distinct_rows(held.validation) + \
+        _distinct_rows(held.test)  # no image in two splits
+    halves = load_dataset(DataConfig("digits", input_shape=(1, 8, 8), seed=3, trained_on_all_training_images=True))
+    assert halves.recipe.validation is ValidationSource.TEST
+    assert len(halves.train) == len(held.train) + len(held.validation)  # the checkpoint saw every training image
+    assert len(halves.validation) + len(halves.test) == len(halves.full_test) == total - len(halves.train)
+    assert abs(len(halves.validation) - len(halves.test)) <= 10  # half each, stratified by class
+    assert set(halves.validation.tensors[1].tolist()) == set(halves.test.tensors[1].tolist()) == set(range(10))
+    assert "half the test images" in halves.describe()
+
+
+def test_the_models_own_normalisation_and_channel_order_are_used_and_recorded(object_store, bucket) -> None:
+    for label, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        for index in range(4):
+            object_store.put_bytes(f"s3://{bucket}/colours/train/{label}/{index}.png", png(colour))
+            object_store.put_bytes(f"s3://{bucket}/colours/test/{label}/{index}.png", png(colour))
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.5, 1.0)
+    data = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/colours", (3, 8, 8), mean=mean, std=std,
+                                   channel_order=ChannelOrder.BGR, validation=ValidationSource.TEST), object_store)
+    red = data.full_test.tensors[0][data.full_test.tensors[1] == 0][0, :, 0, 0]
+    # red in BGR is (0, 0, 1): normalised with the given numbers, not the images' own
+    assert red.tolist() == pytest.approx([(0 - 0.5) / 0.5, (0 - 0.25) / 0.5, (1 - 0.0) / 1.0])
+    assert data.recipe.preprocessing.mean == list(mean) and data.recipe.preprocessing.channel_order is ChannelOrder.BGR
+
+
+def test_tar_shards_in_imagefolder_and_webdataset_layouts_are_read_and_decoded_once(object_store, bucket, image_cache) -> None:
+    def shard(members: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for name, payload in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                archive.addfile(info, io.BytesIO(payload))
+        return buffer.getvalue()
+
+    colours = {"ant": (250, 0, 0), "bee": (0, 250, 0), "cat": (0, 0, 250)}
+    tree = {f"{split}/{label}/{i}.png": png(colour) for split in ("train", "test") for label, colour in colours.items()
+            for i in range(3)}
+    object_store.put_bytes(f"s3://{bucket}/shards/images.tar", shard(tree))
+    data = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/shards", (3, 8, 8)), object_store)
+    assert len(data.train) + len(data.validation) == 9 and len(data.test) == 9 and data.classes == 3
+    assert len(list(image_cache.glob("datasets/*/train.images.npy"))) == 1  # decoded once, cached
+    again = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/shards", (3, 8, 8)), object_store)
+    assert torch.equal(again.test.tensors[0], data.test.tensors[0])
+
+    samples = {}
+    for i, (label, colour) in enumerate(colours.items()):
+        for j in range(3):
+            samples[f"{label}{j}.png"], samples[f"{label}{j}.cls"] = png(colour), str(i).encode()
+    object_store.put_bytes(f"s3://{bucket}/wds/train-000.tar", shard(samples))
+    object_store.put_bytes(f"s3://{bucket}/wds/test-000.tar", shard(samples))
+    web = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/wds", (3, 8, 8)), object_store)
+    assert sorted(set(web.test.tensors[1].tolist())) == [0, 1, 2] and len(web.test) == 9
+
+
+def test_augmentation_shifts_and_flips_each_image_and_is_seeded() -> None:
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    first = augment_batch(x, torch.Generator().manual_seed(0))
+    assert first.shape == x.shape and not torch.equal(first, x)
+    assert torch.equal(first, augment_batch(x, torch.Generator().manual_seed(0)))
+    # every output pixel is an input pixel of the same image and channel, or the zero of the padding
+    for image in range(2):
+        for channel in range(3):
+            values = set(x[image, channel].flatten().tolist()) | {0.0}
+            assert set(first[image, channel].flatten().tolist()) <= values

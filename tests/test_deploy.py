@@ -113,8 +113,6 @@ def test_the_fine_tune_keeps_the_searched_weights_when_no_epoch_does_better_on_h
     wrecked = quantization_aware_finetune(spec, weights, teacher, data, FinetuneConfig(epochs=2, learning_rate=50.0))
     assert wrecked.kept_epoch == 0  # a learning rate that wrecks the model: every epoch did worse than the searched one
     assert wrecked.accuracy_after == wrecked.accuracy_before
-    last = quantization_aware_finetune(spec, weights, teacher, data, FinetuneConfig(epochs=2, learning_rate=50.0, validation_share=0.0))
-    assert last.kept_epoch == 2 and last.accuracy_after < wrecked.accuracy_after
 
 
 def test_the_quality_gate_refuses_a_model_that_lost_accuracy_and_leaves_the_registry_untouched(finetuned, object_store, bucket, tmp_path) -> None:
@@ -170,10 +168,10 @@ def test_a_tensorrt_engine_is_marked_published_only_when_the_model_is(model_accu
     from tests.examples import build_input, front_input
 
     summary = build_input(published=True)
-    summary.accuracy.onnxruntime = model_accuracy
+    summary.accuracy.validation_onnxruntime = model_accuracy  # the gate reads the validation split
     for name in ("model.onnx", "model.plan", "architecture.json", "quantization.json", "weights.pt"):
         (tmp_path / name).write_bytes(name.encode())
-    built = _Built(SimpleNamespace(model="resnet8"), (3, 32, 32), summary.accuracy, summary.size, summary.onnxruntime,
+    built = _Built(SimpleNamespace(model="resnet8"), (3, 32, 32), summary.preprocessing, summary.accuracy, summary.size, summary.onnxruntime,
                    summary.tensorrt)
     config = BuildConfig(accuracy_tolerance=0.5, registry_uri=f"s3://{bucket}/registry")
     entry, gate = _publish(config, built, front_input(), tmp_path, tmp_path, {}, StageContext(object_store, f"s3://{bucket}/runs", "r1"))

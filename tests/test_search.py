@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import copy
+import io
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from hdap.compress.branch_removal import branch_removal_order
-from hdap.compress.search import SearchPoint, choose, front_size, mark_pareto, run_search
+from hdap.compress.search import SearchPoint, choose, distinct_architectures, front_size, mark_pareto, run_search
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import build_search_space
-from hdap.compress.spec import ArchitectureSpec, apply_spec, export_spec
-from hdap.compress.training import train_epochs
+from hdap.compress.spec import ArchitectureSpec, LayerSpec, apply_spec, export_spec
+from hdap.compress.training import evaluate, train_epochs
 from hdap.data import DataConfig, load_dataset
 from hdap.errors import HdapError
 from hdap.latency.backends.simulated import SimulatedDevice
@@ -22,6 +24,7 @@ from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decision
 from hdap.latency.fleet_profiling import nominal_device, simulated_surrogate
 from hdap.latency.surrogate import GroupModel, LatencySurrogate, group_key
 from hdap.models import build_model, prunable_layers
+from hdap.preprocessing import ValidationSource
 from hdap.stages.search import SearchConfig, SearchSetting, SettingKind
 
 DIGITS = (1, 8, 8)
@@ -311,8 +314,8 @@ def test_a_branch_is_scaled_only_at_a_module_of_its_own() -> None:
 
 
 def test_pareto_points_are_the_non_dominated_ones_counted_once_and_the_choice_respects_the_accuracy_tolerance() -> None:
-    def point(accuracy, latency, size):
-        return SearchPoint(SearchSetting(SettingKind.TARGET, 1.0), accuracy, latency, [latency], size, spec=None)
+    def point(accuracy, latency, size):  # the test split's accuracy is the validation's, less a point
+        return SearchPoint(SearchSetting(SettingKind.TARGET, 1.0), accuracy - 1, accuracy, latency, [latency], size, spec=None)
 
     points = [point(99.0, 1.0, 10), point(98.9, 0.5, 10), point(97.0, 0.4, 10), point(96.0, 0.6, 12), point(98.9, 0.5, 10)]
     mark_pareto(points)
@@ -325,6 +328,20 @@ def test_pareto_points_are_the_non_dominated_ones_counted_once_and_the_choice_re
     # None close enough: the most accurate, and of equally accurate points the fastest.
     tied = [point(98.6, 0.59, 10), point(98.6, 0.37, 8), point(98.3, 0.29, 6)]
     assert choose(tied, baseline_accuracy=99.2, tolerance=0.5) is tied[1]
+
+
+def test_the_choice_and_the_front_read_the_validation_split_and_count_equal_architectures_once() -> None:
+    spec_a = ArchitectureSpec("m", [1, 8, 8], 10, ["fp16"], [LayerSpec("conv", "conv", 1, 8, list(range(8)), "fp16", "fp16")])
+    spec_b = ArchitectureSpec("m", [1, 8, 8], 10, ["fp16"], [LayerSpec("conv", "conv", 1, 4, list(range(4)), "fp16", "fp16")])
+
+    def point(test, validation, latency, spec):
+        return SearchPoint(SearchSetting(SettingKind.TARGET, latency), test, validation, latency, [latency], 10, spec=spec)
+
+    # The faster point is better on the test split but 2 points worse on the validation split: not chosen.
+    points = [point(97.0, 99.0, 0.8, spec_a), point(99.5, 97.0, 0.4, spec_b), point(97.0, 99.0, 0.8, copy.deepcopy(spec_a))]
+    mark_pareto(points)
+    assert choose(points, baseline_accuracy=99.2, tolerance=0.5) is points[0]
+    assert distinct_architectures(points) == 2 and front_size(points) == 2
 
 
 def test_every_zoo_model_yields_a_search_space() -> None:
@@ -420,26 +437,68 @@ def test_reordered_branches_keep_the_searchs_count_and_remove_the_first_of_the_o
     assert removed == set(order[:4])
 
 
-@pytest.mark.parametrize("mode", ["per-cluster", "nominal"])
-def test_the_search_stage_writes_what_its_mode_chose_and_the_fine_tune_takes_only_one(mode: str, object_store, bucket, tmp_path) -> None:
-    """The stage's own output for the modes the reference run does not take: per-cluster (one
-    architecture per cluster, which the fine-tune refuses in one sentence) and nominal."""
+def _stage_surrogates(model: str, tmp_path) -> Path:
+    """What the surrogate stage hands the search: two simulated clusters' surrogates, and the fleet's features."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hdap.stages import StageContext
-    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
-    from hdap.stages.search import run as run_search_stage
     from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
 
-    fleet = two_cluster_fleet("small-cnn", samples_per_layer=8)
+    fleet = two_cluster_fleet(model, samples_per_layer=8)
     surrogates = tmp_path / "surrogates"
     surrogates.mkdir()
     for cluster, surrogate in enumerate(fleet.surrogates):
         surrogate.save(surrogates / f"cluster-{cluster}.json")
-    SurrogateIndex("small-cnn", DIGITS, MENU, [ClusterSurrogateEntry(c, w, f"dev-{c}", f"cluster-{c}.json", "simulated", 1.0, 0.0)
-                                               for c, w in enumerate(fleet.weights)]).save(surrogates / "fleet.json")
+    SurrogateIndex(model, DIGITS, MENU, [ClusterSurrogateEntry(c, w, f"dev-{c}", f"cluster-{c}.json", "simulated", 1.0, 0.0)
+                                         for c, w in enumerate(fleet.weights)]).save(surrogates / "fleet.json")
     pq.write_table(pa.table({"device_id": ["xnx-0000000"], "sku": ["jetson-xavier-nx"]}), tmp_path / "features.parquet")
+    return surrogates
+
+
+def test_given_weights_the_search_stage_trains_nothing_validates_on_half_the_test_images_and_keeps_their_preprocessing(
+        object_store, bucket, tmp_path) -> None:
+    """A user's checkpoint (DataParallel-prefixed, nested) and its preprocessing beside it, in the store."""
+    import json
+
+    from hdap.stages import StageContext
+    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
+    from hdap.stages.search import run as run_search_stage
+
+    torch.manual_seed(0)
+    dataset = load_dataset(DataConfig("digits", input_shape=DIGITS, trained_on_all_training_images=True))
+    trained = build_model("small-cnn", DIGITS)
+    train_epochs(trained, dataset.train, 2, SearchConfig(), "training")
+    uri = f"s3://{bucket}/models/digits.pt"
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}, buffer)
+    object_store.put_bytes(uri, buffer.getvalue())
+    mean, std = [float(v) for v in dataset.recipe.preprocessing.mean], [float(v) for v in dataset.recipe.preprocessing.std]
+    object_store.put_bytes(uri + ".json", json.dumps({"mean": mean, "std": std}).encode())
+    surrogates = _stage_surrogates("small-cnn", tmp_path)
+    config = SearchConfig(model="small-cnn", weights_uri=uri, targets=(0.5,), pretrain_epochs=50, epochs=1, finetune_epochs=1)
+    outputs = SearchOutputs(tmp_path / "architecture", tmp_path / "front.json", tmp_path / "report.html")
+
+    run_search_stage(config, SearchInputs(surrogates, tmp_path / "features.parquet"), outputs,
+                     StageContext(object_store, f"s3://{bucket}/runs", "r1"))
+
+    index, front = SearchIndex.load(outputs.architecture / "index.json"), Front.load(outputs.front)
+    assert front.data.validation is ValidationSource.TEST and index.data == front.data
+    assert front.data.preprocessing.mean == pytest.approx(mean) and front.data.preprocessing.std == pytest.approx(std)
+    assert front.baseline_full_test_accuracy is not None and front.seconds["pretrain"] < 5  # not 50 epochs of training
+    assert front.baseline_validation_accuracy == pytest.approx(evaluate(trained, dataset.validation), abs=1e-3)
+    uncompressed = torch.load(outputs.architecture / index.uncompressed_weights, weights_only=True)
+    assert all(torch.equal(uncompressed[k], v) for k, v in trained.state_dict().items())  # the baseline is the user's model
+
+
+@pytest.mark.parametrize("mode", ["per-cluster", "nominal"])
+def test_the_search_stage_writes_what_its_mode_chose_and_the_fine_tune_takes_only_one(mode: str, object_store, bucket, tmp_path) -> None:
+    """The stage's own output for the modes the reference run does not take: per-cluster (one
+    architecture per cluster, which the fine-tune refuses in one sentence) and nominal."""
+    from hdap.stages import StageContext
+    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
+    from hdap.stages.search import run as run_search_stage
+
+    surrogates = _stage_surrogates("small-cnn", tmp_path)
     config = SearchConfig(model="small-cnn", mode=mode, targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1)
     outputs = SearchOutputs(tmp_path / "architecture", tmp_path / "front.json", tmp_path / "report.html")
 

@@ -27,7 +27,7 @@ from hdap.stages.finetune import FinetuneSummary, QuantizationRanges
 from hdap.stages.ingest import IngestSummary
 from hdap.stages.search import ArchitectureEntry, SearchIndex, SearchMode
 from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
-from tests.examples import build_input, fleet_inputs, front_input
+from tests.examples import RECIPE, build_input, fleet_inputs, front_input
 from tests.fixtures import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -204,10 +204,12 @@ def contract_examples() -> list[Contract]:
                                                                                        0.98, 12.5)]),
         front_input(),
         unmeasured,
-        SearchIndex(SearchMode.FLEET, [ArchitectureEntry(None, "architecture.json", "architecture.weights.pt")], "u.pt", 98.0, "fp16"),
+        SearchIndex(SearchMode.FLEET, [ArchitectureEntry(None, "architecture.json", "architecture.weights.pt")], "u.pt", 98.0, 98.4, "fp16",
+                    RECIPE),
         SearchIndex(SearchMode.PER_CLUSTER, [ArchitectureEntry(0, "cluster-0.json", "cluster-0.weights.pt"),
-                                             ArchitectureEntry(1, "cluster-1.json", "cluster-1.weights.pt")], "u.pt", 98.0, "fp16"),
-        FinetuneSummary(98.0, 90.0, 97.5, 0, 3, 12.5, 8, 10, [90.0] * 10, [97.0] * 10),
+                                             ArchitectureEntry(1, "cluster-1.json", "cluster-1.weights.pt")], "u.pt", 98.0, 98.4, "fp16",
+                    RECIPE),
+        FinetuneSummary(98.0, 90.0, 97.5, 97.8, 0, 3, 12.5, 8, 10, RECIPE, [90.0] * 10, [97.0] * 10),
         QuantizationRanges({"conv1": 2.5}),
         build_input(published=True),
         build_input(published=False),

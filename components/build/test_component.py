@@ -1,10 +1,14 @@
 """The build component, run locally by kfp.local: export, ONNX Runtime build, gate, registry, report."""
 
+import json
+
+import onnx
 import pyarrow.parquet as pq
 import torch
 from kfp import dsl, local
 
 from components.build import build
+from hdap.artifacts import plain
 from hdap.compress.finetune import quantization_aware_finetune, save_finetuned
 from hdap.deploy.registry import verify_entry
 from hdap.deploy.tensorrt_build import tensorrt_unavailable_reason
@@ -12,7 +16,7 @@ from hdap.fleet.cluster import cluster_devices
 from hdap.fleet.ingest import ingest_telemetry
 from hdap.latency.fleet_profiling import load_truth, simulated_device, simulated_surrogate
 from hdap.models import build_model, prunable_layers
-from hdap.stages.build import BuildSummary
+from hdap.stages.build import PREPROCESSING_KEY, BuildSummary
 from hdap.stages.cluster import ClusterConfig
 from hdap.stages.finetune import FinetuneConfig
 from hdap.stages.ingest import IngestConfig
@@ -49,11 +53,12 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
                                          torch.load(tmp_path / "search" / "uncompressed.weights.pt"), data, FinetuneConfig(epochs=1))
     save_finetuned(result.model, spec, tmp_path / "model")
     (tmp_path / "model" / "uncompressed.weights.pt").write_bytes((tmp_path / "search" / "uncompressed.weights.pt").read_bytes())
-    result.summary(1, spec.classes).save(tmp_path / "model" / "summary.json")
-    point = FrontPoint(SearchSetting(SettingKind.TARGET, 0.5), result.accuracy_after, 0.6, [0.5, 0.7], 4e6, "fleet", 2,
-                       pareto=True, chosen=True)
-    Front("resnet20", SearchMode.FLEET, Objective.LATENCY, result.teacher_accuracy, 1.0, 8e6, [0.8, 1.2], "fp16", {}, 1,
-          [point]).save(tmp_path / "front.json")
+    result.summary(1, spec.classes, data.recipe).save(tmp_path / "model" / "summary.json")
+    point = FrontPoint(SearchSetting(SettingKind.TARGET, 0.5), result.accuracy_after, result.validation_accuracy, 0.6, [0.5, 0.7],
+                       4e6, "fleet", 2, pareto=True, chosen=True)
+    # The gate compares validation accuracies: here the fine-tuned model's own stands for the uncompressed one's.
+    Front("resnet20", SearchMode.FLEET, Objective.LATENCY, data.recipe, result.teacher_accuracy, result.validation_accuracy, None,
+          1.0, 8e6, [0.8, 1.2], "fp16", {}, 1, 1, [point]).save(tmp_path / "front.json")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
     @dsl.pipeline
@@ -79,4 +84,8 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     assert len(built.clusters) == 2 and built.size.onnx_bytes < built.size.uncompressed_onnx_bytes
     manifest = verify_entry(object_store, built.registry_uri)
     assert "model.onnx" in manifest["files"] and manifest["run"]["name"] == "r1"
+    # The preprocessing the model was trained with reaches the device: in the manifest and in the graph.
+    assert manifest["preprocessing"] == plain(data.recipe.preprocessing) == plain(built.preprocessing)
+    graph = onnx.load_from_string(object_store.get_bytes(f"{built.registry_uri}/model.onnx"))
+    assert json.loads({p.key: p.value for p in graph.metadata_props}[PREPROCESSING_KEY]) == manifest["preprocessing"]
     assert object_store.get_bytes(f"s3://{bucket}/runs/r1/build/report.html").count(b"<img") >= 5

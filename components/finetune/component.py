@@ -12,6 +12,7 @@ def finetune(
     dataset: str,
     dataset_uri: str,
     seed: int,
+    device: str,
     output_uri: str,
     run_name: str,
     model: Output[Model],

@@ -15,7 +15,7 @@ def test_finetune_component_writes_a_model_that_reloads_and_a_checkpoint(store_e
     @dsl.pipeline
     def finetune_only() -> dsl.Model:
         architecture = dsl.importer(artifact_uri=str(tmp_path / "search"), artifact_class=dsl.Model)
-        return finetune(architecture=architecture.output, epochs=1, learning_rate=0.01, dataset="digits", dataset_uri="", seed=0,
+        return finetune(architecture=architecture.output, epochs=1, learning_rate=0.01, dataset="digits", dataset_uri="", seed=0, device="cpu",
                         output_uri=f"s3://{bucket}/runs", run_name="r1").outputs["model"]
 
     task = finetune_only()

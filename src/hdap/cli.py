@@ -169,12 +169,15 @@ def compile_command(
     gpu_image: Annotated[Optional[str], typer.Option(help="Image of the build step, with TensorRT (images/Dockerfile.gpu); default the step image.")] = None,
     build_accelerator: Annotated[str, typer.Option(help="Accelerator the build step requests, e.g. nvidia.com/gpu; empty: none.")] = "",
     build_node_label: Annotated[str, typer.Option(help="Pin the build step to nodes with this label (key=value), e.g. of the target SKU.")] = "",
+    train_accelerator: Annotated[str, typer.Option(help="Accelerator the search and fine-tune steps request, e.g. nvidia.com/gpu "
+                                                   "(they train on it: device=auto); empty: none.")] = "",
 ) -> None:
     """Compile the pipeline to Kubeflow IR YAML, to upload in the Kubeflow UI or submit with the kfp client."""
     if build_node_label and "=" not in build_node_label:
         raise HdapError(f"--build-node-label {build_node_label!r} is not a node label: write it as key=value.")
     for name, value in (("HDAP_STEP_IMAGE", image), ("HDAP_GPU_STEP_IMAGE", gpu_image or image),
-                        ("HDAP_BUILD_ACCELERATOR", build_accelerator), ("HDAP_BUILD_NODE_LABEL", build_node_label)):
+                        ("HDAP_BUILD_ACCELERATOR", build_accelerator), ("HDAP_BUILD_NODE_LABEL", build_node_label),
+                        ("HDAP_TRAIN_ACCELERATOR", train_accelerator)):
         if value:
             os.environ[name] = value
     from pipelines.compile import compile_pipeline

@@ -16,6 +16,7 @@ names the setting, wherever it came from.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -118,8 +119,24 @@ SKU = Shared("sku", "jetson-xavier-nx", f"The fleet's hardware SKU: {', '.join(S
 SEED = Shared("seed", 0, "Random seed of every stage: clustering, profiling plans, data split, training.")
 OUTPUT_URI = Shared("output_uri", "s3://hdap/runs", "Where runs write their outputs: <output_uri>/<run name>/<stage>/.",
                     check=lambda v: s3_uri(v) if v else "must name a folder in the store, like s3://hdap/runs")
-MODEL = Shared("model", "resnet20", "Model to compress: small-cnn, resnet20, resnet56, mobilenetv1, resnet18, resnet50, "
-               "mobilenetv2 or vgg16-bn.")
+class Device(Choice):
+    AUTO = "auto"  # CUDA where a GPU is visible, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def _model_name(name: str) -> str | None:
+    """Checked for its form here (no torch at config time); an unknown zoo name is refused when the model is built."""
+    if re.fullmatch(r"[\w.-]+|torchvision:\w+|[A-Za-z_][\w.]*:[A-Za-z_]\w*", name):
+        return None
+    return "is not a model: give a zoo name (resnet20, resnet56-a, ...), torchvision:<name>, or a factory package.module:function"
+
+
+MODEL = Shared("model", "resnet20", "Model to compress: a zoo name (small-cnn, resnet20, resnet56, resnet20-a and resnet56-a "
+               "in the paper's option-A form, mobilenetv1, resnet18, resnet50, mobilenetv2, vgg16-bn), torchvision:<name>, or "
+               "your factory package.module:function (installed in the step image).", check=_model_name)
+DEVICE = Shared("device", Device.AUTO, f"Where training and evaluation run: {Device.choices()} (auto: a GPU when one is "
+                "visible, else the CPU).")
 INPUT_SHAPE = Shared("input_shape", (1, 8, 8), "Model input, channels,height,width (digits are 1,8,8; CIFAR-10 3,32,32).",
                      check=lambda shape: None if min(shape) >= 1 else "is not an input shape: write channels,height,width, like 3,32,32")
 DATASET = Shared("dataset", DatasetName.DIGITS, f"Training data: {DatasetName.choices()} (digits ship with scikit-learn; "
@@ -136,8 +153,8 @@ REGISTRY_URI = Shared("registry_uri", "s3://hdap/registry", "The model registry:
                       "<registry_uri>/<model>/<run name>/.", check=lambda v: s3_uri(v) if v else "must name a folder in the "
                       "store, like s3://hdap/registry")
 # Listed in the order the pipeline and `hdap run --help` show them.
-SHARED = (TELEMETRY_URI, SKU, MODEL, INPUT_SHAPE, DATASET, DATASET_URI, ACCURACY_TOLERANCE, SEED, OUTPUT_URI, REGISTRY_URI, TRUTH_URI,
-          PROFILES_URI)
+SHARED = (TELEMETRY_URI, SKU, MODEL, INPUT_SHAPE, DATASET, DATASET_URI, ACCURACY_TOLERANCE, SEED, DEVICE, OUTPUT_URI, REGISTRY_URI,
+          TRUTH_URI, PROFILES_URI)
 
 
 # -- one setting of a config class --------------------------------------------------------------

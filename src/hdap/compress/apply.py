@@ -89,9 +89,10 @@ def calibrate(model: nn.Module, batches) -> None:
     layers = quantized_layers(model).values()
     for layer in layers:
         layer.train()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for x, _ in batches:
-            model(x)
+            model(x.to(device))
     model.train(was_training)
 
 

@@ -60,6 +60,8 @@ def branch_removal_order(model: nn.Module, space: SearchSpace, dataset: Dataset,
         for logit in searchable.branch_logits.values():
             logit.fill_(1.0)
     x, y = _sample(dataset, examples, seed)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     log.info("measuring the harm of removing each of %d residual branches (%d candidates of %d images)",
              len(branches), len(branches) * (len(branches) + 1) // 2, len(x))
 

@@ -22,12 +22,12 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset as TorchDataset, Subset
 
 from hdap.compress.apply import activation_amax, attach_fake_quantization, build_pruned_model, calibrate, plain_state_dict
 from hdap.compress.spec import ArchitectureSpec
-from hdap.compress.training import _loader, accuracy_percent, labels, per_class_accuracy, predictions, train_epochs
+from hdap.compress.training import _loader, accuracy_percent, labels, per_class_accuracy, predictions, train_epochs, training_device
 from hdap.data import Dataset
+from hdap.preprocessing import DataRecipe
 from hdap.models import build_model
 from hdap.stages.finetune import FinetuneConfig, FinetuneSummary, QuantizationRanges
 
@@ -50,19 +50,12 @@ class FinetuneResult:
     resumed_from_epoch: int = 0
     seconds: float = 0.0
     kept_epoch: int = 0  # the epoch whose weights were kept (0: the searched model's), by validation accuracy
+    validation_accuracy: float = 0.0  # the kept epoch's
 
-    def summary(self, epochs: int, classes: int) -> FinetuneSummary:
-        return FinetuneSummary(self.teacher_accuracy, self.accuracy_before, self.accuracy_after, self.resumed_from_epoch,
-                               self.kept_epoch, self.seconds, epochs, classes, self.per_class_before, self.per_class_after)
-
-
-def _validation_split(dataset: TorchDataset, share: float, seed: int) -> tuple[TorchDataset, TorchDataset | None]:
-    """(training part, held-out part) of a training set: a fixed random share held out."""
-    held = int(round(len(dataset) * share))
-    if held == 0:
-        return dataset, None
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    return Subset(dataset, order[held:]), Subset(dataset, order[:held])
+    def summary(self, epochs: int, classes: int, data: DataRecipe) -> FinetuneSummary:
+        return FinetuneSummary(self.teacher_accuracy, self.accuracy_before, self.accuracy_after, self.validation_accuracy,
+                               self.resumed_from_epoch, self.kept_epoch, self.seconds, epochs, classes, data,
+                               self.per_class_before, self.per_class_after)
 
 
 def trained_model(name: str, input_shape: tuple[int, ...], classes: int, weights: dict[str, torch.Tensor]) -> nn.Module:
@@ -88,17 +81,20 @@ def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[s
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     shape = tuple(spec.input_shape)
-    teacher = trained_model(spec.model, shape, spec.classes, teacher_weights)
-    model = attach_fake_quantization(build_pruned_model(spec, searched_weights))
-    train, validation = _validation_split(data.train, config.validation_share, config.seed)
+    device = training_device(config.device)
+    teacher = trained_model(spec.model, shape, spec.classes, teacher_weights).to(device)
+    model = attach_fake_quantization(build_pruned_model(spec, searched_weights)).to(device)
+    train, validation = data.train, data.validation
     calibrate(model, (batch for _, batch in zip(range(config.calibration_batches),
                                                  _loader(train, config.batch_size, True, config.seed))))
     truth = labels(data.test)
     teacher_predicted = predictions(teacher, data.test)
     before = predictions(model, data.test)
 
+    validation_truth = labels(validation)
+
     def validation_accuracy() -> float:
-        return accuracy_percent(predictions(model, validation), labels(validation)) if validation is not None else 0.0
+        return accuracy_percent(predictions(model, validation), validation_truth)
 
     best = {"epoch": 0, "accuracy": validation_accuracy(), "model": copy.deepcopy(model.state_dict())}
 
@@ -106,7 +102,7 @@ def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[s
     start_epoch, resume = 0, None
     saved = checkpoints.load() if checkpoints else None
     if saved is not None:
-        state = torch.load(io.BytesIO(saved), weights_only=True)
+        state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=True)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             start_epoch, resume, best = state["epoch"] + 1, state["training"], state["best"]
@@ -116,7 +112,7 @@ def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[s
 
     def after_epoch(epoch: int, training: dict) -> None:
         accuracy = validation_accuracy()
-        if validation is None or accuracy > best["accuracy"]:  # strictly better: a tie keeps the earlier weights
+        if accuracy > best["accuracy"]:  # strictly better: a tie keeps the earlier weights
             best.update(epoch=epoch + 1, accuracy=accuracy, model=copy.deepcopy(model.state_dict()))
         if checkpoints is None:
             return
@@ -125,17 +121,18 @@ def quantization_aware_finetune(spec: ArchitectureSpec, searched_weights: dict[s
         checkpoints.save(buffer.getvalue())
 
     train_epochs(model, train, config.epochs, config, "quantization-aware fine-tune", teacher=teacher,
-                 start_epoch=start_epoch, resume=resume, after_epoch=after_epoch)
+                 start_epoch=start_epoch, resume=resume, after_epoch=after_epoch, augment=data.augment)
     model.load_state_dict(best["model"])
     model.eval()
     after = predictions(model, data.test)
+    model.to("cpu")  # what is saved and exported: tensors any machine can load
     result = FinetuneResult(model, accuracy_percent(teacher_predicted, truth), accuracy_percent(before, truth),
                             accuracy_percent(after, truth), per_class_accuracy(before, truth, data.classes),
                             per_class_accuracy(after, truth, data.classes), start_epoch, time.perf_counter() - started,
-                            kept_epoch=best["epoch"])
-    log.info("fine-tune: %.2f%% -> %.2f%% (uncompressed %.2f%%) in %.0f s; kept epoch %d of %d (%.2f%% on %s held-out training images)",
-             result.accuracy_before, result.accuracy_after, result.teacher_accuracy, result.seconds, best["epoch"], config.epochs,
-             best["accuracy"], len(validation) if validation is not None else 0)
+                            kept_epoch=best["epoch"], validation_accuracy=best["accuracy"])
+    log.info("fine-tune: %.2f%% -> %.2f%% test accuracy (uncompressed %.2f%%) in %.0f s; kept epoch %d of %d (%.2f%% on %d "
+             "validation images)", result.accuracy_before, result.accuracy_after, result.teacher_accuracy, result.seconds,
+             best["epoch"], config.epochs, best["accuracy"], len(validation))
     return result
 
 

@@ -47,5 +47,5 @@ PRUNERS = {ZeroPadShortcut: ZeroPadShortcutPruner()}
 
 def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
     """DepGraph of `model` for inputs of `input_shape`, with hdap's pruners registered."""
-    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape),
+    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape, device=next(model.parameters()).device),
                                                  customized_pruners=PRUNERS)

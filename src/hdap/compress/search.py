@@ -31,11 +31,12 @@ from hdap.compress.branch_removal import branch_removal_order
 from hdap.compress.searchable import SearchableModel
 from hdap.compress.space import SearchSpace, build_search_space
 from hdap.compress.spec import ArchitectureSpec, export_spec
-from hdap.compress.training import evaluate, train_epochs
+from hdap.compress.training import evaluate, train_epochs, training_device
 from hdap.data import Dataset
 from hdap.errors import HdapError
 from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions, weight_bits
 from hdap.models import build_model
+from hdap.models.weights import load_trained_weights
 from hdap.stages.search import BranchOrder, Objective, SearchConfig, SearchMode, SearchSetting, SettingKind
 
 log = logging.getLogger("hdap")
@@ -44,7 +45,8 @@ log = logging.getLogger("hdap")
 @dataclass
 class SearchPoint:
     setting: SearchSetting
-    accuracy: float  # percent, on the test split
+    accuracy: float  # percent, on the test split (reported)
+    validation_accuracy: float  # percent, on the validation split (what the choice reads)
     fleet_latency_ms: float  # fleet-weighted, by the fleet's surrogates
     cluster_latency_ms: list[float]
     size_bits: float
@@ -62,7 +64,8 @@ class SearchPoint:
 
 @dataclass
 class SearchResult:
-    baseline_accuracy: float
+    baseline_accuracy: float  # test split
+    baseline_validation_accuracy: float
     baseline_fleet_latency_ms: float
     baseline_size_bits: float
     default_precision: str
@@ -71,6 +74,7 @@ class SearchResult:
     chosen: list[SearchPoint]  # one point, or one per cluster in per-cluster mode
     seconds: dict[str, float] = field(default_factory=dict)
     baseline_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the uncompressed model, trained
+    baseline_full_test_accuracy: float | None = None  # every test image, where half of them validate
 
     @property
     def front(self) -> list[SearchPoint]:
@@ -105,13 +109,27 @@ def _temperature(config: SearchConfig, epoch: int) -> float:
 
 
 # -- the search -------------------------------------------------------------------------------
-def pretrain(config: SearchConfig, dataset: Dataset) -> tuple[nn.Module, float, float]:
-    """The uncompressed model trained plainly: (model, accuracy, seconds)."""
+def uncompressed_model(config: SearchConfig, dataset: Dataset, weights: dict[str, torch.Tensor] | None) -> tuple[nn.Module, float]:
+    """The uncompressed model: the user's, with its trained weights, or trained plainly here. (model, seconds)"""
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.input_shape, classes=dataset.classes)
     started = time.perf_counter()
-    train_epochs(model, dataset.train, config.pretrain_epochs, config, f"training {config.model}")
-    return model, evaluate(model, dataset.test), time.perf_counter() - started
+    if weights is not None:
+        load_trained_weights(model, weights, config.model, config.weights_uri)
+    model.to(training_device(config.device))
+    if weights is None:
+        train_epochs(model, dataset.train, config.pretrain_epochs, config, f"training {config.model}", augment=dataset.augment,
+                     mixed_precision=True)
+    return model, time.perf_counter() - started
+
+
+def warn_if_near_chance(accuracy: float, classes: int, model: str) -> None:
+    """A trained model near chance almost always means its inputs are not what it was trained on."""
+    chance = 100.0 / classes
+    if accuracy < 1.5 * chance:
+        log.warning("the uncompressed %s is %.2f%% accurate on the validation split, near chance (%.1f%%): check its "
+                    "preprocessing (mean, std, channel order, input size) and the dataset's label order (ImageFolder "
+                    "numbers classes in the alphabetical order of their folders), the usual causes.", model, accuracy, chance)
 
 
 class ConstraintPenalty:
@@ -164,7 +182,7 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
         def penalty() -> torch.Tensor:
             return value * cost(searchable)
     train_epochs(searchable, dataset.train, config.epochs, config, f"searching ({setting.label})",
-                 penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch,
+                 augment=dataset.augment, penalty=penalty, architecture=searchable.architecture_parameters(), on_epoch=on_epoch,
                  arch_learning_rate=config.arch_learning_rate)
     searchable.freeze()
     if removal_order:
@@ -180,44 +198,56 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     searchable.load_plain_weights(pretrained.state_dict())
     torch.manual_seed(config.seed)
     teacher = copy.deepcopy(pretrained).eval()
-    train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({setting.label})", teacher=teacher)
+    train_epochs(searchable, dataset.train, config.finetune_epochs, config, f"fine-tuning ({setting.label})", teacher=teacher,
+                 augment=dataset.augment)
     return searchable
 
 
 def plain_weights(searchable: SearchableModel) -> dict[str, torch.Tensor]:
-    """The searched model's own weights (unquantised, all channels), keyed like the zoo model's."""
-    return {key: value.clone() for key, value in plain_state_dict(searchable.model).items()}
+    """The searched model's own weights (unquantised, all channels), keyed like the zoo model's, on the CPU."""
+    return {key: value.detach().cpu().clone() for key, value in plain_state_dict(searchable.model).items()}
 
 
 def objectives(point: SearchPoint) -> tuple[float, float, float]:
-    return point.accuracy, point.fleet_latency_ms, point.size_bits
+    return point.validation_accuracy, point.fleet_latency_ms, point.size_bits
 
 
 def mark_pareto(points: list[SearchPoint]) -> None:
-    """Non-dominated points: no other is at least as accurate, as fast and as small, and better in one."""
+    """Non-dominated points: no other is at least as accurate (on the validation split), as fast and as
+    small, and better in one."""
     def dominates(a: SearchPoint, b: SearchPoint) -> bool:
-        no_worse = a.accuracy >= b.accuracy and a.fleet_latency_ms <= b.fleet_latency_ms and a.size_bits <= b.size_bits
+        no_worse = a.validation_accuracy >= b.validation_accuracy and a.fleet_latency_ms <= b.fleet_latency_ms and a.size_bits <= b.size_bits
         return no_worse and objectives(a) != objectives(b)
     for point in points:
         point.pareto = not any(dominates(other, point) for other in points if other is not point)
 
 
+def distinct_architectures(points: list[SearchPoint]) -> int:
+    """How many different architectures the points are: two targets that found the same one count once."""
+    return len({_architecture_key(p) for p in points})
+
+
+def _architecture_key(point: SearchPoint) -> tuple:
+    if point.spec is None:  # a point without a spec is known by its scores
+        return objectives(point)
+    return tuple((layer.name, layer.removed, tuple(layer.kept_out_channels), layer.weight_precision) for layer in point.spec.layers)
+
+
 def front_size(points: list[SearchPoint]) -> int:
-    """How many points the front has in (accuracy, latency, size): searches that scored alike, often
-    two targets that found the same architecture, are one point of it (each stays marked)."""
-    return len({objectives(p) for p in points if p.pareto})
+    """How many distinct architectures the Pareto front holds (each search stays marked)."""
+    return distinct_architectures([p for p in points if p.pareto])
 
 
 def choose(points: list[SearchPoint], baseline_accuracy: float, tolerance: float) -> SearchPoint:
-    """The lowest fleet latency within `tolerance` points of the uncompressed accuracy
-    (or the most accurate point, the fastest of equals, if none is that close)."""
-    close = [p for p in points if p.accuracy >= baseline_accuracy - tolerance]
+    """The lowest fleet latency within `tolerance` points of the uncompressed accuracy, both on the
+    validation split (or the most accurate point, the fastest of equals, if none is that close)."""
+    close = [p for p in points if p.validation_accuracy >= baseline_accuracy - tolerance]
     if not close:
-        best = max(points, key=lambda p: (p.accuracy, -p.fleet_latency_ms))
-        log.warning("no searched point is within %.2f points of the uncompressed accuracy %.2f%%; choosing the most "
-                    "accurate (%.2f%%)", tolerance, baseline_accuracy, best.accuracy)
+        best = max(points, key=lambda p: (p.validation_accuracy, -p.fleet_latency_ms))
+        log.warning("no searched point is within %.2f points of the uncompressed validation accuracy %.2f%%; choosing the "
+                    "most accurate (%.2f%%)", tolerance, baseline_accuracy, best.validation_accuracy)
         return best
-    return min(close, key=lambda p: (p.fleet_latency_ms, -p.accuracy))
+    return min(close, key=lambda p: (p.fleet_latency_ms, -p.validation_accuracy))
 
 
 @dataclass
@@ -225,7 +255,9 @@ class Baseline:
     """The uncompressed model as every point is measured against: its layers, accuracy and costs."""
 
     model: nn.Module
-    accuracy: float
+    accuracy: float  # test split
+    validation_accuracy: float
+    full_test_accuracy: float | None  # every test image, where half of them validate
     space: SearchSpace
     removal_order: list[str] | None  # residual branches, least harmful first (latency objective)
     configs: list  # its layers' LayerConfigs, every channel kept at the default precision
@@ -235,9 +267,15 @@ class Baseline:
     size_bits: float
 
 
-def measure_baseline(config: SearchConfig, dataset: Dataset, fleet: FleetCost, seconds: dict[str, float]) -> Baseline:
-    pretrained, accuracy, seconds["pretrain"] = pretrain(config, dataset)
-    log.info("uncompressed %s: %.2f%% test accuracy after %d epochs", config.model, accuracy, config.pretrain_epochs)
+def measure_baseline(config: SearchConfig, dataset: Dataset, fleet: FleetCost, seconds: dict[str, float],
+                     weights: dict[str, torch.Tensor] | None = None) -> Baseline:
+    pretrained, seconds["pretrain"] = uncompressed_model(config, dataset, weights)
+    validation_accuracy, accuracy = evaluate(pretrained, dataset.validation), evaluate(pretrained, dataset.test)
+    full_test = evaluate(pretrained, dataset.full_test) if dataset.full_test is not None else None
+    trained = f"from {config.weights_uri}" if weights is not None else f"after {config.pretrain_epochs} epochs"
+    log.info("uncompressed %s %s: %.2f%% validation, %.2f%% test accuracy%s", config.model, trained, validation_accuracy,
+             accuracy, f" ({full_test:.2f}% on the whole test split)" if full_test is not None else "")
+    warn_if_near_chance(validation_accuracy, dataset.classes, config.model)
     uncompressed = copy.deepcopy(pretrained)
     reference = SearchableModel(uncompressed, build_search_space(uncompressed, config.input_shape, fleet.precisions, config.granule))
     log.info("search space: %s", reference.space.describe())
@@ -250,7 +288,7 @@ def measure_baseline(config: SearchConfig, dataset: Dataset, fleet: FleetCost, s
     configs = [d.config for d in full]
     fleet_latency = CompiledFleetCost(fleet, configs)
     inputs = stack_decisions(full)
-    return Baseline(pretrained, accuracy, reference.space, removal_order, configs, inputs, fleet_latency,
+    return Baseline(pretrained, accuracy, validation_accuracy, full_test, reference.space, removal_order, configs, inputs, fleet_latency,
                     float(fleet_latency.fleet_weighted_latency(*inputs)), float(weight_bits(full, fleet.precisions)))
 
 
@@ -264,18 +302,18 @@ def architecture_cost(config: SearchConfig, baseline: Baseline, surrogates: Flee
 
 def measure_point(searchable: SearchableModel, setting: SearchSetting, optimised_for: str, config: SearchConfig,
                   dataset: Dataset, baseline: Baseline) -> SearchPoint:
-    """A searched architecture's accuracy on the test split, its fleet latency and size, and its spec."""
-    accuracy = evaluate(searchable, dataset.test)
+    """A searched architecture's accuracy on the validation and test splits, its fleet latency and size, and its spec."""
+    accuracy, validation_accuracy = evaluate(searchable, dataset.test), evaluate(searchable, dataset.validation)
     with torch.no_grad():
         inputs = stack_decisions(searchable.decisions())
         per_cluster = baseline.fleet_latency.per_cluster_latency(*inputs)
         latency = float((baseline.fleet_latency.weights * per_cluster).sum())
         bits = float(weight_bits(searchable.decisions(), searchable.space.precisions))
-    metrics = {"accuracy": accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting.kind.value: setting.value}
+    metrics = {"accuracy": accuracy, "validation_accuracy": validation_accuracy, "fleet_latency_ms": latency, "size_bits": bits, setting.kind.value: setting.value}
     spec = export_spec(searchable, config.model, config.input_shape, dataset.classes, metrics)
-    log.info("%s: %.2f%% accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", setting.label, accuracy,
-             latency, baseline.latency_ms / latency, bits / 1e3)
-    return SearchPoint(setting, accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for,
+    log.info("%s: %.2f%% validation, %.2f%% test accuracy, fleet latency %.4f ms (%.2fx lower), %.0f kbit", setting.label,
+             validation_accuracy, accuracy, latency, baseline.latency_ms / latency, bits / 1e3)
+    return SearchPoint(setting, accuracy, validation_accuracy, latency, [float(v) for v in per_cluster], bits, spec, optimised_for,
                        weights=plain_weights(searchable))
 
 
@@ -288,16 +326,18 @@ def search_front(config: SearchConfig, dataset: Dataset, baseline: Baseline, cos
     points = [measure_point(search_one(baseline.model, space_of, dataset, config, cost, s, baseline.removal_order), s,
                             optimised_for, config, dataset, baseline) for s in config.settings()]
     mark_pareto(points)
-    return points, choose(points, baseline.accuracy, config.accuracy_tolerance)
+    return points, choose(points, baseline.validation_accuracy, config.accuracy_tolerance)
 
 
-def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal: FleetCost | None = None) -> SearchResult:
+def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal: FleetCost | None = None,
+               weights: dict[str, torch.Tensor] | None = None) -> SearchResult:
     """The Pareto front of one mode. `fleet` holds the clusters' surrogates and weights (every
-    point is reported against it); `nominal` the datasheet device's, for mode `nominal`."""
+    point is reported against it); `nominal` the datasheet device's, for mode `nominal`;
+    `weights` the user's trained weights (else the model is trained here first)."""
     if config.mode is SearchMode.NOMINAL and nominal is None:
         raise HdapError("nominal mode needs the datasheet device's latency surrogate.")
     seconds: dict[str, float] = {}
-    baseline = measure_baseline(config, dataset, fleet, seconds)
+    baseline = measure_baseline(config, dataset, fleet, seconds, weights)
     started = time.perf_counter()
     if config.mode is SearchMode.PER_CLUSTER:
         points, chosen = [], []
@@ -313,5 +353,6 @@ def run_search(config: SearchConfig, dataset: Dataset, fleet: FleetCost, nominal
         chosen = [best]
     seconds["search"] = time.perf_counter() - started
     baseline_clusters = [float(v) for v in baseline.fleet_latency.per_cluster_latency(*baseline.inputs)]
-    return SearchResult(baseline.accuracy, baseline.latency_ms, baseline.size_bits, baseline.space.default_precision,
-                        baseline_clusters, points, chosen, seconds, baseline_weights=copy.deepcopy(baseline.model.state_dict()))
+    return SearchResult(baseline.accuracy, baseline.validation_accuracy, baseline.latency_ms, baseline.size_bits, baseline.space.default_precision,
+                        baseline_clusters, points, chosen, seconds, baseline_weights={k: v.detach().cpu().clone() for k, v in baseline.model.state_dict().items()},
+                        baseline_full_test_accuracy=baseline.full_test_accuracy)

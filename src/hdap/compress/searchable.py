@@ -54,6 +54,14 @@ class ForwardState:
     masked_on_weights: set[str] = field(default_factory=set)  # the layers whose input mask rides on those weights
 
 
+def _on_device(precisions: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The layers' precision mixes on `device`, in one copy (they share the menu's length)."""
+    if not precisions or device.type == "cpu":
+        return precisions
+    names = list(precisions)
+    return dict(zip(names, torch.stack([precisions[n] for n in names]).to(device, non_blocking=True).unbind(0)))
+
+
 class _MixedPrecisionWeight(nn.Module):
     """Parametrisation: the layer's weight as its precision mix (in the soft search, the one
     `SearchableModel` computed for all layers at the forward's start)."""
@@ -108,7 +116,16 @@ class SearchableModel(nn.Module):
         self._build_mask_indices()
         self._build_weight_tables(modules)
         self.cost_view = CostView(space, self.architecture, self._input_masks)
+        self.to(next(model.parameters()).device)  # the hooks' buffers and mask indices beside the weights
 
+    def _apply(self, fn, recurse: bool = True):
+        """Moving the model (`.to("cuda")`) moves its weights, activations and channel masks; the
+        architecture's logits and its cost stay on the CPU: they are a few hundred scalars, which the
+        CPU computes in microseconds where a GPU would launch a kernel for each, and each forward
+        copies the probabilities it needs to the device once (`forward_state`)."""
+        self.model._apply(fn, recurse)
+        self._mask_index = {name: fn(index) for name, index in self._mask_index.items()}
+        return self
     def _input_mask(self, shape: LayerShape) -> list[InputMask]:
         feeds = []
         for group, member in self.space.in_groups(shape.name):
@@ -240,7 +257,9 @@ class SearchableModel(nn.Module):
             keep = [self.keep_probabilities(g) for g in range(len(self.space.groups))]
         else:  # all groups at once: one sigmoid, one gather
             keep = [torch.sigmoid(torch.cat(list(self.keep_logits)) / self.temperature)[self.granule_of_root]]
-        state = ForwardState(torch.cat([*keep, torch.ones(1, device=self.granule_of_root.device)]), self.architecture.soft_precisions())
+        device = next(self.model.parameters()).device
+        keep_all = torch.cat([*keep, torch.ones(1, device=self.granule_of_root.device)])
+        state = ForwardState(keep_all.to(device, non_blocking=True), _on_device(self.architecture.soft_precisions(), device))
         # Soft mixes only: without a gradient to the logits each layer takes `mix`'s hard path.
         if state.precisions and next(iter(state.precisions.values())).requires_grad:
             state.weights, state.masked_on_weights = self._searched_weights(state, batch)

@@ -21,17 +21,36 @@ class TrainingSettings(Protocol):
     seed: int
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin_memory)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def training_device(device: str) -> torch.device:
+    """`auto`: a GPU where one is visible; `cuda` without one is a clear error."""
+    from hdap.errors import HdapError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HdapError("device=cuda but no CUDA device is visible here: run the step on a GPU node (hdap compile "
+                        "--train-accelerator nvidia.com/gpu) or set device to auto or cpu.")
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def predictions(model: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
-    """The model's predicted class for every example, in order."""
+    """The model's predicted class for every example, in order (on the CPU)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
-        predicted = torch.cat([model(x).argmax(1) for x, _ in DataLoader(dataset, batch_size=batch_size)])
+        predicted = torch.cat([model(x.to(device, non_blocking=True)).argmax(1).cpu()
+                               for x, _ in DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")])
     model.train(was_training)
     return predicted
 
@@ -65,11 +84,17 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
 def train_epochs(model: nn.Module, dataset, epochs: int, config: TrainingSettings, description: str,
                  penalty=None, architecture: list[nn.Parameter] | None = None, on_epoch=None,
                  teacher: nn.Module | None = None, arch_learning_rate: float = 0.1,
-                 start_epoch: int = 0, resume: dict[str, Any] | None = None, after_epoch=None) -> None:
+                 start_epoch: int = 0, resume: dict[str, Any] | None = None, after_epoch=None, augment: bool = False,
+                 mixed_precision: bool = False) -> None:
     """SGD with a cosine schedule on the weights; Adam on the architecture parameters, if any.
     `penalty()` is added to the loss on every batch; `on_epoch(epoch)` runs before each epoch;
     with a `teacher`, the loss also distils its softened predictions (Hinton et al.).
-    To resume, pass `start_epoch` and the `resume` state an earlier `after_epoch(epoch, state)` was given."""
+    To resume, pass `start_epoch` and the `resume` state an earlier `after_epoch(epoch, state)` was given.
+    With `augment`, every training batch is shifted and flipped (`hdap.data.datasets.augment_batch`).
+    Batches go to the model's device (a GPU, when the model is on one); `mixed_precision` runs the
+    forward in bfloat16 there (plain training only: fake quantisation must see float32)."""
+    from hdap.data.datasets import augment_batch
+
     if epochs <= 0 or start_epoch >= epochs:
         return
     ours = {id(p) for p in architecture or []}
@@ -86,12 +111,18 @@ def train_epochs(model: nn.Module, dataset, epochs: int, config: TrainingSetting
     if teacher is not None:
         teacher.eval()
     model.train()
+    device = model_device(model)
     for epoch in progress(range(start_epoch, epochs), description):
         if on_epoch:
             on_epoch(epoch)
-        for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch):
-            logits = model(x)
-            loss = loss_fn(logits, y)
+        shifts = torch.Generator().manual_seed(config.seed + epoch + 7919)
+        for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch, device.type == "cuda"):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if augment:
+                x = augment_batch(x, shifts)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed_precision and device.type == "cuda"):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
             if teacher is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(x)

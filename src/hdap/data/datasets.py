@@ -1,22 +1,28 @@
-"""Image classification datasets as in-memory tensors, shaped to the model's input.
+"""Image classification datasets as in-memory tensors, shaped and normalised for the model,
+in three splits: training, validation (what the search's choice and the quality gate decide
+on) and test (what reports).
 
 - `digits`: scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn):
   the default demo, small enough to search on a laptop in a minute.
 - `cifar10`: CIFAR-10 in its standard python tarball (`cifar-10-python.tar.gz`) in the store.
-- `imagefolder`: a tree `<uri>/<class>/<image>` in the store (or `<uri>/train/<class>/...` and
-  `<uri>/test/<class>/...`), read with torchvision's ImageFolder.
+- `imagefolder`: an ImageFolder tree or tar shards in the store (`hdap.data.images`).
 
 Nothing is downloaded from the internet: a dataset that is not in the store is a clear error
 that says how to put it there. Images are resized (and grey/colour converted) to the model's
-input shape and normalised with the training split's per-channel mean and deviation.
+input shape and normalised with the model's own mean and deviation when it has them (a trained
+checkpoint does), else with the training split's. The validation split is held out of the
+training images, or, for a checkpoint trained on all of them, taken from half the test images
+(the other half then reports, and the whole test split only shows the baseline matches its
+published accuracy). The images of a CIFAR-sized dataset fit in memory (CIFAR-10 as float:
+737 MB), so they are held as tensors; training batches are augmented as they are drawn.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +32,13 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from hdap.errors import HdapError
+from hdap.preprocessing import ChannelOrder, DataRecipe, Preprocessing, ValidationSource
 from hdap.settings import DatasetName
 
-TEST_SHARE = 0.2
+log = logging.getLogger("hdap")
+TEST_SHARE = 0.2  # of a dataset that comes as one pool (digits, an ImageFolder without splits)
+VALIDATION_SHARE = 0.1  # of the training images, when the validation split is held out of them
+AUGMENT_FROM = 32  # pixels: smaller images (the 8x8 digits) are not shifted by 4 pixels
 
 
 @dataclass(frozen=True)
@@ -37,41 +47,116 @@ class DataConfig:
     uri: str = ""  # where cifar10 and imagefolder data live in the store
     input_shape: tuple[int, int, int] = (1, 8, 8)
     seed: int = 0
+    validation: ValidationSource = ValidationSource.AUTO
+    mean: tuple[float, ...] = ()  # the model's input normalisation; empty: the training split's statistics
+    std: tuple[float, ...] = ()
+    channel_order: ChannelOrder = ChannelOrder.RGB
+    trained_on_all_training_images: bool = False  # a given checkpoint: AUTO validates on half the test images
+
+    def resolved_validation(self, has_given: bool) -> ValidationSource:
+        if self.validation is not ValidationSource.AUTO:
+            return self.validation
+        if has_given:
+            return ValidationSource.GIVEN
+        return ValidationSource.TEST if self.trained_on_all_training_images else ValidationSource.TRAIN
 
 
 @dataclass
 class Dataset:
     train: TensorDataset
+    validation: TensorDataset
     test: TensorDataset
     classes: int
     input_shape: tuple[int, int, int]
+    recipe: DataRecipe
+    full_test: TensorDataset | None = None  # every test image, where half of them validate
+    augment: bool = False  # random crop (4-pixel padding) and horizontal flip of training batches
 
     def describe(self) -> str:
         c, h, w = self.input_shape
-        return f"{len(self.train):,} training and {len(self.test):,} test images, {self.classes} classes, {c}x{h}x{w}"
+        return (f"{len(self.train):,} training, {len(self.validation):,} validation ({self.split_note()}) and "
+                f"{len(self.test):,} test images, {self.classes} classes, {c}x{h}x{w}")
+
+    def split_note(self) -> str:
+        return {ValidationSource.TRAIN: "held out of the training images",
+                ValidationSource.TEST: "half the test images; the other half reports",
+                ValidationSource.GIVEN: "the dataset's own"}[self.recipe.validation]
+
+
+def recipe_config(recipe: DataRecipe, name: DatasetName, uri: str, seed: int) -> DataConfig:
+    """The data config that repeats a recipe: the same preprocessing and splits (the fine-tune and build use the search's)."""
+    pre = recipe.preprocessing
+    return DataConfig(name, uri, tuple(pre.input_shape), seed, recipe.validation, tuple(pre.mean), tuple(pre.std),
+                      pre.channel_order)
 
 
 def load_dataset(config: DataConfig, store=None) -> Dataset:
     """The dataset named by `config`, split, resized to its input shape and normalised."""
+    given = None
     if config.name == DatasetName.DIGITS:
         images, labels = _digits()
-        train_x, train_y, test_x, test_y = _split(images, labels, config.seed)
+        train_x, train_y, test_x, test_y = _split(images, labels, config.seed, TEST_SHARE)
     elif config.name == DatasetName.CIFAR10:
         train_x, train_y, test_x, test_y = _cifar10(_require_store(store, config), config.uri)
     elif config.name == DatasetName.IMAGEFOLDER:
-        train_x, train_y, test_x, test_y = _image_folder(_require_store(store, config), config.uri, config.input_shape, config.seed)
+        train_x, train_y, test_x, test_y, given = _image_folder(_require_store(store, config), config.uri, config.input_shape,
+                                                                config.seed)
     else:
         raise HdapError(f"unknown dataset '{config.name}': use one of {DatasetName.choices()}.")
-    train_x, test_x = _shape(train_x, config.input_shape), _shape(test_x, config.input_shape)
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    return Dataset(
-        train=TensorDataset((train_x - mean) / std, train_y),
-        test=TensorDataset((test_x - mean) / std, test_y),
-        classes=classes,
-        input_shape=config.input_shape,
-    )
+    validation = config.resolved_validation(given is not None)
+    full_test = None
+    if validation is ValidationSource.GIVEN:
+        if given is None:
+            raise HdapError(f"validation=given needs a val/ split in {config.uri or config.name.value}: upload one, or use "
+                            "train or test.")
+        val_x, val_y = given
+    elif validation is ValidationSource.TEST:
+        full_test = (test_x, test_y)
+        test_x, test_y, val_x, val_y = _split(test_x, test_y, config.seed, 0.5)
+    else:
+        train_x, train_y, val_x, val_y = _split(train_x, train_y, config.seed, VALIDATION_SHARE)
+    splits = [_shape(x, config.input_shape) for x in (train_x, val_x, test_x)]
+    if config.channel_order is ChannelOrder.BGR:
+        splits = [x.flip(1) for x in splits]
+    preprocessing = _preprocessing(config, splits[0])
+    mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
+    train, val, test = [TensorDataset((x - mean) / std, y) for x, y in zip(splits, (train_y, val_y, test_y))]
+    if full_test is not None:
+        x = _shape(full_test[0], config.input_shape)
+        full_test = TensorDataset(((x.flip(1) if config.channel_order is ChannelOrder.BGR else x) - mean) / std, full_test[1])
+    classes = int(max(int(y.max()) for y in (train_y, val_y, test_y) if len(y))) + 1
+    return Dataset(train, val, test, classes, config.input_shape, DataRecipe(preprocessing, validation), full_test,
+                   augment=DatasetName(config.name) is not DatasetName.DIGITS and min(config.input_shape[1:]) >= AUGMENT_FROM)
+
+
+def _preprocessing(config: DataConfig, train_x: torch.Tensor) -> Preprocessing:
+    channels = config.input_shape[0]
+    if config.mean or config.std:
+        if len(config.mean) != channels or len(config.std) != channels:
+            raise HdapError(f"mean {list(config.mean)} and std {list(config.std)} must give one number per input channel "
+                            f"({channels}).")
+        mean, std = list(config.mean), list(config.std)
+    else:  # a model hdap trains itself: the training images' own statistics
+        mean = [float(v) for v in train_x.mean(dim=(0, 2, 3))]
+        std = [max(float(v), 1e-6) for v in train_x.std(dim=(0, 2, 3))]
+    return Preprocessing(mean, std, config.channel_order, list(config.input_shape))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The standard CIFAR augmentation of a normalised batch: each image shifted by up to 4 pixels
+    (the gap filled with zeros, i.e. the mean, as padding before normalising would) and flipped
+    left-right half the time."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator, device="cpu").to(x.device)
+    dx = torch.randint(0, 9, (n,), generator=generator, device="cpu").to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 8)
+    cropped = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    cropped = cropped.gather(3, cols)
+    flip = torch.rand(n, generator=generator, device="cpu").to(x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), cropped.flip(3), cropped)
 
 
 def _require_store(store, config: DataConfig):
@@ -90,13 +175,14 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(digits.target, dtype=torch.long)
 
 
-def _split(images: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
-    """A stratified split: every class keeps its share in both halves."""
+def _split(images: torch.Tensor, labels: torch.Tensor, seed: int, share: float) -> tuple[torch.Tensor, ...]:
+    """A seeded, stratified split: `share` of every class goes to the second part."""
     rng = np.random.default_rng(seed)
     test = []
     for label in np.unique(labels.numpy()):
         members = np.flatnonzero(labels.numpy() == label)
-        test += list(rng.choice(members, size=max(1, round(len(members) * TEST_SHARE)), replace=False))
+        size = min(len(members) - 1, max(1, round(len(members) * share)))  # each part keeps one of a class, if it can
+        test += list(rng.choice(members, size=size, replace=False))
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test] = True
     train_index, test_index = torch.tensor(np.flatnonzero(~is_test)), torch.tensor(np.flatnonzero(is_test))
@@ -160,38 +246,19 @@ def _cifar10(store, uri: str) -> tuple[torch.Tensor, ...]:
     return train_x, train_y, test_x, test_y
 
 
-def _image_folder(store, uri: str, input_shape: tuple[int, int, int], seed: int) -> tuple[torch.Tensor, ...]:
-    from torchvision import datasets, transforms
+def _image_folder(store, uri: str, input_shape: tuple[int, int, int], seed: int) -> tuple:
+    """(train x, y, test x, y, given validation (x, y) or None) from a tree or tar shards in the store."""
+    from hdap.data.images import TREE_HINT, read_image_dataset
 
-    objects = store.list(uri)
-    if not objects:
-        raise HdapError(f"there are no images under {uri}: upload a tree <class>/<image> (or train/<class>/... and "
-                        "test/<class>/...), e.g. `mc cp --recursive my-images/ <alias>/<bucket>/datasets/my-images/`.")
-    prefix = uri.rstrip("/") + "/"
-    with tempfile.TemporaryDirectory(prefix="hdap-images-") as folder:
-        for obj in objects:
-            store.get_file(obj.uri, Path(folder) / obj.uri[len(prefix):])
-        to_tensor = transforms.Compose([transforms.Resize(input_shape[1:]), transforms.ToTensor()])
+    read = read_image_dataset(store, uri, input_shape)
 
-        def read(root: Path, classes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-            try:
-                tree = datasets.ImageFolder(str(root), transform=to_tensor)
-                pairs = [tree[i] for i in range(len(tree))]
-            except (FileNotFoundError, OSError) as err:
-                raise HdapError(f"the images under {uri} are not a <class>/<image> tree torchvision can read: {err}") from None
-            labels = [p[1] for p in pairs]
-            if classes is not None:  # number the test classes as the training classes, by name
-                unknown = sorted(set(tree.class_to_idx) - set(classes))
-                if unknown:
-                    raise HdapError(f"{uri}/test has classes the training images do not: {', '.join(unknown)}.")
-                names = {index: name for name, index in tree.class_to_idx.items()}
-                labels = [classes[names[label]] for label in labels]
-            return _shape(torch.stack([p[0] for p in pairs]), input_shape), torch.tensor(labels), tree.class_to_idx
+    def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(read.images[split]).permute(0, 3, 1, 2).float().div_(255.0)
+        return images.contiguous(), torch.from_numpy(read.labels[split])
 
-        root = Path(folder)
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            train_x, train_y, classes = read(root / "train")
-            test_x, test_y, _ = read(root / "test", classes)
-            return train_x, train_y, test_x, test_y
-        images, labels, _ = read(root)
-        return _split(images, labels, seed)
+    given = tensors("val") if "val" in read.images else None
+    if "train" in read.images and "test" in read.images:
+        return (*tensors("train"), *tensors("test"), given)
+    if set(read.images) - {"val"} == {"all"}:
+        return (*_split(*tensors("all"), seed, TEST_SHARE), given)
+    raise HdapError(f"{uri} holds the splits {', '.join(sorted(read.images))}: {TREE_HINT}.")

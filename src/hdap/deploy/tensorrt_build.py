@@ -25,7 +25,7 @@ MAX_BATCH = 256
 class EngineBuild:
     plan: bytes
     latency_ms: float  # batch 1, CUDA events, median
-    predictions: torch.Tensor  # on the test split
+    predictions: torch.Tensor  # of the dataset it was given, in order
     gpu: str
     version: str
 
@@ -62,7 +62,7 @@ def _bind(context, images: torch.Tensor) -> torch.Tensor:
 
 def build_engine(model: onnx.ModelProto, input_shape: tuple[int, ...], dataset, timing_cache: Path | None = None,
                  warmup: int = 20, repeats: int = 100) -> EngineBuild:
-    """Build, time at batch 1 and predict the test split. Raises HdapError where it cannot run."""
+    """Build, time at batch 1 and predict every image of `dataset`. Raises HdapError where it cannot run."""
     reason = tensorrt_unavailable_reason()
     if reason:
         raise HdapError(f"TensorRT is not available here: {reason}.")

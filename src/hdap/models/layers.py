@@ -36,7 +36,7 @@ def prunable_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     finally:
         for hook in hooks:
             hook.remove()

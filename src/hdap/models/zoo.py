@@ -146,11 +146,17 @@ SIZE_AWARE = {"resnet18", "resnet50", "mobilenetv2", "vgg16-bn"}
 
 
 def build_model(name: str, input_shape: tuple[int, ...] | None = None, classes: int = 10, **options) -> nn.Module:
-    """A freshly initialised zoo model for inputs of `input_shape` (channels, height, width)."""
+    """A freshly initialised model for inputs of `input_shape` (channels, height, width): a zoo
+    name, `torchvision:<name>`, or a factory `package.module:function` (see `hdap.models.factory`)."""
+    if ":" in name:
+        from hdap.models.factory import factory_model
+
+        return factory_model(name, classes)
     try:
         factory = MODELS[name]
     except KeyError:
-        raise HdapError(f"unknown model '{name}': use one of {', '.join(MODELS)}.") from None
+        raise HdapError(f"unknown model '{name}': use one of {', '.join(MODELS)}, torchvision:<name>, or a factory "
+                        "package.module:function.") from None
     if input_shape is not None:
         options.setdefault("in_channels", input_shape[0])
         if name in SIZE_AWARE:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract, plain
 from hdap.errors import HdapError
+from hdap.preprocessing import Preprocessing
 from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
                            Settings, at_least, check_dataset, setting)
 from hdap.stages import Stage, StageContext
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
     from hdap.stages.search import Front
 
 log = logging.getLogger("hdap")
+# The ONNX metadata key of the model's preprocessing (JSON: mean, std, channel_order, input_shape);
+# the registry's manifest.json holds the same under "preprocessing".
+PREPROCESSING_KEY = "hdap.preprocessing"
+
+
+def preprocessing_json(preprocessing: Preprocessing) -> str:
+    import json
+
+    return json.dumps(plain(preprocessing))
 
 
 class TensorRTPolicy(Choice):
@@ -54,7 +64,7 @@ class BuildConfig(Settings):
 
 @dataclass
 class BuildAccuracy:
-    uncompressed: float  # the uncompressed model in PyTorch, as the search measured it
+    uncompressed: float  # the uncompressed model in PyTorch, as the search measured it (test split, as all but validation_*)
     before_finetune: float
     finetune_kept_epoch: int
     fake_quantized: float  # the fine-tuned model in PyTorch
@@ -64,6 +74,8 @@ class BuildAccuracy:
     per_class_before: list[float]
     per_class_after: list[float]
     per_class_uncompressed: list[float]
+    validation_uncompressed: float  # the validation split: what the quality gate compares
+    validation_onnxruntime: float
 
 
 @dataclass
@@ -91,7 +103,8 @@ class TensorRTResult:
     latency_ms: float | None = None
     uncompressed_latency_ms: float | None = None
     speedup: float | None = None
-    accuracy: float | None = None
+    accuracy: float | None = None  # test split
+    validation_accuracy: float | None = None  # what its own gate reads
     agreement_with_onnxruntime: float | None = None
     gpu: str = ""
     version: str = ""
@@ -141,10 +154,11 @@ class RunRef:
 
 @dataclass
 class BuildSummary(Contract):
-    FORMAT = "hdap.build/1"
+    FORMAT = "hdap.build/2"
     model: str
     version: str  # the registry version: the run's name
     input_shape: tuple[int, ...]
+    preprocessing: Preprocessing  # what a device does to an image before the model (also in the registry's manifest)
     published: bool
     registry_uri: str  # the entry, when published
     accuracy: BuildAccuracy
@@ -191,6 +205,7 @@ class _Built:
 
     spec: ArchitectureSpec
     shape: tuple[int, ...]
+    preprocessing: Preprocessing
     accuracy: BuildAccuracy
     size: ModelSize
     onnxruntime: OnnxRuntimeTiming
@@ -209,10 +224,10 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     layers = [LayerSummary(layer.name, layer.op, layer.in_channels, layer.out_channels, original[layer.name],
                            layer.weight_precision, layer.removed) for layer in built.spec.layers]
     run_ref = RunRef(context.run_name, context.run_uri)
-    parts = {"accuracy": built.accuracy, "size": built.size, "onnxruntime": built.onnxruntime, "tensorrt": built.tensorrt,
+    parts = {"preprocessing": built.preprocessing, "accuracy": built.accuracy, "size": built.size, "onnxruntime": built.onnxruntime, "tensorrt": built.tensorrt,
              "clusters": clusters, "fleet": fleet, "run": run_ref}
     entry, gate = _publish(config, built, front, outputs.engines, inputs.model, parts, context)
-    summary = BuildSummary(built.spec.model, context.run_name, built.shape, entry is not None, entry or "", built.accuracy,
+    summary = BuildSummary(built.spec.model, context.run_name, built.shape, built.preprocessing, entry is not None, entry or "", built.accuracy,
                            built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
     _report(summary, front, inputs, outputs, context)
     if not gate.passed:
@@ -236,7 +251,7 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
 
     from hdap.compress.finetune import load_finetuned, trained_model
     from hdap.compress.training import accuracy_percent, labels, per_class_accuracy, predictions
-    from hdap.data import DataConfig, load_dataset
+    from hdap.data import load_dataset, recipe_config
     from hdap.deploy.export import export_float_onnx, export_qdq_onnx, fold_batch_norms, quantized_layer_names
     from hdap.deploy.onnxruntime_build import compare_latency, inference_session, onnx_predictions
     from hdap.stages.finetune import FinetuneSummary
@@ -245,11 +260,13 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
     plain, spec, amax = load_finetuned(inputs.model, fake_quantized=False)
     fake_quantized, _, _ = load_finetuned(inputs.model)
     shape = tuple(spec.input_shape)
-    data = load_dataset(DataConfig(config.dataset, config.dataset_uri, shape, config.seed), context.store)
+    data = load_dataset(recipe_config(finetuned.data, config.dataset, config.dataset_uri, config.seed), context.store)
     uncompressed = trained_model(spec.model, shape, spec.classes,
                                  torch.load(inputs.model / "uncompressed.weights.pt", weights_only=True))
     qdq = export_qdq_onnx(plain, amax, shape)
     baseline = export_float_onnx(fold_batch_norms(uncompressed), shape)
+    for graph in (qdq, baseline):  # what a device does to an image first, in the graph's own metadata
+        onnx.helper.set_model_props(graph, {PREPROCESSING_KEY: preprocessing_json(finetuned.data.preprocessing)})
     onnx.save(qdq, engines / "model.onnx")
     onnx.save(baseline, engines / "uncompressed.onnx")
     written = list(quantized_layer_names(qdq).values())
@@ -260,14 +277,17 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
     ours = onnx_predictions(inference_session(qdq, config.onnxruntime_threads), data.test)
     theirs = onnx_predictions(inference_session(baseline, config.onnxruntime_threads), data.test)
     accuracy = functools.partial(accuracy_percent, truth=truth)
+    validation = accuracy_percent(onnx_predictions(inference_session(qdq, config.onnxruntime_threads), data.validation),
+                                  labels(data.validation))
     timing = compare_latency(qdq, baseline, shape, threads=config.onnxruntime_threads)
     log.info("ONNX Runtime on this machine: %.4f ms vs %.4f ms uncompressed (%.2fx), accuracy %.2f%%",
              timing.latency_ms, timing.baseline_latency_ms, timing.speedup, accuracy(ours))
     return _Built(
-        spec, shape,
+        spec, shape, finetuned.data.preprocessing,
         BuildAccuracy(front.baseline_accuracy, finetuned.accuracy_before, finetuned.kept_epoch, accuracy(reference), accuracy(ours),
                       float((ours == reference).float().mean()), accuracy(theirs), finetuned.per_class_before,
-                      per_class_accuracy(ours, truth, spec.classes), per_class_accuracy(theirs, truth, spec.classes)),
+                      per_class_accuracy(ours, truth, spec.classes), per_class_accuracy(theirs, truth, spec.classes),
+                      front.baseline_validation_accuracy, validation),
         ModelSize((engines / "uncompressed.onnx").stat().st_size, (engines / "model.onnx").stat().st_size, front.baseline_size_bits,
                   spec.metrics.get("size_bits", float("nan"))),
         timing.timing(),
@@ -281,8 +301,13 @@ def _tensorrt(config: BuildConfig, qdq, baseline, shape: tuple[int, ...], data, 
     required = config.tensorrt is TensorRTPolicy.REQUIRED
     reason = "switched off (build_tensorrt=off)" if config.tensorrt is TensorRTPolicy.OFF else tensorrt_unavailable_reason()
     if reason is None:
+        from torch.utils.data import ConcatDataset
+
+        from hdap.compress.training import accuracy_percent, labels
+
+        validated = len(data.validation)  # the engine predicts the validation images, then the test images
         try:
-            engine = build_engine(qdq, shape, data.test, timing_cache=engines / "timing.cache")
+            engine = build_engine(qdq, shape, ConcatDataset([data.validation, data.test]), timing_cache=engines / "timing.cache")
             base_engine = build_engine(baseline, shape, data.test, timing_cache=engines / "timing.cache")
         except HdapError as err:
             if required:
@@ -291,9 +316,11 @@ def _tensorrt(config: BuildConfig, qdq, baseline, shape: tuple[int, ...], data, 
         else:
             (engines / "model.plan").write_bytes(engine.plan)
             # The baseline engine is the uncompressed fp32 graph, as ONNX Runtime's is.
+            on_test = engine.predictions[validated:]
             return TensorRTResult(True, latency_ms=engine.latency_ms, uncompressed_latency_ms=base_engine.latency_ms,
-                                  speedup=base_engine.latency_ms / engine.latency_ms, accuracy=accuracy(engine.predictions),
-                                  agreement_with_onnxruntime=float((engine.predictions == ours).float().mean()),
+                                  speedup=base_engine.latency_ms / engine.latency_ms, accuracy=accuracy(on_test),
+                                  validation_accuracy=accuracy_percent(engine.predictions[:validated], labels(data.validation)),
+                                  agreement_with_onnxruntime=float((on_test == ours).float().mean()),
                                   gpu=engine.gpu, version=engine.version)
     if required:
         raise HdapError(f"a TensorRT engine was required but {reason}: run the build step on a GPU node with the GPU image.")
@@ -339,14 +366,15 @@ def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, mo
              "quantization.json": model_dir / "quantization.json", "weights.pt": model_dir / "weights.pt"}
     engine_ok = False
     if built.tensorrt.built:
-        engine_ok, engine_message = gate.check(built.tensorrt.accuracy, front.baseline_accuracy)
+        engine_ok, engine_message = gate.check(built.tensorrt.validation_accuracy, front.baseline_validation_accuracy)
         if engine_ok:
             files["model.plan"] = engines / "model.plan"
         else:
             log.warning("the TensorRT engine is not published: its %s", engine_message)
     built.tensorrt.published = engine_ok  # as the entry's manifest records it, if the model is published
     metadata = {key: plain(value) for key, value in parts.items()}
-    entry, message = publish_if_accepted(context.store, gate, built.accuracy.onnxruntime, front.baseline_accuracy,
+    # The gate reads the validation split: the test split only reports.
+    entry, message = publish_if_accepted(context.store, gate, built.accuracy.validation_onnxruntime, front.baseline_validation_accuracy,
                                          config.registry_uri, built.spec.model, context.run_name, files, metadata)
     built.tensorrt.published = engine_ok and entry is not None
     return entry, GateResult(entry is not None, config.accuracy_tolerance, message)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract
+from hdap.preprocessing import DataRecipe
 from hdap.errors import HdapError
-from hdap.settings import DATASET, DATASET_URI, SEED, DatasetName, Settings, at_least, check_dataset, internal, positive, setting
+from hdap.settings import (DATASET, DATASET_URI, DEVICE, SEED, DatasetName, Device, Settings, at_least, check_dataset, internal,
+                           positive, setting)
 from hdap.stages import Stage, StageContext
 
 if TYPE_CHECKING:
@@ -31,21 +33,14 @@ class FinetuneConfig(Settings):
     dataset: DatasetName = DATASET()
     dataset_uri: str = DATASET_URI()
     seed: int = SEED()
+    device: Device = DEVICE()
     batch_size: int = internal(64)
     calibration_batches: int = internal(8)
-    # Training images this fine-tune does not train on, to keep its best epoch; the searched model
-    # is epoch 0. A guard, not a fresh validation: the search trained on these images too, so an
-    # epoch replaces the searched weights only where it fits them strictly better, and where the
-    # searched model fits them all (the digits demo: 100% of 144) the fine-tune's epochs are run
-    # and discarded. (There, 8 more epochs had lost one test image of 359 and with it the gate's
-    # half a point.) 0 keeps the last epoch.
-    validation_share: float = internal(0.1)
 
     def validate(self) -> None:
         check_dataset(self.dataset, self.dataset_uri)
-        if self.batch_size < 1 or not 0 <= self.validation_share < 1:
-            raise HdapError(f"fine-tune batch_size={self.batch_size} and validation_share={self.validation_share} are out of "
-                            "range: batch_size >= 1, 0 <= validation_share < 1.")
+        if self.batch_size < 1:
+            raise HdapError(f"fine-tune batch_size={self.batch_size} is out of range: batch_size >= 1.")
 
 
 @dataclass
@@ -56,15 +51,17 @@ class QuantizationRanges(Contract):
 
 @dataclass
 class FinetuneSummary(Contract):
-    FORMAT = "hdap.finetune-summary/1"
-    teacher_accuracy: float
+    FORMAT = "hdap.finetune-summary/2"
+    teacher_accuracy: float  # test split, as every accuracy here but validation_accuracy
     accuracy_before: float  # pruned and quantised, before the fine-tune
     accuracy_after: float
+    validation_accuracy: float  # the kept epoch's, on the validation split
     resumed_from_epoch: int
     kept_epoch: int  # the epoch whose weights were kept (0: the searched model's)
     finetune_seconds: float
     epochs: int
     classes: int
+    data: DataRecipe  # the search's preprocessing and splits, for the build
     per_class_before: list[float] = field(default_factory=list)
     per_class_after: list[float] = field(default_factory=list)
 
@@ -104,20 +101,20 @@ def run(config: FinetuneConfig, inputs: FinetuneInputs, outputs: FinetuneOutputs
 
     from hdap.compress.finetune import quantization_aware_finetune, save_finetuned
     from hdap.compress.spec import ArchitectureSpec
-    from hdap.data import DataConfig, load_dataset
+    from hdap.data import load_dataset, recipe_config
     from hdap.stages.search import SearchIndex
 
     index = SearchIndex.load(inputs.architecture / "index.json")
     entry = index.single()
     spec = ArchitectureSpec.load(inputs.architecture / entry.spec)
-    data = load_dataset(DataConfig(config.dataset, config.dataset_uri, tuple(spec.input_shape), config.seed), context.store)
+    data = load_dataset(recipe_config(index.data, config.dataset, config.dataset_uri, config.seed), context.store)
     result = quantization_aware_finetune(
         spec, torch.load(inputs.architecture / entry.weights, weights_only=True),
         torch.load(inputs.architecture / index.uncompressed_weights, weights_only=True), data, config,
         StoreCheckpoints(context.store, context.uri("finetune", "checkpoint.pt")))
     save_finetuned(result.model, spec, outputs.model)
     shutil.copy(inputs.architecture / index.uncompressed_weights, outputs.model / "uncompressed.weights.pt")
-    summary = result.summary(config.epochs, spec.classes)
+    summary = result.summary(config.epochs, spec.classes, index.data)
     summary.save(outputs.model / "summary.json")
     for name in ("architecture.json", "weights.pt", "quantization.json", "summary.json"):
         context.store.put_file(context.uri("finetune", name), outputs.model / name)

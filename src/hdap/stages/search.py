@@ -16,8 +16,9 @@ from pathlib import Path
 
 from hdap.artifacts import Contract
 from hdap.errors import HdapError
-from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, INPUT_SHAPE, MODEL, SEED, TRUTH_URI, Choice, DatasetName,
-                           Settings, Shape, at_least, check_dataset, internal, setting)
+from hdap.preprocessing import ChannelOrder, DataRecipe, ValidationSource
+from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, DEVICE, INPUT_SHAPE, MODEL, SEED, TRUTH_URI, Choice,
+                           DatasetName, Device, Settings, Shape, at_least, check_dataset, internal, s3_uri, setting)
 from hdap.stages import Stage, StageContext
 
 log = logging.getLogger("hdap")
@@ -59,6 +60,19 @@ class SearchConfig(Settings):
     input_shape: Shape = INPUT_SHAPE()
     dataset: DatasetName = DATASET()
     dataset_uri: str = DATASET_URI()
+    weights_uri: str = setting("", "The model's trained weights in the store: a state dict (.pt, .pth, .th; nested under "
+                               "state_dict and DataParallel's module. prefix are fine) or .safetensors. Given, nothing is "
+                               "pre-trained: the model as it is is the baseline and the teacher. Empty: hdap trains it.",
+                               check=s3_uri)
+    mean: tuple[float, ...] = setting((), "The model's input normalisation mean, one per channel of RGB in [0, 1] (e.g. "
+                                      "0.485,0.456,0.406). Empty: a <weights>.json beside the weights, else the training "
+                                      "images' own statistics.")
+    std: tuple[float, ...] = setting((), "The model's input normalisation deviation, one per channel (e.g. 0.229,0.224,0.225).")
+    channel_order: ChannelOrder = setting(ChannelOrder.RGB, f"Channel order the model expects: {ChannelOrder.choices()}.")
+    validation: ValidationSource = setting(ValidationSource.AUTO, f"Where the validation split that the choice and the "
+                                           f"quality gate read comes from: {ValidationSource.choices()}. auto: the dataset's "
+                                           "val/ split; else, with weights_uri, half the test images (a checkpoint has "
+                                           "usually seen every training image); else a tenth of the training images.")
     mode: SearchMode = setting(SearchMode.FLEET, f"{SearchMode.choices()}: the fleet weighted over its clusters, the "
                                "datasheet device, or one architecture per cluster (the run then stops after the search).")
     objective: Objective = setting(Objective.LATENCY, f"What the search lowers: {Objective.choices()} (weight bits).")
@@ -77,6 +91,7 @@ class SearchConfig(Settings):
     accuracy_tolerance: float = ACCURACY_TOLERANCE()
     truth_uri: str = TRUTH_URI()
     seed: int = SEED()
+    device: Device = DEVICE()
     multiplier_rate: float = internal(0.05)  # dual-ascent step of the constraint's multiplier, per batch
     batch_size: int = internal(64)
     learning_rate: float = internal(0.05)
@@ -94,6 +109,9 @@ class SearchConfig(Settings):
             raise HdapError("search_targets and search_strengths are both empty: give cost targets (fractions of the "
                             "uncompressed cost, e.g. 0.8,0.5,0.3) or strengths.")
         check_dataset(self.dataset, self.dataset_uri)
+        if len(self.mean) != len(self.std):
+            raise HdapError(f"search_mean {list(self.mean)} and search_std {list(self.std)} must be given together, one "
+                            "number per input channel.")
 
     def settings(self) -> list[SearchSetting]:
         """One search per target, or per strength (strengths, when given, replace the targets)."""
@@ -116,6 +134,7 @@ class SearchSetting:
 class FrontPoint:
     setting: SearchSetting
     accuracy: float  # percent, on the test split
+    validation_accuracy: float  # percent, on the validation split: what the choice read
     fleet_latency_ms: float  # fleet-weighted, by the fleet's surrogates
     cluster_latency_ms: list[float]
     size_bits: float
@@ -128,17 +147,21 @@ class FrontPoint:
 
 @dataclass
 class Front(Contract):
-    FORMAT = "hdap.front/1"
+    FORMAT = "hdap.front/2"
     model: str
     mode: SearchMode
     objective: Objective
-    baseline_accuracy: float
+    data: DataRecipe
+    baseline_accuracy: float  # test split
+    baseline_validation_accuracy: float
+    baseline_full_test_accuracy: float | None  # every test image, where half of them validate
     baseline_fleet_latency_ms: float
     baseline_size_bits: float
     baseline_cluster_latency_ms: list[float]
     default_precision: str
     seconds: dict[str, float]
-    pareto_points: int  # the front's size, counting searches that scored alike once
+    pareto_points: int  # the front's size in distinct architectures
+    distinct_architectures: int  # of all the searches
     points: list[FrontPoint]
 
     @property
@@ -155,12 +178,14 @@ class ArchitectureEntry:
 
 @dataclass
 class SearchIndex(Contract):
-    FORMAT = "hdap.search-index/1"
+    FORMAT = "hdap.search-index/2"
     mode: SearchMode
     architectures: list[ArchitectureEntry]
     uncompressed_weights: str  # the trained uncompressed model: the fine-tune's teacher, the build's baseline
-    baseline_accuracy: float
+    baseline_accuracy: float  # test split
+    baseline_validation_accuracy: float
     default_precision: str
+    data: DataRecipe  # the preprocessing and splits the fine-tune and build repeat
 
     def single(self) -> ArchitectureEntry:
         """The one architecture of a fleet or nominal search (what the fine-tune and build take)."""
@@ -199,24 +224,51 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
         raise HdapError(f"the surrogates were profiled for {index.model} on {list(index.input_shape)} inputs, not {config.model} "
                         f"on {list(config.input_shape)}: run the surrogate and search steps with the same model and input_shape.")
     fleet = FleetCost.from_index(index, inputs.surrogates)
-    data = load_dataset(DataConfig(config.dataset, config.dataset_uri, config.input_shape, config.seed), context.store)
+    weights, beside = _trained_weights(config, context)
+    mean, std = (config.mean, config.std) if config.mean else (tuple(beside.get("mean", ())), tuple(beside.get("std", ())))
+    data = load_dataset(DataConfig(config.dataset, config.dataset_uri, config.input_shape, config.seed, config.validation, mean,
+                                   std, ChannelOrder(beside.get("channel_order", config.channel_order)),
+                                   trained_on_all_training_images=weights is not None), context.store)
     log.info("dataset %s: %s", config.dataset.value, data.describe())
+    log.info("preprocessing: %s", data.recipe.preprocessing.describe())
     features = pq.read_table(inputs.features)
     layers = prunable_layers(build_model(config.model, config.input_shape, classes=data.classes), config.input_shape)
     nominal = None
     if config.mode is SearchMode.NOMINAL:
         nominal = nominal_fleet_cost(features.column("sku")[0].as_py(), layers, fleet.precisions, seed=config.seed)
-    result = run_search(config, data, fleet, nominal)
+    result = run_search(config, data, fleet, nominal, weights)
 
     true_latency = _true_latencies(config, result, layers, features, context)
-    search_index = _save_architectures(config, result, index, outputs.architecture, context)
-    front = _front(config, result, true_latency)
+    search_index = _save_architectures(config, result, index, data.recipe, outputs.architecture, context)
+    front = _front(config, result, data.recipe, true_latency)
     front.save(outputs.front)
     context.store.put_file(context.uri("search", "front.json"), outputs.front)
     outputs.report.write_text(search_report_html(front, result.chosen[0].spec))
     context.store.put_file(context.uri("search", "report.html"), outputs.report)
     log.info("search index: %d architecture(s) in %s", len(search_index.architectures), outputs.architecture)
     return _metrics(result, front, fleet.weights)
+
+
+def _trained_weights(config: SearchConfig, context: StageContext) -> tuple[dict | None, dict]:
+    """The user's weights (None: hdap trains the model) and the preprocessing stored beside them."""
+    if not config.weights_uri:
+        return None, {}
+    import tempfile
+
+    from hdap.models.weights import read_state_dict
+    from hdap.preprocessing import preprocessing_beside
+
+    if not context.store.exists(config.weights_uri):
+        raise HdapError(f"there are no weights at {config.weights_uri}: upload them, e.g. `mc cp model.pt "
+                        "<alias>/<bucket>/models/`, and pass that URI as search_weights_uri.")
+    with tempfile.TemporaryDirectory(prefix="hdap-weights-") as folder:
+        path = context.store.get_file(config.weights_uri, Path(folder) / Path(config.weights_uri).name)
+        weights = read_state_dict(path, config.weights_uri)
+        beside_uri = config.weights_uri + ".json"
+        beside = {}
+        if context.store.exists(beside_uri):
+            beside = preprocessing_beside(context.store.get_file(beside_uri, Path(folder) / "preprocessing.json"), beside_uri)
+    return weights, beside
 
 
 def _true_latencies(config: SearchConfig, result, layers, features, context: StageContext) -> dict[int, float]:
@@ -231,7 +283,8 @@ def _true_latencies(config: SearchConfig, result, layers, features, context: Sta
             for i, point in enumerate(result.points)}
 
 
-def _save_architectures(config: SearchConfig, result, index, directory: Path, context: StageContext) -> SearchIndex:
+def _save_architectures(config: SearchConfig, result, index, recipe: DataRecipe, directory: Path,
+                        context: StageContext) -> SearchIndex:
     """The chosen spec(s) and searched weights, the uncompressed model's weights, and their index."""
     import torch
 
@@ -248,20 +301,25 @@ def _save_architectures(config: SearchConfig, result, index, directory: Path, co
         entries.append(ArchitectureEntry(None if whole_fleet else index.clusters[cluster].cluster, name, weights))
     torch.save(result.baseline_weights, directory / "uncompressed.weights.pt")
     context.store.put_file(context.uri("search", "uncompressed.weights.pt"), directory / "uncompressed.weights.pt")
-    search_index = SearchIndex(config.mode, entries, "uncompressed.weights.pt", result.baseline_accuracy, result.default_precision)
+    search_index = SearchIndex(config.mode, entries, "uncompressed.weights.pt", result.baseline_accuracy,
+                               result.baseline_validation_accuracy, result.default_precision, recipe)
     search_index.save(directory / "index.json")
     context.store.put_file(context.uri("search", "index.json"), directory / "index.json")
     return search_index
 
 
-def _front(config: SearchConfig, result, true_latency: dict[int, float]) -> Front:
+def _front(config: SearchConfig, result, recipe: DataRecipe, true_latency: dict[int, float]) -> Front:
+    from hdap.compress.search import distinct_architectures
+
     chosen = {id(p) for p in result.chosen}
-    points = [FrontPoint(p.setting, round(p.accuracy, 3), round(p.fleet_latency_ms, 5), [round(v, 5) for v in p.cluster_latency_ms],
+    points = [FrontPoint(p.setting, round(p.accuracy, 3), round(p.validation_accuracy, 3), round(p.fleet_latency_ms, 5), [round(v, 5) for v in p.cluster_latency_ms],
                          p.size_bits, p.optimised_for, sum(layer.removed for layer in p.spec.layers), p.pareto, id(p) in chosen,
                          true_latency.get(i)) for i, p in enumerate(result.points)]
-    return Front(config.model, config.mode, config.objective, result.baseline_accuracy, result.baseline_fleet_latency_ms,
-                 result.baseline_size_bits, result.baseline_cluster_latency_ms, result.default_precision, result.seconds,
-                 result.front_size, points)
+    full_test = result.baseline_full_test_accuracy
+    return Front(config.model, config.mode, config.objective, recipe, result.baseline_accuracy,
+                 round(result.baseline_validation_accuracy, 3), None if full_test is None else round(full_test, 3),
+                 result.baseline_fleet_latency_ms, result.baseline_size_bits, result.baseline_cluster_latency_ms,
+                 result.default_precision, result.seconds, result.front_size, distinct_architectures(result.points), points)
 
 
 def _metrics(result, front: Front, weights: list[float]) -> dict[str, float]:
@@ -271,10 +329,13 @@ def _metrics(result, front: Front, weights: list[float]) -> dict[str, float]:
                else best.fleet_latency_ms)
     metrics = {
         "baseline_accuracy": round(result.baseline_accuracy, 3),
+        "baseline_validation_accuracy": round(result.baseline_validation_accuracy, 3),
         "baseline_fleet_latency_ms": round(result.baseline_fleet_latency_ms, 5),
         "chosen_accuracy": round(best.accuracy, 3),
+        "chosen_validation_accuracy": round(best.validation_accuracy, 3),
         "chosen_fleet_latency_ms": round(latency, 5),
         "pareto_points": result.front_size,
+        "distinct_architectures": front.distinct_architectures,
         "search_seconds": round(result.seconds["search"], 1),
     }
     metrics["fleet_latency_reduction"] = round(result.baseline_fleet_latency_ms / metrics["chosen_fleet_latency_ms"], 3)
