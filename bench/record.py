@@ -12,18 +12,19 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def record(name: str, results: dict, quick: bool, started: float) -> dict:
-    """Add the run's circumstances to `results`; save them unless it was a --quick smoke run."""
+def record(name: str, results: dict, quick: bool, started: float, command: str = "", saved_as: str = "") -> dict:
+    """Add the run's circumstances to `results`; save them (as `saved_as`, default `name`) unless it
+    was a --quick smoke run. `command`: the command line, where it had options beyond --quick."""
     results |= {
         "quick": quick,
         "seconds": round(time.perf_counter() - started),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": f"python bench/{name}.py" + (" --quick" if quick else ""),
+        "command": command or f"python bench/{name}.py" + (" --quick" if quick else ""),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if not quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{name}.json"
+        path = RESULTS / f"{saved_as or name}.json"
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"saved to {path}")
     return results

@@ -90,10 +90,12 @@ def hdap_pipeline(
     search_epochs: int = D["search_epochs"],
     search_finetune_epochs: int = D["search_finetune_epochs"],
     search_granule: int = D["search_granule"],
+    search_learning_rate: float = D["search_learning_rate"],
     search_weights_uri: str = D["search_weights_uri"],
     search_mean: str = D["search_mean"],
     search_std: str = D["search_std"],
     search_channel_order: str = D["search_channel_order"],
+    search_train_images: int = D["search_train_images"],
     search_validation: str = D["search_validation"],
     finetune_epochs: int = D["finetune_epochs"],
     finetune_learning_rate: float = D["finetune_learning_rate"],
@@ -112,9 +114,10 @@ def hdap_pipeline(
     search_task = step(search(
         surrogates=surrogate_task.outputs["surrogates"], features=features, model=model, input_shape=input_shape,
         dataset=dataset, dataset_uri=dataset_uri, weights_uri=search_weights_uri, mean=search_mean, std=search_std,
-        channel_order=search_channel_order, validation=search_validation, mode=search_mode, objective=search_objective, targets=search_targets,
+        channel_order=search_channel_order, train_images=search_train_images, validation=search_validation, mode=search_mode, objective=search_objective, targets=search_targets,
         strengths=search_strengths, pretrain_epochs=search_pretrain_epochs, epochs=search_epochs,
-        finetune_epochs=search_finetune_epochs, granule=search_granule, accuracy_tolerance=accuracy_tolerance,
+        finetune_epochs=search_finetune_epochs, granule=search_granule, learning_rate=search_learning_rate,
+        accuracy_tolerance=accuracy_tolerance,
         truth_uri=truth_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "search")
     on_training_nodes(search_task.set_cpu_limit("4").set_memory_limit("8G"))
     with dsl.If(search_mode != SearchMode.PER_CLUSTER.value, name="one-architecture"):  # per-cluster stops after the search

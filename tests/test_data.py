@@ -209,3 +209,14 @@ def test_augmentation_shifts_and_flips_each_image_and_is_seeded() -> None:
         for channel in range(3):
             values = set(x[image, channel].flatten().tolist()) | {0.0}
             assert set(first[image, channel].flatten().tolist()) <= values
+
+
+def test_a_training_subset_is_stratified_seeded_and_repeated_by_the_recipe() -> None:
+    from hdap.data import recipe_config
+
+    full = load_dataset(DataConfig("digits", input_shape=(1, 8, 8), seed=1))
+    subset = load_dataset(DataConfig("digits", input_shape=(1, 8, 8), seed=1, train_images=300))
+    assert len(subset.train) == 300 and set(subset.train.tensors[1].tolist()) == set(range(10))
+    assert torch.equal(subset.validation.tensors[1], full.validation.tensors[1])  # the other splits are untouched
+    again = load_dataset(recipe_config(subset.recipe, "digits", "", 1))
+    assert torch.equal(again.train.tensors[0], subset.train.tensors[0])

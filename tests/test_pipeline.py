@@ -22,6 +22,29 @@ def hdap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     )
 
 
+def test_hdap_store_put_uploads_a_file_and_a_folder_to_the_store_hdap_uses(store_env: StoreConfig, object_store: ObjectStore,
+                                                                          bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "images" / "cat" / "0.png").write_bytes(b"png")
+    assert hdap("store", "put", str(tmp_path / "model.pt"), f"s3://{bucket}/models/model.pt").returncode == 0
+    result = hdap("store", "put", str(tmp_path / "images"), f"s3://{bucket}/datasets/pets/")
+    assert result.returncode == 0 and "uploaded 1 file(s)" in result.stdout
+    assert object_store.get_bytes(f"s3://{bucket}/models/model.pt") == b"weights"
+    assert object_store.get_bytes(f"s3://{bucket}/datasets/pets/cat/0.png") == b"png"
+    missing = hdap("store", "put", str(tmp_path / "nothing.pt"), f"s3://{bucket}/models/x.pt")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_hdap_compile_asks_for_a_gpu_for_the_training_steps_when_told(tmp_path: Path) -> None:
+    output = tmp_path / "pipeline.yaml"
+    result = hdap("compile", "--output", str(output), "--train-accelerator", "nvidia.com/gpu")
+    assert result.returncode == 0, result.stderr
+    executors = yaml.safe_load_all(output.read_text()).__next__()["deploymentSpec"]["executors"]
+    accelerated = {name for name, e in executors.items() if e["container"].get("resources", {}).get("accelerator")}
+    assert accelerated == {"exec-search", "exec-finetune"}
+
+
 def test_hdap_compile_writes_ir_yaml_with_every_component_and_the_parameters(tmp_path: Path) -> None:
     output = tmp_path / "pipeline.yaml"
     result = hdap("compile", "--output", str(output), "--image", "registry.example.com/hdap-step:1")

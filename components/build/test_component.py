@@ -10,7 +10,7 @@ from kfp import dsl, local
 from components.build import build
 from hdap.artifacts import plain
 from hdap.compress.finetune import quantization_aware_finetune, save_finetuned
-from hdap.deploy.registry import verify_entry
+from hdap.deploy.registry import load_published_model, verify_entry
 from hdap.deploy.tensorrt_build import tensorrt_unavailable_reason
 from hdap.fleet.cluster import cluster_devices
 from hdap.fleet.ingest import ingest_telemetry
@@ -88,4 +88,10 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     assert manifest["preprocessing"] == plain(data.recipe.preprocessing) == plain(built.preprocessing)
     graph = onnx.load_from_string(object_store.get_bytes(f"{built.registry_uri}/model.onnx"))
     assert json.loads({p.key: p.value for p in graph.metadata_props}[PREPROCESSING_KEY]) == manifest["preprocessing"]
+    # ... and the published model loads back into PyTorch, computing what the fine-tune's did.
+    published, preprocessing = load_published_model(object_store, built.registry_uri)
+    assert preprocessing == data.recipe.preprocessing
+    x = data.test.tensors[0][:32]
+    with torch.no_grad():
+        assert torch.equal(published(x).argmax(1), result.model.eval()(x).argmax(1))
     assert object_store.get_bytes(f"s3://{bucket}/runs/r1/build/report.html").count(b"<img") >= 5

@@ -36,9 +36,9 @@ def test_search_component_publishes_a_front_and_an_architecture_that_applies(sto
         f = dsl.importer(artifact_uri=str(tmp_path / "features.parquet"), artifact_class=dsl.Dataset)
         return search(
             surrogates=s.output, features=f.output, dataset="digits", dataset_uri="", model="resnet20", input_shape="1,8,8",
-            weights_uri="", mean="", std="", channel_order="rgb", validation="auto", device="cpu",
+            weights_uri="", mean="", std="", channel_order="rgb", train_images=0, validation="auto", device="cpu",
             mode="fleet", objective="latency", targets="0.7,0.4", strengths="", pretrain_epochs=2, epochs=4, finetune_epochs=1,
-            granule=8, accuracy_tolerance=0.5, truth_uri="", seed=0, output_uri=f"s3://{bucket}/runs", run_name="r1",
+            granule=8, learning_rate=0.05, accuracy_tolerance=0.5, truth_uri="", seed=0, output_uri=f"s3://{bucket}/runs", run_name="r1",
         ).outputs["architecture"]
 
     task = search_only()

@@ -122,6 +122,22 @@ def store_status() -> None:
         console.print(f"note: HDAP_S3_ENDPOINT={os.environ['HDAP_S3_ENDPOINT']} is set, so hdap uses that store instead")
 
 
+@store_app.command("put")
+def store_put(path: Annotated[Path, typer.Argument(help="A file, or a folder (uploaded with everything under it).")],
+              uri: Annotated[str, typer.Argument(help="Where: s3://bucket/key for a file, s3://bucket/folder/ for a folder.")]) -> None:
+    """Upload your model's weights or your dataset to the store hdap uses (the embedded one, or HDAP_S3_*)."""
+    from hdap.store import S3Uri, join_uri
+
+    if not path.exists():
+        raise HdapError(f"{path} does not exist.")
+    store = _local_store()
+    store.ensure_bucket(S3Uri.parse(uri).bucket)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        store.put_file(join_uri(uri, file.relative_to(path).as_posix()) if path.is_dir() else uri, file)
+    console.print(f"uploaded {len(files)} file(s), {sum(f.stat().st_size for f in files) / 1e6:.1f} MB, to {uri}")
+
+
 def _local_store():
     from hdap.embedded_store import local_store_config
     from hdap.store import ObjectStore

@@ -54,6 +54,7 @@ class DataRecipe:
 
     preprocessing: Preprocessing
     validation: ValidationSource  # where the validation split came from (never AUTO once resolved)
+    train_images: int = 0  # a seeded, stratified subset of the training split the search and fine-tune train on; 0: all
 
 
 def preprocessing_beside(path: Path, shown_as: str) -> dict:

@@ -117,7 +117,9 @@ class ArchitectureLogits(nn.Module):
         with torch.no_grad():
             def value(key: str) -> float:
                 return min(float(self.branch_logits[key]), float(self.keep_logits[int(key)].max()))
-            for key, target in zip(order, sorted(value(key) for key in order)):
+            # strictly increasing along the order, so equal values still go one branch at a time
+            targets = [v + 1e-7 * rank for rank, v in enumerate(sorted(value(key) for key in order))]
+            for key, target in zip(order, targets):
                 self.branch_logits[key].fill_(target)
                 best_granule = float(self.keep_logits[int(key)].max())
                 if best_granule < target:

@@ -13,10 +13,14 @@ So the order is measured on the model the fine-tune starts from, the pre-trained
 the branch whose removal raises the training loss least goes first, then the next given that one
 is gone, each candidate with its batch norms' statistics measured afresh (Li et al., "EagleEye",
 ECCV 2020: after that, a pruned model's accuracy ranks candidates as their fine-tuned accuracy
-does). Two forward passes over a fixed sample of the training set per candidate, and n(n+1)/2
-candidates for n branches: 4 s on one core for ResNet-20 (9 branches) on 8x8 inputs, growing
-with the square of the branch count and with the input size. The order ignores what each branch
-costs, so `SearchConfig.branch_order` applies it to the latency objective only.
+does). Two forward passes over a fixed sample of the training set per candidate: 4 s on one core
+for ResNet-20 (9 branches) on 8x8 inputs. Trying every remaining branch in every round is n(n+1)/2
+candidates, 378 for ResNet-56's 27 branches on 32x32 images (over 12 minutes on 2 cores); so after
+the first round, in which every branch is tried alone, a round tries only the `CANDIDATES_PER_ROUND`
+remaining branches that measured least harmful when last tried (a branch that harms the model much
+on its own rarely becomes the least harmful later): 27 + 141 candidates for ResNet-56, 42 instead
+of 45 for ResNet-20. The order ignores what each branch costs, so `SearchConfig.branch_order`
+applies it to the latency objective only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from hdap.compress.space import SearchSpace
 log = logging.getLogger("hdap")
 SAMPLE_EXAMPLES = 256
 RECALIBRATION_BATCH = 64  # the training batch size: batch statistics as training sees them
+CANDIDATES_PER_ROUND = 6
 
 
 def _sample(dataset: Dataset, examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +67,7 @@ def branch_removal_order(model: nn.Module, space: SearchSpace, dataset: Dataset,
     x, y = _sample(dataset, examples, seed)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    log.info("measuring the harm of removing each of %d residual branches (%d candidates of %d images)",
-             len(branches), len(branches) * (len(branches) + 1) // 2, len(x))
+    log.info("measuring the harm of removing each of %d residual branches (%d images per candidate)", len(branches), len(x))
 
     norms = [m for m in searchable.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     pristine = copy.deepcopy(searchable.state_dict())
@@ -87,8 +91,12 @@ def branch_removal_order(model: nn.Module, space: SearchSpace, dataset: Dataset,
 
     order: list[str] = []
     losses = []
+    last_seen = {key: loss_without([key]) for key in branches}  # every branch alone, once
     while len(order) < len(branches):
-        trial = {key: loss_without([*order, key]) for key in branches if key not in order}
+        remaining = sorted((key for key in branches if key not in order), key=last_seen.__getitem__)
+        tried = remaining[:CANDIDATES_PER_ROUND]
+        trial = {key: loss_without([*order, key]) for key in tried} if order else {k: last_seen[k] for k in tried}
+        last_seen.update(trial)
         best = min(trial, key=trial.get)
         order.append(best)
         losses.append(trial[best])

@@ -153,6 +153,7 @@ def meet_target(searchable: SearchableModel, cost: ArchitectureCost, target: flo
     target: granules and branches ranked by their logits across all groups, the threshold lowered as far as
     the cost allows. (Thresholding at 0 can land far from the target: a removed residual branch is
     a cliff in the cost, and the constraint holds logits near 0 where the soft and hard costs part.)"""
+    _break_ties(searchable)
     logits = sorted({float(v) for group in [*searchable.keep_logits, *searchable.branch_logits.values()]
                      for v in group.detach().flatten()})
     with torch.no_grad():
@@ -161,6 +162,24 @@ def meet_target(searchable: SearchableModel, cost: ArchitectureCost, target: flo
             if float(cost(searchable)) <= target + 1e-9:
                 return
     log.warning("even the smallest architecture costs more than target %g of the uncompressed model", target)
+
+
+TIE_STEP = 1e-6
+
+
+def _break_ties(searchable: SearchableModel) -> None:
+    """Make equal logits differ by a hair, so one threshold step drops one granule or branch, not
+    every one that shares a value (after a short search many logits have moved alike: Adam's first
+    steps move each by its learning rate whatever the gradient's size). Within a group the less
+    important granule (by weight magnitude) goes first. (Branches: `reorder_branches` spaces them.)"""
+    values = [float(v) for group in [*searchable.keep_logits, *searchable.branch_logits.values()] for v in group.detach().flatten()]
+    if len(set(values)) == len(values):
+        return
+    with torch.no_grad():
+        for logits in searchable.keep_logits:
+            logits.sub_(TIE_STEP * torch.arange(len(logits), dtype=logits.dtype) / len(logits))
+        for index, logits in enumerate(searchable.keep_logits):  # and groups from one another
+            logits.sub_(TIE_STEP * 1e-3 * index)
 
 
 def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: SearchConfig, cost: ArchitectureCost,

@@ -52,6 +52,7 @@ class DataConfig:
     std: tuple[float, ...] = ()
     channel_order: ChannelOrder = ChannelOrder.RGB
     trained_on_all_training_images: bool = False  # a given checkpoint: AUTO validates on half the test images
+    train_images: int = 0  # train on a seeded, stratified subset of this many training images; 0: all
 
     def resolved_validation(self, has_given: bool) -> ValidationSource:
         if self.validation is not ValidationSource.AUTO:
@@ -87,7 +88,7 @@ def recipe_config(recipe: DataRecipe, name: DatasetName, uri: str, seed: int) ->
     """The data config that repeats a recipe: the same preprocessing and splits (the fine-tune and build use the search's)."""
     pre = recipe.preprocessing
     return DataConfig(name, uri, tuple(pre.input_shape), seed, recipe.validation, tuple(pre.mean), tuple(pre.std),
-                      pre.channel_order)
+                      pre.channel_order, train_images=recipe.train_images)
 
 
 def load_dataset(config: DataConfig, store=None) -> Dataset:
@@ -103,6 +104,13 @@ def load_dataset(config: DataConfig, store=None) -> Dataset:
                                                                 config.seed)
     else:
         raise HdapError(f"unknown dataset '{config.name}': use one of {DatasetName.choices()}.")
+    return prepare_dataset(config, train_x, train_y, test_x, test_y, given)
+
+
+def prepare_dataset(config: DataConfig, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                    given: tuple[torch.Tensor, torch.Tensor] | None = None) -> Dataset:
+    """Images in [0, 1] (N, C, H, W) and their labels, split three ways as `config` says, resized and
+    normalised: what every source ends in (a benchmark with its own arrays starts here)."""
     validation = config.resolved_validation(given is not None)
     full_test = None
     if validation is ValidationSource.GIVEN:
@@ -115,6 +123,8 @@ def load_dataset(config: DataConfig, store=None) -> Dataset:
         test_x, test_y, val_x, val_y = _split(test_x, test_y, config.seed, 0.5)
     else:
         train_x, train_y, val_x, val_y = _split(train_x, train_y, config.seed, VALIDATION_SHARE)
+    if 0 < config.train_images < len(train_y):
+        train_x, train_y = _subset(train_x, train_y, config.train_images, config.seed + 1)
     splits = [_shape(x, config.input_shape) for x in (train_x, val_x, test_x)]
     if config.channel_order is ChannelOrder.BGR:
         splits = [x.flip(1) for x in splits]
@@ -126,7 +136,7 @@ def load_dataset(config: DataConfig, store=None) -> Dataset:
         x = _shape(full_test[0], config.input_shape)
         full_test = TensorDataset(((x.flip(1) if config.channel_order is ChannelOrder.BGR else x) - mean) / std, full_test[1])
     classes = int(max(int(y.max()) for y in (train_y, val_y, test_y) if len(y))) + 1
-    return Dataset(train, val, test, classes, config.input_shape, DataRecipe(preprocessing, validation), full_test,
+    return Dataset(train, val, test, classes, config.input_shape, DataRecipe(preprocessing, validation, config.train_images), full_test,
                    augment=DatasetName(config.name) is not DatasetName.DIGITS and min(config.input_shape[1:]) >= AUGMENT_FROM)
 
 
@@ -187,6 +197,18 @@ def _split(images: torch.Tensor, labels: torch.Tensor, seed: int, share: float) 
     is_test[test] = True
     train_index, test_index = torch.tensor(np.flatnonzero(~is_test)), torch.tensor(np.flatnonzero(is_test))
     return images[train_index], labels[train_index], images[test_index], labels[test_index]
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly `count` examples, each class in its share (seeded): the largest remainders get the rounding."""
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels.numpy(), return_counts=True)
+    quotas = sizes * count / sizes.sum()
+    taken = np.floor(quotas).astype(int)
+    taken[np.argsort(taken - quotas)[: count - taken.sum()]] += 1
+    chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels.numpy() == c), n, replace=False)
+                                     for c, n in zip(classes, taken)]))
+    return images[torch.from_numpy(chosen)], labels[torch.from_numpy(chosen)]
 
 
 def _shape(images: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:

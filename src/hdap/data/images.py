@@ -76,6 +76,11 @@ def read_image_dataset(store, uri: str, input_shape: tuple[int, int, int]) -> Im
     return splits
 
 
+def read_local_shard(path: Path, input_shape: tuple[int, int, int]) -> ImageSplits:
+    """One tar shard on this machine, decoded (what a benchmark uses to make a compact subset)."""
+    return _decode(_tar_samples(path, path.name), input_shape, str(path))
+
+
 def _samples(store, uri: str, objects) -> list[_Sample]:
     prefix = uri.rstrip("/") + "/"
     samples: list[_Sample] = []

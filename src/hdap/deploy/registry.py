@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,8 +47,13 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def registry_name(model: str) -> str:
+    """The model's folder in the registry: a factory's `package.module:function` without the colon."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model)
+
+
 def entry_uri(registry_uri: str, model: str, version: str) -> str:
-    return join_uri(registry_uri, model, version)
+    return join_uri(registry_uri, registry_name(model), version)
 
 
 def publish(store: ObjectStore, registry_uri: str, model: str, version: str, files: dict[str, Path], metadata: dict) -> str:
@@ -74,7 +80,7 @@ def publish(store: ObjectStore, registry_uri: str, model: str, version: str, fil
 
 def _advance_latest(store: ObjectStore, registry_uri: str, model: str, version: str, manifest_uri: str) -> None:
     """Point latest.json at this version unless a version published later holds it already."""
-    latest_uri = join_uri(registry_uri, model, "latest.json")
+    latest_uri = join_uri(registry_uri, registry_name(model), "latest.json")
     published_at = store.get_json(manifest_uri)["published_at"]
     if store.exists(latest_uri):
         current = store.get_json(latest_uri)
@@ -112,3 +118,21 @@ def verify_entry(store: ObjectStore, uri: str) -> dict:
         if hashlib.sha256(store.get_bytes(join_uri(uri, name))).hexdigest() != entry["sha256"]:
             raise HdapError(f"{join_uri(uri, name)} does not match its manifest's sha256: the entry is corrupt; publish it again.")
     return manifest
+
+
+def load_published_model(store: ObjectStore, uri: str, fake_quantized: bool = True):
+    """A registry entry back in PyTorch: (model in eval mode, its preprocessing). Every file is checked
+    against the manifest first; the weights are read with weights_only. `fake_quantized=False` gives
+    the plain pruned model (float weights, no Q/DQ rounding)."""
+    import tempfile
+
+    from hdap.artifacts import _decode_dataclass
+    from hdap.compress.finetune import load_finetuned
+    from hdap.preprocessing import Preprocessing
+
+    manifest = verify_entry(store, uri)
+    with tempfile.TemporaryDirectory(prefix="hdap-entry-") as folder:
+        for name in ("architecture.json", "weights.pt", "quantization.json"):
+            store.get_file(join_uri(uri, name), Path(folder) / name)
+        model, _, _ = load_finetuned(folder, fake_quantized=fake_quantized)
+    return model, _decode_dataclass(Preprocessing, manifest["preprocessing"], f"{uri}/manifest.json: preprocessing")

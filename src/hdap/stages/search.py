@@ -18,7 +18,7 @@ from hdap.artifacts import Contract
 from hdap.errors import HdapError
 from hdap.preprocessing import ChannelOrder, DataRecipe, ValidationSource
 from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, DEVICE, INPUT_SHAPE, MODEL, SEED, TRUTH_URI, Choice,
-                           DatasetName, Device, Settings, Shape, at_least, check_dataset, internal, s3_uri, setting)
+                           DatasetName, Device, Settings, Shape, at_least, check_dataset, internal, positive, s3_uri, setting)
 from hdap.stages import Stage, StageContext
 
 log = logging.getLogger("hdap")
@@ -69,6 +69,8 @@ class SearchConfig(Settings):
                                       "images' own statistics.")
     std: tuple[float, ...] = setting((), "The model's input normalisation deviation, one per channel (e.g. 0.229,0.224,0.225).")
     channel_order: ChannelOrder = setting(ChannelOrder.RGB, f"Channel order the model expects: {ChannelOrder.choices()}.")
+    train_images: int = setting(0, "Train the search (and the fine-tune after it) on a seeded, stratified subset of this many "
+                                "training images, for a quicker run; 0: all of them.", check=at_least(0))
     validation: ValidationSource = setting(ValidationSource.AUTO, f"Where the validation split that the choice and the "
                                            f"quality gate read comes from: {ValidationSource.choices()}. auto: the dataset's "
                                            "val/ split; else, with weights_uri, half the test images (a checkpoint has "
@@ -94,7 +96,9 @@ class SearchConfig(Settings):
     device: Device = DEVICE()
     multiplier_rate: float = internal(0.05)  # dual-ascent step of the constraint's multiplier, per batch
     batch_size: int = internal(64)
-    learning_rate: float = internal(0.05)
+    learning_rate: float = setting(0.05, "SGD learning rate of the weights in the search and its per-point fine-tunes "
+                                   "(and the pre-training): lower it, e.g. to 0.01, for a model that is already trained.",
+                                   check=positive)
     arch_learning_rate: float = internal(0.1)
     temperature_start: float = internal(1.0)
     temperature_end: float = internal(0.05)
@@ -228,7 +232,8 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
     mean, std = (config.mean, config.std) if config.mean else (tuple(beside.get("mean", ())), tuple(beside.get("std", ())))
     data = load_dataset(DataConfig(config.dataset, config.dataset_uri, config.input_shape, config.seed, config.validation, mean,
                                    std, ChannelOrder(beside.get("channel_order", config.channel_order)),
-                                   trained_on_all_training_images=weights is not None), context.store)
+                                   trained_on_all_training_images=weights is not None, train_images=config.train_images),
+                        context.store)
     log.info("dataset %s: %s", config.dataset.value, data.describe())
     log.info("preprocessing: %s", data.recipe.preprocessing.describe())
     features = pq.read_table(inputs.features)

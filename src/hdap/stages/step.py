@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,4 +49,6 @@ def _run(stage_name: str, arguments: dict[str, Any]) -> dict[str, float]:
     inputs = current.inputs(**{f.name: Path(arguments[f.name].path) for f in dataclasses.fields(current.inputs)})
     outputs = current.outputs(**{f.name: Path(arguments[f.name].path) for f in dataclasses.fields(current.outputs)})
     context = StageContext(ObjectStore.from_environment(), output.output_uri, arguments["run_name"])
-    return current.run(config, inputs=inputs, outputs=outputs, context=context)
+    started = time.perf_counter()
+    metrics = current.run(config, inputs=inputs, outputs=outputs, context=context)
+    return metrics | {"step_seconds": round(time.perf_counter() - started, 1)}

@@ -1,0 +1,156 @@
+"""A model someone else trained, on real data, through the whole pipeline: a third-party CIFAR-10
+ResNet (ResNet-56 by default, 93.39% published) compressed for a simulated Jetson Xavier NX fleet.
+
+As a user would: starts its own embedded object store, uploads CIFAR-10 (the lossless PNG tarball,
+an ImageFolder tree inside) and the checkpoint to it, simulates the fleet (5,000 devices, 7 days),
+and runs all six stages through kfp.local with the checkpoint as `search_weights_uri` and its
+preprocessing (RGB in [0, 1], mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)). Nothing is
+pre-trained. The checkpoint was trained on all 50,000 training images, so the validation split
+(what the choice and the quality gate read) is half the test images, seeded and stratified, and
+the other half reports; the whole test split shows the baseline matches its published accuracy.
+
+Records in bench/results/cifar_<model>_cpu.json: the uncompressed model's test accuracy as hdap
+measures it, the published model's accuracy, its fleet-weighted latency (surrogates: a prediction;
+the simulated fleet's truth: also a simulation, not hardware) and size, the front (distinct
+architectures), and the wall time per stage.
+
+    .venv/bin/python bench/cifar_pretrained.py --data ../shared/data               # the CPU configuration
+    .venv/bin/python bench/cifar_pretrained.py --data ../shared/data --quick       # a smoke run
+
+The CPU configuration is sized for a 2-core machine (at most an hour): the search and fine-tune
+train on a 5,000-image subset of the training split for a few epochs. It shows the pipeline works
+on a real model and data; it is not the accuracy the method reaches with a GPU's budget
+(bench/cifar_pretrained_gpu.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from record import record  # bench/record.py (the scripts run from bench/)
+
+from hdap.artifacts import plain
+from hdap.embedded_store import EmbeddedStore
+from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+from hdap.store import ObjectStore
+
+CHECKPOINTS = {"resnet56-a": ("resnet56-4bfd9763.th", 93.39), "resnet20-a": ("resnet20-12fca82f.th", 91.73)}
+MEAN, STD = "0.485,0.456,0.406", "0.229,0.224,0.225"
+# The CPU configuration (stated in the results): what fits an hour on 2 cores.
+CPU = dict(search_train_images=5000, search_targets="0.7,0.55,0.45,0.35,0.25", search_epochs=4, search_finetune_epochs=2,
+           search_learning_rate=0.01, finetune_epochs=2, finetune_learning_rate=0.005)
+QUICK = dict(search_train_images=1000, search_targets="0.5", search_epochs=1, search_finetune_epochs=1, search_learning_rate=0.01,
+             finetune_epochs=1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def step_seconds(home: Path) -> dict[str, float]:
+    """Each step's wall time, from the metrics kfp.local wrote for it."""
+    seconds = {}
+    for path in sorted(home.glob("local_outputs/**/metrics")):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if "step_seconds" in metrics:
+            seconds[path.parent.name] = metrics["step_seconds"]
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                        help="folder with cifar10-png.tar and pretrained/<checkpoint> (default ../shared/data)")
+    parser.add_argument("--model", choices=list(CHECKPOINTS), default="resnet56-a")
+    parser.add_argument("--quick", action="store_true", help="a tiny configuration (a smoke run, not the quoted figures)")
+    args = parser.parse_args()
+    checkpoint, published = CHECKPOINTS[args.model]
+    tarball, weights = args.data / "cifar10-png.tar", args.data / "pretrained" / checkpoint
+    for path in (tarball, weights):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: pass --data <folder holding cifar10-png.tar and pretrained/{checkpoint}>.")
+    started = time.perf_counter()
+    configuration = QUICK if args.quick else CPU
+    with tempfile.TemporaryDirectory(prefix="hdap-bench-") as root:
+        home = Path(root) / ".hdap"
+        embedded = EmbeddedStore(Path(root) / "store")
+        config = embedded.up(s3_port=free_port())
+        os.environ.update(config.as_environment())
+        os.environ["HDAP_HOME"] = str(home)
+        try:
+            store = ObjectStore(config)
+            store.ensure_bucket("hdap")
+            store.put_file("s3://hdap/datasets/cifar10/cifar10-png.tar", tarball)
+            store.put_file(f"s3://hdap/models/{checkpoint}", weights)
+            simulation = SimulationConfig(sku="jetson-xavier-nx", devices=5000, days=7, seed=0,
+                                          telemetry_uri="s3://hdap/fleet/telemetry", truth_uri="s3://hdap/fleet/ground-truth")
+            simulate_fleet(store, simulation)
+            from hdap.local_run import run_pipeline_locally
+            from hdap.stages import RunSettings
+
+            parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, truth_uri=simulation.truth_uri, seed=0,
+                              model=args.model, input_shape="3,32,32", dataset="imagefolder",
+                              dataset_uri="s3://hdap/datasets/cifar10", search_weights_uri=f"s3://hdap/models/{checkpoint}",
+                              search_mean=MEAN, search_std=STD, **configuration)
+            pipeline_started = time.perf_counter()
+            run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
+            pipeline_seconds = time.perf_counter() - pipeline_started
+            stages = step_seconds(home)
+        finally:
+            embedded.down()
+    front, build = run.front, run.build
+    accuracy, fleet = build.accuracy, build.fleet
+    chosen = front.chosen[0]
+    results = {
+        "model": args.model, "checkpoint": checkpoint, "published_test_accuracy": published,
+        "configuration": {**configuration, "device": "cpu", "note": "search and fine-tune train on a stratified subset of "
+                          "the training split; validation: half the test images (seeded, stratified); reports: the other half"},
+        "data": plain(front.data),
+        "baseline": {"full_test_accuracy": front.baseline_full_test_accuracy, "validation_accuracy": front.baseline_validation_accuracy,
+                     "test_half_accuracy": front.baseline_accuracy,
+                     "matches_published": abs(front.baseline_full_test_accuracy - published) <= 0.05},
+        "published_model": {"published": build.published, "gate": build.gate.message,
+                            "test_half_accuracy_onnxruntime": accuracy.onnxruntime,
+                            "test_half_accuracy_fake_quantized": accuracy.fake_quantized,
+                            "validation_accuracy_onnxruntime": accuracy.validation_onnxruntime,
+                            "accuracy_change_points": round(accuracy.onnxruntime - accuracy.uncompressed, 3),
+                            "onnxruntime_agreement": accuracy.onnxruntime_agreement},
+        "fleet_latency_ms": {"predicted_by_surrogates": [round(fleet.predicted_before_ms, 5), round(fleet.predicted_after_ms, 5)],
+                             "predicted_speedup": round(fleet.predicted_speedup, 3),
+                             "simulated_truth": [round(fleet.true_before_ms, 5), round(fleet.true_after_ms, 5)],
+                             "simulated_truth_speedup": round(fleet.true_speedup, 3)},
+        "size": {"onnx_kb": [round(build.size.uncompressed_onnx_bytes / 1e3, 1), round(build.size.onnx_bytes / 1e3, 1)],
+                 "weight_kbit": [round(build.size.uncompressed_weight_bits / 1e3, 1), round(build.size.weight_bits / 1e3, 1)]},
+        "onnxruntime_this_machine": plain(build.onnxruntime),
+        "front": {"distinct_architectures": front.distinct_architectures, "pareto_distinct": front.pareto_points,
+                  "chosen": chosen.setting.label,
+                  "points": [{"setting": p.setting.label, "validation_accuracy": p.validation_accuracy, "test_accuracy": p.accuracy,
+                              "fleet_ms_predicted": p.fleet_latency_ms, "fleet_ms_simulated_truth": p.true_fleet_latency_ms,
+                              "layers_removed": p.layers_removed, "pareto": p.pareto, "chosen": p.chosen} for p in front.points]},
+        "seconds": {"pipeline": round(pipeline_seconds, 1), "per_step": stages, "search_parts": front.seconds},
+        "tensorrt": plain(build.tensorrt),
+    }
+    print(f"\n{args.model} from {checkpoint}: {front.baseline_full_test_accuracy:.2f}% on the whole test split "
+          f"(published {published:.2f}%)")
+    print(f"published model: {accuracy.onnxruntime:.2f}% (ONNX Runtime, test half) vs {accuracy.uncompressed:.2f}% uncompressed; "
+          f"fleet latency {fleet.predicted_speedup:.2f}x lower predicted, {fleet.true_speedup:.2f}x in the simulated truth")
+    print(f"front: {front.distinct_architectures} distinct architectures; pipeline {pipeline_seconds / 60:.1f} min")
+    command = "python " + " ".join(shlex.quote(a) for a in [f"bench/{Path(__file__).name}", *sys.argv[1:]])
+    record("cifar_pretrained", results, args.quick, started, command=command, saved_as=f"cifar_{args.model}_cpu")
+
+
+if __name__ == "__main__":
+    main()
