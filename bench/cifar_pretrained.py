@@ -26,8 +26,9 @@ on a real model and data; it is not the accuracy the method reaches with a GPU's
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -39,16 +40,19 @@ from record import record  # bench/record.py (the scripts run from bench/)
 
 from hdap.artifacts import plain
 from hdap.embedded_store import EmbeddedStore
+from hdap.errors import HdapError
 from hdap.fleet.simulate import SimulationConfig, simulate_fleet
 from hdap.store import ObjectStore
 
 CHECKPOINTS = {"resnet56-a": ("resnet56-4bfd9763.th", 93.39), "resnet20-a": ("resnet20-12fca82f.th", 91.73)}
 MEAN, STD = "0.485,0.456,0.406", "0.229,0.224,0.225"
 # The CPU configuration (stated in the results): what fits an hour on 2 cores.
-CPU = dict(search_train_images=5000, search_targets="0.7,0.55,0.45,0.35,0.25", search_epochs=4, search_finetune_epochs=2,
-           search_learning_rate=0.01, finetune_epochs=2, finetune_learning_rate=0.005)
-QUICK = dict(search_train_images=1000, search_targets="0.5", search_epochs=1, search_finetune_epochs=1, search_learning_rate=0.01,
-             finetune_epochs=1)
+# Learning rates for a converged model: at 0.01, two epochs on the subset alone took ResNet-56 (int8,
+# nothing pruned) from 92.2% to 90.0% on 2,000 validation images; at 0.002 it stayed at 92.1%.
+CPU = dict(search_train_images=5000, search_targets="0.7,0.55,0.45,0.35", search_epochs=4, search_finetune_epochs=3,
+           search_learning_rate=0.002, finetune_epochs=3, finetune_learning_rate=0.001)
+QUICK = dict(search_train_images=1000, search_targets="0.5", search_epochs=1, search_finetune_epochs=1, search_learning_rate=0.002,
+             finetune_epochs=1, finetune_learning_rate=0.001)
 
 
 def free_port() -> int:
@@ -57,17 +61,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def step_seconds(home: Path) -> dict[str, float]:
-    """Each step's wall time, from the metrics kfp.local wrote for it."""
-    seconds = {}
-    for path in sorted(home.glob("local_outputs/**/metrics")):
-        try:
-            metrics = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if "step_seconds" in metrics:
-            seconds[path.parent.name] = metrics["step_seconds"]
-    return seconds
+class StepTimes(logging.Handler):
+    """Each step's wall time, from kfp.local's "Executing task" and "finished with status" lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
+        if found := re.match(r"Executing task '([\w-]+)'", message):
+            self.started[found[1]] = record.created
+        elif (found := re.match(r"Task '([\w-]+)' finished with status", message)) and found[1] in self.started:
+            self.seconds[found[1]] = round(record.created - self.started[found[1]], 1)
+
+
+def finished_run(store: ObjectStore, error: HdapError):
+    """A run whose build the quality gate refused still wrote every figure: read them back."""
+    from hdap.local_run import collect_run
+    from hdap.stages.cluster import ClusterSummary
+
+    runs = sorted({obj.uri.split("/")[3] for obj in store.list("s3://hdap/runs/")})
+    if "quality gate refused" not in str(error) or len(runs) != 1:
+        raise error
+    run_uri = f"s3://hdap/runs/{runs[0]}/"
+    return collect_run(store, run_uri, ClusterSummary.get(store, run_uri + "cluster/clusters.json"))
 
 
 def main() -> None:
@@ -106,9 +125,14 @@ def main() -> None:
                               dataset_uri="s3://hdap/datasets/cifar10", search_weights_uri=f"s3://hdap/models/{checkpoint}",
                               search_mean=MEAN, search_std=STD, **configuration)
             pipeline_started = time.perf_counter()
-            run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
+            times = StepTimes()
+            logging.getLogger().addHandler(times)
+            try:
+                run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
+            except HdapError as err:  # the figures are what this measures, published or not
+                run = finished_run(store, err)
             pipeline_seconds = time.perf_counter() - pipeline_started
-            stages = step_seconds(home)
+            stages = times.seconds
         finally:
             embedded.down()
     front, build = run.front, run.build

@@ -224,8 +224,10 @@ def _accuracy_table(build: BuildSummary) -> str:
               ("after quantization-aware fine-tune", accuracy.fake_quantized), ("exported (ONNX Runtime)", accuracy.onnxruntime)]
     rows = "".join(f"<tr><td>{name}</td><td>{_fmt(value, '.2f', '%')}</td></tr>" for name, value in stages)
     return (f"<table><tr><th>stage</th><th>test accuracy</th></tr>{rows}</table>"
-            f'<p class="note">Weight memory: {_kb(size.uncompressed_weight_bits / 8)} → {_kb(size.weight_bits / 8)}; '
-            f"quality gate tolerance {_fmt(build.gate.tolerance, 'g')} points.</p>")
+            f'<p class="note">Weight memory: {_kb(size.uncompressed_weight_bits / 8)} → {_kb(size.weight_bits / 8)}. The '
+            f"quality gate (tolerance {_fmt(build.gate.tolerance, 'g')} points) compares the validation split: exported "
+            f"{_fmt(accuracy.validation_onnxruntime, '.2f', '%')} against the uncompressed model's "
+            f"{_fmt(accuracy.validation_uncompressed, '.2f', '%')}; the test split only reports.</p>")
 
 
 def run_report_html(build: BuildSummary, front: Front, clusters: ClusterSummary, features: pa.Table | None,

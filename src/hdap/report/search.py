@@ -64,9 +64,19 @@ def cluster_plot(front: Front) -> str:
 def _point_row(front: Front, p: FrontPoint, truth: bool) -> str:
     true = f"<td>{p.true_fleet_latency_ms if p.true_fleet_latency_ms is not None else float('nan'):.4f}</td>" if truth else ""
     return (f"<tr{' class=chosen' if p.chosen else ''}><td>{html.escape(p.setting.label)}</td><td>{html.escape(p.optimised_for)}</td>"
-            f"<td>{p.accuracy:.2f}%</td><td>{p.fleet_latency_ms:.4f}</td>"
+            f"<td>{p.validation_accuracy:.2f}%</td><td>{p.accuracy:.2f}%</td><td>{p.fleet_latency_ms:.4f}</td>"
             f"<td>{front.baseline_fleet_latency_ms / p.fleet_latency_ms:.2f}x</td><td>{p.size_bits / 8e3:.1f}</td>"
             f"<td>{p.layers_removed}</td>{true}<td>{'yes' if p.pareto else ''}</td></tr>")
+
+
+def _full_test(front: Front) -> str:
+    full = front.baseline_full_test_accuracy
+    return "" if full is None else f" ({full:.2f}% on the whole test split, which half-validates)"
+
+
+def _validation_note(front: Front) -> str:
+    return {"train": "held out of the training images", "test": "half the test images (seeded, stratified), the other half "
+            "being the test split", "given": "the dataset's own"}.get(front.data.validation.value, front.data.validation.value)
 
 
 def search_report_html(front: Front, chosen_spec: ArchitectureSpec) -> str:
@@ -85,13 +95,17 @@ def search_report_html(front: Front, chosen_spec: ArchitectureSpec) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>hdap: search</title><style>{PAGE_STYLE} tr.chosen td {{ font-weight: bold; }}</style></head>
 <body><h1>Joint pruning and mixed-precision search: {html.escape(front.model)}, mode {html.escape(front.mode.value)}</h1>
-<p>Uncompressed: {front.baseline_accuracy:.2f}% accuracy, {front.baseline_fleet_latency_ms:.4f} ms fleet-weighted at
-{front.default_precision}. Chosen (lowest fleet latency within the accuracy tolerance): {chosen.accuracy:.2f}%,
-{chosen.fleet_latency_ms:.4f} ms ({front.baseline_fleet_latency_ms / chosen.fleet_latency_ms:.2f}x lower).</p>
+<p>Uncompressed: {front.baseline_validation_accuracy:.2f}% on the validation split, {front.baseline_accuracy:.2f}% on the
+test split{_full_test(front)}; {front.baseline_fleet_latency_ms:.4f} ms fleet-weighted at {front.default_precision}. Chosen (the
+lowest fleet latency within the accuracy tolerance on the validation split): {chosen.validation_accuracy:.2f}% validation,
+{chosen.accuracy:.2f}% test, {chosen.fleet_latency_ms:.4f} ms ({front.baseline_fleet_latency_ms / chosen.fleet_latency_ms:.2f}x
+lower). {front.distinct_architectures} distinct architectures, {front.pareto_points} of them on the Pareto front.</p>
+<p class="note">Splits: the validation split is {_validation_note(front)}; it decides the choice and the Pareto
+marking. The test split only reports. Preprocessing: {html.escape(front.data.preprocessing.describe())}.</p>
 {pareto_plot(front)}
 {cluster_plot(front)}
 <h2>Every point</h2>
-<table><tr><th>search</th><th>optimised for</th><th>accuracy</th><th>fleet latency (ms)</th><th>speed-up</th><th>weights (kB)</th>
+<table><tr><th>search</th><th>optimised for</th><th>validation accuracy</th><th>test accuracy</th><th>fleet latency (ms)</th><th>speed-up</th><th>weights (kB)</th>
 <th>layers removed</th>{true_header}<th>Pareto</th></tr>{rows}</table>
 <h2>The chosen architecture</h2>
 <table><tr><th>layer</th><th>op</th><th>in</th><th>out</th><th>precision</th></tr>{layers}</table>

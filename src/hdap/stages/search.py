@@ -97,7 +97,8 @@ class SearchConfig(Settings):
     multiplier_rate: float = internal(0.05)  # dual-ascent step of the constraint's multiplier, per batch
     batch_size: int = internal(64)
     learning_rate: float = setting(0.05, "SGD learning rate of the weights in the search and its per-point fine-tunes "
-                                   "(and the pre-training): lower it, e.g. to 0.01, for a model that is already trained.",
+                                   "(and the pre-training): lower it, e.g. to 0.002, for a model that is already trained (a converged model "
+                                   "fine-tuned at 0.01 on a few thousand images loses accuracy).",
                                    check=positive)
     arch_learning_rate: float = internal(0.1)
     temperature_start: float = internal(1.0)
@@ -230,8 +231,11 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
     fleet = FleetCost.from_index(index, inputs.surrogates)
     weights, beside = _trained_weights(config, context)
     mean, std = (config.mean, config.std) if config.mean else (tuple(beside.get("mean", ())), tuple(beside.get("std", ())))
+    order = beside.get("channel_order", config.channel_order)
+    if order not in {c.value for c in ChannelOrder}:
+        raise HdapError(f"{config.weights_uri}.json gives channel_order {order!r}: use {ChannelOrder.choices()}.")
     data = load_dataset(DataConfig(config.dataset, config.dataset_uri, config.input_shape, config.seed, config.validation, mean,
-                                   std, ChannelOrder(beside.get("channel_order", config.channel_order)),
+                                   std, ChannelOrder(order),
                                    trained_on_all_training_images=weights is not None, train_images=config.train_images),
                         context.store)
     log.info("dataset %s: %s", config.dataset.value, data.describe())
