@@ -82,7 +82,7 @@ def finished_run(store: ObjectStore, error: HdapError):
     from hdap.local_run import collect_run
     from hdap.stages.cluster import ClusterSummary
 
-    runs = sorted({obj.uri.split("/")[3] for obj in store.list("s3://hdap/runs/")})
+    runs = sorted({obj.uri.removeprefix("s3://hdap/runs/").split("/")[0] for obj in store.list("s3://hdap/runs/")})
     if "quality gate refused" not in str(error) or len(runs) != 1:
         raise error
     run_uri = f"s3://hdap/runs/{runs[0]}/"
@@ -164,7 +164,7 @@ def main() -> None:
                   "points": [{"setting": p.setting.label, "validation_accuracy": p.validation_accuracy, "test_accuracy": p.accuracy,
                               "fleet_ms_predicted": p.fleet_latency_ms, "fleet_ms_simulated_truth": p.true_fleet_latency_ms,
                               "layers_removed": p.layers_removed, "pareto": p.pareto, "chosen": p.chosen} for p in front.points]},
-        "seconds": {"pipeline": round(pipeline_seconds, 1), "per_step": stages, "search_parts": front.seconds},
+        "wall_seconds": {"pipeline": round(pipeline_seconds, 1), "per_step": stages, "search_parts": front.seconds},
         "tensorrt": plain(build.tensorrt),
     }
     print(f"\n{args.model} from {checkpoint}: {front.baseline_full_test_accuracy:.2f}% on the whole test split "
