@@ -455,14 +455,23 @@ def _stage_surrogates(model: str, tmp_path) -> Path:
     return surrogates
 
 
+def _run_search_stage(config: SearchConfig, object_store, bucket: str, tmp_path: Path):
+    """The search stage on two simulated clusters' surrogates: its outputs, index and front."""
+    from hdap.stages import StageContext
+    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
+    from hdap.stages.search import run as run_search_stage
+
+    surrogates = _stage_surrogates(config.model, tmp_path)
+    outputs = SearchOutputs(tmp_path / "architecture", tmp_path / "front.json", tmp_path / "report.html")
+    run_search_stage(config, SearchInputs(surrogates, tmp_path / "features.parquet"), outputs,
+                     StageContext(object_store, f"s3://{bucket}/runs", "r1"))
+    return outputs, SearchIndex.load(outputs.architecture / "index.json"), Front.load(outputs.front)
+
+
 def test_given_weights_the_search_stage_trains_nothing_validates_on_half_the_test_images_and_keeps_their_preprocessing(
         object_store, bucket, tmp_path) -> None:
     """A user's checkpoint (DataParallel-prefixed, nested) and its preprocessing beside it, in the store."""
     import json
-
-    from hdap.stages import StageContext
-    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
-    from hdap.stages.search import run as run_search_stage
 
     torch.manual_seed(0)
     dataset = load_dataset(DataConfig("digits", input_shape=DIGITS, trained_on_all_training_images=True))
@@ -474,38 +483,23 @@ def test_given_weights_the_search_stage_trains_nothing_validates_on_half_the_tes
     object_store.put_bytes(uri, buffer.getvalue())
     mean, std = [float(v) for v in dataset.recipe.preprocessing.mean], [float(v) for v in dataset.recipe.preprocessing.std]
     object_store.put_bytes(uri + ".json", json.dumps({"mean": mean, "std": std}).encode())
-    surrogates = _stage_surrogates("small-cnn", tmp_path)
     config = SearchConfig(model="small-cnn", weights_uri=uri, targets=(0.5,), pretrain_epochs=50, epochs=1, finetune_epochs=1)
-    outputs = SearchOutputs(tmp_path / "architecture", tmp_path / "front.json", tmp_path / "report.html")
-
-    run_search_stage(config, SearchInputs(surrogates, tmp_path / "features.parquet"), outputs,
-                     StageContext(object_store, f"s3://{bucket}/runs", "r1"))
-
-    index, front = SearchIndex.load(outputs.architecture / "index.json"), Front.load(outputs.front)
+    outputs, index, front = _run_search_stage(config, object_store, bucket, tmp_path)
     assert front.data.validation is ValidationSource.TEST and index.data == front.data
     assert front.data.preprocessing.mean == pytest.approx(mean) and front.data.preprocessing.std == pytest.approx(std)
-    assert front.baseline_full_test_accuracy is not None and front.seconds["pretrain"] < 5  # not 50 epochs of training
+    assert front.baseline_full_test_accuracy is not None
     assert front.baseline_validation_accuracy == pytest.approx(evaluate(trained, dataset.validation), abs=1e-3)
     uncompressed = torch.load(outputs.architecture / index.uncompressed_weights, weights_only=True)
-    assert all(torch.equal(uncompressed[k], v) for k, v in trained.state_dict().items())  # the baseline is the user's model
+    # the baseline is the user's model, untouched: none of the 50 pre-training epochs ran
+    assert all(torch.equal(uncompressed[k], v) for k, v in trained.state_dict().items())
 
 
 @pytest.mark.parametrize("mode", ["per-cluster", "nominal"])
 def test_the_search_stage_writes_what_its_mode_chose_and_the_fine_tune_takes_only_one(mode: str, object_store, bucket, tmp_path) -> None:
     """The stage's own output for the modes the reference run does not take: per-cluster (one
     architecture per cluster, which the fine-tune refuses in one sentence) and nominal."""
-    from hdap.stages import StageContext
-    from hdap.stages.search import Front, SearchIndex, SearchInputs, SearchOutputs
-    from hdap.stages.search import run as run_search_stage
-
-    surrogates = _stage_surrogates("small-cnn", tmp_path)
     config = SearchConfig(model="small-cnn", mode=mode, targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1)
-    outputs = SearchOutputs(tmp_path / "architecture", tmp_path / "front.json", tmp_path / "report.html")
-
-    run_search_stage(config, SearchInputs(surrogates, tmp_path / "features.parquet"), outputs,
-                     StageContext(object_store, f"s3://{bucket}/runs", "r1"))
-
-    index, front = SearchIndex.load(outputs.architecture / "index.json"), Front.load(outputs.front)
+    outputs, index, front = _run_search_stage(config, object_store, bucket, tmp_path)
     assert all((outputs.architecture / entry.spec).exists() and (outputs.architecture / entry.weights).exists()
                for entry in index.architectures)
     if mode == "per-cluster":
