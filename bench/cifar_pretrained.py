@@ -29,9 +29,7 @@ import argparse
 import logging
 import os
 import re
-import shlex
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -172,8 +170,7 @@ def main() -> None:
     print(f"published model: {accuracy.onnxruntime:.2f}% (ONNX Runtime, test half) vs {accuracy.uncompressed:.2f}% uncompressed; "
           f"fleet latency {fleet.predicted_speedup:.2f}x lower predicted, {fleet.true_speedup:.2f}x in the simulated truth")
     print(f"front: {front.distinct_architectures} distinct architectures; pipeline {pipeline_seconds / 60:.1f} min")
-    command = "python " + " ".join(shlex.quote(a) for a in [f"bench/{Path(__file__).name}", *sys.argv[1:]])
-    record("cifar_pretrained", results, args.quick, started, command=command, saved_as=f"cifar_{args.model}_cpu")
+    record("cifar_pretrained", results, args.quick, started, saved_as=f"cifar_{args.model}_cpu")
 
 
 if __name__ == "__main__":

@@ -90,8 +90,9 @@ def main() -> None:
     print(f"accuracy: {accuracy.uncompressed:.2f}% uncompressed -> {accuracy.onnxruntime:.2f}% ONNX Runtime "
           f"({results['accuracy_change_points']:+.2f} points); agreement with PyTorch {100 * accuracy.onnxruntime_agreement:.1f}%")
     print(f"fleet-weighted latency: predicted {results['predicted_fleet_speedup']:.2f}x lower, simulated truth {results['true_fleet_speedup']:.2f}x lower")
-    print(f"ONNX Runtime on this machine: {timing.uncompressed_latency_ms:.4f} -> {timing.latency_ms:.4f} ms "
-          f"({timing.speedup:.2f}x, median of {timing.rounds} alternating rounds)")
+    for state in timing.states:
+        print(f"ONNX Runtime on this machine, {state.description}: {state.uncompressed_latency_ms:.4f} -> {state.latency_ms:.4f} ms "
+              f"({state.speedup:.2f}x, median of {timing.rounds} alternating rounds)")
     print(f"published: {build.published} ({build.gate.message})")
     record("pipeline_demo", results, args.quick, started)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,14 +14,14 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def record(name: str, results: dict, quick: bool, started: float, command: str = "", saved_as: str = "") -> dict:
-    """Add the run's circumstances to `results`; save them (as `saved_as`, default `name`) unless it
-    was a --quick smoke run. `command`: the command line, where it had options beyond --quick."""
+def record(name: str, results: dict, quick: bool, started: float, saved_as: str = "") -> dict:
+    """Add the run's circumstances (the command line as it was typed from the project's root) to
+    `results`; save them (as `saved_as`, default `name`) unless it was a --quick smoke run."""
     results |= {
         "quick": quick,
         "seconds": round(time.perf_counter() - started),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": command or f"python bench/{name}.py" + (" --quick" if quick else ""),
+        "command": "python " + " ".join(shlex.quote(a) for a in [f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if not quick:

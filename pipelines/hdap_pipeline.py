@@ -100,7 +100,8 @@ def hdap_pipeline(
     finetune_epochs: int = D["finetune_epochs"],
     finetune_learning_rate: float = D["finetune_learning_rate"],
     build_tensorrt: str = D["build_tensorrt"],
-    build_onnxruntime_threads: int = D["build_onnxruntime_threads"],
+    build_cpu_states: str = D["build_cpu_states"],
+    build_min_measured_speedup: float = D["build_min_measured_speedup"],
 ) -> Artifact:
     ingest_task = step(ingest(telemetry_uri=telemetry_uri, sku=sku, as_of=ingest_as_of, output_uri=output_uri, run_name=RUN),
                        "ingest")
@@ -128,7 +129,8 @@ def hdap_pipeline(
         on_build_nodes(step(build(
             model=finetune_task.outputs["model"], surrogates=surrogate_task.outputs["surrogates"], features=features,
             clusters=cluster_task.outputs["clusters"], assignments=cluster_task.outputs["assignments"],
-            front=search_task.outputs["front"], tensorrt=build_tensorrt, onnxruntime_threads=build_onnxruntime_threads,
+            front=search_task.outputs["front"], tensorrt=build_tensorrt, cpu_states=build_cpu_states,
+            min_measured_speedup=build_min_measured_speedup,
             registry_uri=registry_uri, accuracy_tolerance=accuracy_tolerance, dataset=dataset, dataset_uri=dataset_uri,
             truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "build"))
     return cluster_task.outputs["clusters"]

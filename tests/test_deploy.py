@@ -158,6 +158,33 @@ def test_tensorrt_builds_a_strongly_typed_engine_that_agrees_with_onnx_runtime(f
     assert float((engine.predictions == ours).float().mean()) >= 0.99
 
 
+@pytest.mark.parametrize("gate, published", [(1.05, True), (2.0, False), (0.0, True)])
+def test_the_latency_gate_refuses_a_model_slower_than_asked_in_any_state_and_leaves_the_registry_untouched(
+        gate: float, published: bool, object_store, bucket, tmp_path) -> None:
+    """The example model measured 2.375x with 1 thread and 1.9x on every core beside a busy process."""
+    from types import SimpleNamespace
+
+    from hdap.stages import StageContext
+    from hdap.stages.build import BuildConfig, _Built, _publish
+    from tests.examples import build_input, front_input
+
+    summary = build_input(published=True)
+    for name in ("model.onnx", "model.plan", "architecture.json", "quantization.json", "weights.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    built = _Built(SimpleNamespace(model="resnet8"), (3, 32, 32), summary.preprocessing, summary.accuracy, summary.size, summary.onnxruntime,
+                   summary.tensorrt)
+    config = BuildConfig(accuracy_tolerance=1.0, min_measured_speedup=gate, registry_uri=f"s3://{bucket}/registry")
+    entry, result = _publish(config, built, front_input(), tmp_path, tmp_path, {"onnxruntime": summary.onnxruntime}, StageContext(object_store, f"s3://{bucket}/runs", "r1"))
+    assert (entry is not None) == result.passed == published and result.refused_by_latency == (not published)
+    assert built.tensorrt.published == published
+    listed = [o.uri for o in object_store.list(f"s3://{bucket}/registry/")]
+    if published:
+        assert verify_entry(object_store, entry)["onnxruntime"]["slowest_state"] == "all+load"
+    else:
+        assert listed == [] and "every core beside 1 busy process" in result.message and "1.90x" in result.message
+        assert "short of the 2x build_min_measured_speedup" in result.message
+
+
 @pytest.mark.parametrize("model_accuracy", [90.8, 80.0])
 def test_a_tensorrt_engine_is_marked_published_only_when_the_model_is(model_accuracy: float, object_store, bucket, tmp_path) -> None:
     """The engine passes its own accuracy check here; it is in the registry only if the exported model passes too."""

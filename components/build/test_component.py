@@ -69,7 +69,8 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
         return build(model=imported("model", dsl.Model), surrogates=imported("surrogates", dsl.Model),
                      features=imported("features.parquet", dsl.Dataset), clusters=imported("clusters.json", dsl.Artifact),
                      assignments=imported("assignments.parquet", dsl.Dataset), front=imported("front.json", dsl.Artifact),
-                     tensorrt="auto", onnxruntime_threads=1, registry_uri=f"s3://{bucket}/registry", accuracy_tolerance=100.0,
+                     tensorrt="auto", cpu_states="1,all+load", min_measured_speedup=0.0, registry_uri=f"s3://{bucket}/registry",
+                     accuracy_tolerance=100.0,
                      dataset="digits", dataset_uri="", truth_uri=config.truth_uri, seed=0, output_uri=f"s3://{bucket}/runs",
                      run_name="r1").outputs["engines"]
 
@@ -84,6 +85,8 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     assert len(built.clusters) == 2 and built.size.onnx_bytes < built.size.uncompressed_onnx_bytes
     manifest = verify_entry(object_store, built.registry_uri)
     assert "model.onnx" in manifest["files"] and manifest["run"]["name"] == "r1"
+    # Measured side by side in each CPU state asked for, and so recorded in the registry.
+    assert [s["state"] for s in manifest["onnxruntime"]["states"]] == ["1", "all+load"] == [s.state for s in built.onnxruntime.states]
     # The preprocessing the model was trained with reaches the device: in the manifest and in the graph.
     assert manifest["preprocessing"] == plain(data.recipe.preprocessing) == plain(built.preprocessing)
     graph = onnx.load_from_string(object_store.get_bytes(f"{built.registry_uri}/model.onnx"))

@@ -181,8 +181,9 @@ def _print_build(build: BuildSummary, console: Console) -> None:
                   f"(ONNX Runtime; agrees with the fake-quantised model on {100 * accuracy.onnxruntime_agreement:.1f}% of test images)")
     console.print(f"fleet-weighted latency predicted {fleet.predicted_before_ms:.4f} -> {fleet.predicted_after_ms:.4f} ms "
                   f"([bold]{fleet.predicted_speedup:.2f}x[/]){true}")
-    console.print(f"ONNX Runtime on this machine ({timing.threads} thread): {timing.uncompressed_latency_ms:.4f} -> "
-                  f"{timing.latency_ms:.4f} ms ({timing.speedup:.2f}x); ONNX {build.size.uncompressed_onnx_bytes / 1e3:.0f} -> "
+    states = "; ".join(f"{s.description} {s.speedup:.2f}x" for s in timing.states)
+    console.print(f"ONNX Runtime on this machine, measured: {timing.uncompressed_latency_ms:.4f} -> {timing.latency_ms:.4f} ms "
+                  f"fleet-weighted ({timing.speedup:.2f}x; {states}); ONNX {build.size.uncompressed_onnx_bytes / 1e3:.0f} -> "
                   f"{build.size.onnx_bytes / 1e3:.0f} kB")
     console.print(f"TensorRT: {trt.latency_ms:.4f} ms on {escape(trt.gpu)} ({trt.speedup:.2f}x)" if trt.built
                   else f"TensorRT engine not built: {escape(trt.reason)}")

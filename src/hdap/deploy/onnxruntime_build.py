@@ -1,39 +1,25 @@
 """The ONNX Runtime build (CPU, always there): accuracy of the exported graph, its agreement with
 the fake-quantised PyTorch model, and its latency against the uncompressed model's, measured in
-one run.
+one run in every CPU state of the fleet (`hdap.latency.cpu_states`).
 
-This machine is shared and noisy, so the two models are timed in alternating rounds (each round
-a median of repeated runs after warm-up, threads pinned) and compared round by round: a slow
-spell slows both sides of a round alike.
+This machine is shared and noisy, so in each state the two models are timed in alternating
+rounds (each round a median of repeated runs after warm-up, threads pinned) and compared round
+by round: a slow spell slows both sides of a round alike.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
-from hdap.latency.backends.onnxruntime import session, time_session
+from hdap.latency.backends.onnxruntime import BackgroundLoad, session, time_session
+from hdap.latency.cpu_states import CpuState
 from hdap.progress import progress
-from hdap.stages.build import OnnxRuntimeTiming
-
-
-@dataclass
-class LatencyComparison:
-    latency_ms: float  # median over rounds
-    baseline_latency_ms: float
-    speedup: float  # median of per-round ratios
-    threads: int
-    rounds: int
-
-    def timing(self) -> OnnxRuntimeTiming:
-        """As the build's summary records it (latencies to 5 decimals, the speed-up to 3)."""
-        return OnnxRuntimeTiming(round(self.latency_ms, 5), round(self.baseline_latency_ms, 5), round(self.speedup, 3), self.threads,
-                                 self.rounds)
+from hdap.stages.build import OnnxRuntimeTiming, StateTiming
 
 
 def inference_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
@@ -47,15 +33,22 @@ def onnx_predictions(sess: ort.InferenceSession, dataset, batch_size: int = 256)
     return torch.from_numpy(np.concatenate(outputs).argmax(1))
 
 
-def compare_latency(model: onnx.ModelProto, baseline: onnx.ModelProto, input_shape: tuple[int, ...], threads: int = 1,
-                    rounds: int = 7, repeats: int = 50, warmup: int = 20) -> LatencyComparison:
-    """Batch-1 latency of `model` and `baseline`, alternating rounds on one machine."""
+def compare_latency(model: onnx.ModelProto, baseline: onnx.ModelProto, input_shape: tuple[int, ...], states: list[CpuState],
+                    rounds: int = 7, repeats: int = 50, warmup: int = 20) -> OnnxRuntimeTiming:
+    """Batch-1 latency of `model` and `baseline` in every CPU state, alternating rounds within each."""
     feed = {"input": np.random.default_rng(0).normal(size=(1, *input_shape)).astype(np.float32)}
-    ours, theirs = inference_session(model, threads), inference_session(baseline, threads)
-    mine, base = [], []
-    for index in progress(range(rounds), "timing ONNX Runtime (compressed vs uncompressed)"):
-        pair = [(ours, mine), (theirs, base)]
-        for sess, times in pair if index % 2 == 0 else reversed(pair):
-            times.append(time_session(sess, feed, warmup, repeats, min_seconds=0.05))
-    ratios = [b / m for m, b in zip(mine, base)]
-    return LatencyComparison(statistics.median(mine), statistics.median(base), statistics.median(ratios), threads, rounds)
+    measured = []
+    for state in progress(states, "timing ONNX Runtime (compressed vs uncompressed, per CPU state)"):
+        with BackgroundLoad(state.background_processes, confine=False):
+            threads = state.thread_count()
+            ours, theirs = inference_session(model, threads), inference_session(baseline, threads)
+            mine, base = [], []
+            for index in range(rounds):
+                pair = [(ours, mine), (theirs, base)]
+                for sess, times in pair if index % 2 == 0 else reversed(pair):
+                    times.append(time_session(sess, feed, warmup, repeats, min_seconds=0.05))
+        ratios = [b / m for m, b in zip(mine, base)]
+        measured.append(StateTiming(state.name, state.describe(), threads, state.background_processes, round(state.share, 4),
+                                    round(statistics.median(mine), 5), round(statistics.median(base), 5),
+                                    round(statistics.median(ratios), 3)))
+    return OnnxRuntimeTiming.of(measured, rounds)

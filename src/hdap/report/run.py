@@ -175,7 +175,8 @@ def _verdict(build: BuildSummary) -> str:
         return (f'<p class="verdict published"><b>Published</b> to <code>{html.escape(build.registry_uri)}</code>.'
                 f'<br><span class="note">Quality gate passed: {message}.</span></p>')
     if not build.gate.passed:
-        return f'<p class="verdict refused"><b>Refused by the quality gate:</b> {message}.</p>'
+        which = "latency" if build.gate.refused_by_latency else "quality"
+        return f'<p class="verdict refused"><b>Refused by the {which} gate:</b> {message}.</p>'
     return f'<p class="verdict"><b>Not published</b> (the quality gate passed: {message}).</p>'
 
 
@@ -192,7 +193,9 @@ def _headline(build: BuildSummary) -> str:
         _card(f"{_fmt(accuracy.uncompressed_onnxruntime, '.1f', '%')} → {_fmt(accuracy.onnxruntime, '.1f', '%')}",
               "test accuracy, uncompressed → compressed, both in ONNX Runtime"),
         _card(f"{_kb(size.uncompressed_onnx_bytes)} → {_kb(size.onnx_bytes)}", "ONNX model size, uncompressed → compressed"),
-        _card(_fmt(ort.speedup, ".2f", "×"), f"ONNX Runtime speed-up measured on this machine (CPU threads: {ort.threads})"),
+        _card(_fmt(ort.speedup, ".2f", "×"), f"ONNX Runtime speed-up measured on this machine, fleet-weighted over "
+              f"{len(ort.states)} CPU state{'s' if len(ort.states) > 1 else ''} (slowest state: "
+              f"{_fmt(ort.state(ort.slowest_state).speedup, '.2f', '×')})"),
         _card(_fmt(trt.speedup, ".2f", "×"), f"TensorRT speed-up on {trt.gpu or 'the GPU'}") if trt.built
         else _card("TensorRT not built", trt.reason),
     ]
@@ -201,9 +204,12 @@ def _headline(build: BuildSummary) -> str:
 
 def _measured_table(build: BuildSummary) -> str:
     ort, trt, accuracy = build.onnxruntime, build.tensorrt, build.accuracy
-    rows = [f"<tr><td>ONNX Runtime (CPU threads: {ort.threads}, rounds: {ort.rounds})</td>"
-            f"<td>{_fmt(ort.uncompressed_latency_ms, '.3f')}</td><td>{_fmt(ort.latency_ms, '.3f')}</td>"
-            f"<td>{_fmt(ort.speedup, '.2f', '×')}</td><td>{_fmt(accuracy.onnxruntime, '.2f', '%')}</td></tr>"]
+    rows = [f"<tr><td>ONNX Runtime, {html.escape(s.description)} ({100 * s.share:.0f}% of the fleet, {ort.rounds} rounds)</td>"
+            f"<td>{_fmt(s.uncompressed_latency_ms, '.3f')}</td><td>{_fmt(s.latency_ms, '.3f')}</td>"
+            f"<td>{_fmt(s.speedup, '.2f', '×')}</td><td>{_fmt(accuracy.onnxruntime, '.2f', '%')}</td></tr>" for s in ort.states]
+    if len(ort.states) > 1:
+        rows.append(f"<tr><td>ONNX Runtime, fleet-weighted</td><td>{_fmt(ort.uncompressed_latency_ms, '.3f')}</td>"
+                    f"<td>{_fmt(ort.latency_ms, '.3f')}</td><td>{_fmt(ort.speedup, '.2f', '×')}</td><td></td></tr>")
     if trt.built:
         engine = html.escape(f"TensorRT {trt.version}, {trt.gpu or 'GPU'}")
         rows.append(f"<tr><td>{engine}</td><td>{_fmt(trt.uncompressed_latency_ms, '.3f')}</td>"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract, plain
 from hdap.errors import HdapError
+from hdap.latency.cpu_states import DEFAULT_CPU_STATES, cpu_states_problem, metric_key, parse_cpu_states
 from hdap.preprocessing import Preprocessing
 from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
                            Settings, at_least, check_dataset, setting)
@@ -50,7 +51,12 @@ class BuildConfig(Settings):
     PREFIX = "build"
     tensorrt: TensorRTPolicy = setting(TensorRTPolicy.AUTO, f"TensorRT engine: {TensorRTPolicy.choices()} (auto: where a GPU "
                                        "and TensorRT exist).")
-    onnxruntime_threads: int = setting(1, "Threads ONNX Runtime uses when timing the built model.", check=at_least(1))
+    cpu_states: str = setting(DEFAULT_CPU_STATES, "The CPU states the built model and the uncompressed one are timed in, side "
+                              "by side with ONNX Runtime: threads (a number or all), +load (+loadN: N busy processes beside), "
+                              "@share of the fleet (equal if none given), comma-separated.", check=cpu_states_problem)
+    min_measured_speedup: float = setting(0.0, "The latency gate: refuse to publish a model measured less than this many times "
+                                          "as fast as the uncompressed one in any CPU state (0: off; e.g. 1.05).",
+                                          check=at_least(0.0))
     registry_uri: str = REGISTRY_URI()
     accuracy_tolerance: float = ACCURACY_TOLERANCE()
     dataset: DatasetName = DATASET()
@@ -87,12 +93,37 @@ class ModelSize:
 
 
 @dataclass
-class OnnxRuntimeTiming:
+class StateTiming:
+    state: str  # as build_cpu_states names it
+    description: str
+    threads: int
+    background_processes: int
+    share: float  # of the fleet
     latency_ms: float  # batch 1, median over alternating rounds
     uncompressed_latency_ms: float
     speedup: float  # median of the rounds' ratios
-    threads: int
+
+
+@dataclass
+class OnnxRuntimeTiming:
+    """Measured on this machine in every CPU state: a result, not a prediction."""
+
+    states: list[StateTiming]
     rounds: int
+    latency_ms: float  # share-weighted mean of the states' latencies
+    uncompressed_latency_ms: float
+    speedup: float  # of the weighted means
+    slowest_state: str  # the state with the lowest speed-up
+
+    @classmethod
+    def of(cls, states: list[StateTiming], rounds: int) -> OnnxRuntimeTiming:
+        latency = sum(s.share * s.latency_ms for s in states)
+        uncompressed = sum(s.share * s.uncompressed_latency_ms for s in states)
+        slowest = min(states, key=lambda s: s.speedup)
+        return cls(states, rounds, round(latency, 5), round(uncompressed, 5), round(uncompressed / latency, 3), slowest.state)
+
+    def state(self, name: str) -> StateTiming:
+        return next(s for s in self.states if s.state == name)
 
 
 @dataclass
@@ -144,6 +175,8 @@ class GateResult:
     passed: bool
     tolerance: float
     message: str
+    min_measured_speedup: float = 0.0  # the latency gate (0: off)
+    refused_by_latency: bool = False
 
 
 @dataclass
@@ -154,7 +187,7 @@ class RunRef:
 
 @dataclass
 class BuildSummary(Contract):
-    FORMAT = "hdap.build/2"
+    FORMAT = "hdap.build/3"
     model: str
     version: str  # the registry version: the run's name
     input_shape: tuple[int, ...]
@@ -175,7 +208,9 @@ class BuildSummary(Contract):
         metrics = {"accuracy_uncompressed": self.accuracy.uncompressed, "accuracy_onnxruntime": self.accuracy.onnxruntime,
                    "onnxruntime_agreement": self.accuracy.onnxruntime_agreement, "onnxruntime_latency_ms": self.onnxruntime.latency_ms,
                    "onnxruntime_speedup": self.onnxruntime.speedup, "predicted_fleet_speedup": self.fleet.predicted_speedup,
-                   "tensorrt_built": float(self.tensorrt.built), "onnx_bytes": self.size.onnx_bytes}
+                   "tensorrt_built": float(self.tensorrt.built), "onnx_bytes": self.size.onnx_bytes,
+                   "onnxruntime_min_state_speedup": self.onnxruntime.state(self.onnxruntime.slowest_state).speedup}
+        metrics |= {f"onnxruntime_speedup_{metric_key(s.state)}": s.speedup for s in self.onnxruntime.states}
         if self.fleet.true_speedup is not None:
             metrics["true_fleet_speedup"] = self.fleet.true_speedup
         if self.tensorrt.latency_ms is not None:
@@ -231,7 +266,8 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
                            built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
     _report(summary, front, inputs, outputs, context)
     if not gate.passed:
-        raise HdapError(f"the quality gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
+        which = "latency" if gate.refused_by_latency else "quality"
+        raise HdapError(f"the {which} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
     return summary.metrics()
 
 
@@ -245,6 +281,7 @@ def _layer_shapes(spec: ArchitectureSpec) -> list[LayerShape]:
 def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path, front: Front, context: StageContext) -> _Built:
     """Export both models as ONNX; their accuracy and latency in ONNX Runtime (and TensorRT where it runs)."""
     import functools
+    import os
 
     import onnx
     import torch
@@ -274,14 +311,15 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
 
     truth = labels(data.test)
     reference = predictions(fake_quantized, data.test)
-    ours = onnx_predictions(inference_session(qdq, config.onnxruntime_threads), data.test)
-    theirs = onnx_predictions(inference_session(baseline, config.onnxruntime_threads), data.test)
+    threads = len(os.sched_getaffinity(0))  # predicting the splits: every core
+    ours = onnx_predictions(inference_session(qdq, threads), data.test)
+    theirs = onnx_predictions(inference_session(baseline, threads), data.test)
     accuracy = functools.partial(accuracy_percent, truth=truth)
-    validation = accuracy_percent(onnx_predictions(inference_session(qdq, config.onnxruntime_threads), data.validation),
-                                  labels(data.validation))
-    timing = compare_latency(qdq, baseline, shape, threads=config.onnxruntime_threads)
-    log.info("ONNX Runtime on this machine: %.4f ms vs %.4f ms uncompressed (%.2fx), accuracy %.2f%%",
-             timing.latency_ms, timing.baseline_latency_ms, timing.speedup, accuracy(ours))
+    validation = accuracy_percent(onnx_predictions(inference_session(qdq, threads), data.validation), labels(data.validation))
+    timing = compare_latency(qdq, baseline, shape, parse_cpu_states(config.cpu_states))
+    for state in timing.states:
+        log.info("ONNX Runtime on this machine, %s: %.4f ms vs %.4f ms uncompressed (%.2fx)", state.description,
+                 state.latency_ms, state.uncompressed_latency_ms, state.speedup)
     return _Built(
         spec, shape, finetuned.data.preprocessing,
         BuildAccuracy(front.baseline_accuracy, finetuned.accuracy_before, finetuned.kept_epoch, accuracy(reference), accuracy(ours),
@@ -290,7 +328,7 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
                       front.baseline_validation_accuracy, validation),
         ModelSize((engines / "uncompressed.onnx").stat().st_size, (engines / "model.onnx").stat().st_size, front.baseline_size_bits,
                   spec.metrics.get("size_bits", float("nan"))),
-        timing.timing(),
+        timing,
         _tensorrt(config, qdq, baseline, shape, data, engines, ours, accuracy))
 
 
@@ -372,12 +410,27 @@ def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, mo
         else:
             log.warning("the TensorRT engine is not published: its %s", engine_message)
     built.tensorrt.published = engine_ok  # as the entry's manifest records it, if the model is published
+    too_slow = _latency_refusal(config.min_measured_speedup, built.onnxruntime)
+    if too_slow:
+        log.warning("latency gate: %s", too_slow)
+        built.tensorrt.published = False
+        return None, GateResult(False, config.accuracy_tolerance, too_slow, config.min_measured_speedup, refused_by_latency=True)
     metadata = {key: plain(value) for key, value in parts.items()}
     # The gate reads the validation split: the test split only reports.
     entry, message = publish_if_accepted(context.store, gate, built.accuracy.validation_onnxruntime, front.baseline_validation_accuracy,
                                          config.registry_uri, built.spec.model, context.run_name, files, metadata)
     built.tensorrt.published = engine_ok and entry is not None
-    return entry, GateResult(entry is not None, config.accuracy_tolerance, message)
+    return entry, GateResult(entry is not None, config.accuracy_tolerance, message, config.min_measured_speedup)
+
+
+def _latency_refusal(min_speedup: float, timing: OnnxRuntimeTiming) -> str | None:
+    """Why the latency gate refuses the model (its slowest state is not `min_speedup` times as fast); None if it passes or is off."""
+    slowest = timing.state(timing.slowest_state)
+    if not min_speedup or slowest.speedup >= min_speedup:
+        return None
+    return (f"measured with ONNX Runtime on this machine ({slowest.description}) it runs {slowest.speedup:.2f}x as fast as the "
+            f"uncompressed model, short of the {min_speedup:g}x build_min_measured_speedup asks for: nothing was published; "
+            "compress for this CPU fleet, search a lower cost target, or lower the gate")
 
 
 def _report(summary: BuildSummary, front: Front, inputs: BuildInputs, outputs: BuildOutputs, context: StageContext) -> None:

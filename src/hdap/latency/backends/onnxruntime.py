@@ -32,13 +32,15 @@ def _spin(cpu: int | None) -> None:  # pragma: no cover - runs in the load proce
 class BackgroundLoad(AbstractContextManager):
     """`processes` busy loops for the duration of a block: a device whose CPU is shared.
 
-    Each loop is pinned to its own core from the last one down, and this process to the cores
-    left: unpinned, the scheduler sometimes stacks a loop onto the measuring core and the
-    "busy device" turns into noise instead of a state.
+    Each loop is pinned to its own core from the last one down: unpinned, the scheduler sometimes
+    stacks a loop onto the measuring core and the "busy device" turns into noise instead of a
+    state. With `confine`, this process keeps to the cores left (a device with fewer free cores);
+    without, its threads share the busy cores with the loops (a device whose services compete).
     """
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, confine: bool = True) -> None:
         self.processes = processes
+        self.confine = confine
         self.workers: list[multiprocessing.Process] = []
         self.affinity: set[int] | None = None
 
@@ -51,7 +53,7 @@ class BackgroundLoad(AbstractContextManager):
         self.workers = [context.Process(target=_spin, args=(cpu,), daemon=True) for cpu in pinned]
         for worker in self.workers:
             worker.start()
-        if len(cpus) > self.processes:
+        if self.confine and len(cpus) > self.processes:
             self.affinity = set(cpus)
             os.sched_setaffinity(0, set(cpus[: -self.processes]))
         time.sleep(1.0)  # let the loops get past their interpreter start-up
