@@ -76,6 +76,7 @@ def hdap_pipeline(
     registry_uri: str = D["registry_uri"],
     truth_uri: str = D["truth_uri"],
     profiles_uri: str = D["profiles_uri"],
+    cpu_states: str = D["cpu_states"],
     ingest_as_of: str = D["ingest_as_of"],
     cluster_k: int = D["cluster_k"],
     cluster_k_min: int = D["cluster_k_min"],
@@ -100,14 +101,13 @@ def hdap_pipeline(
     finetune_epochs: int = D["finetune_epochs"],
     finetune_learning_rate: float = D["finetune_learning_rate"],
     build_tensorrt: str = D["build_tensorrt"],
-    build_cpu_states: str = D["build_cpu_states"],
     build_min_measured_speedup: float = D["build_min_measured_speedup"],
 ) -> Artifact:
     ingest_task = step(ingest(telemetry_uri=telemetry_uri, sku=sku, as_of=ingest_as_of, output_uri=output_uri, run_name=RUN),
                        "ingest")
     features = ingest_task.outputs["features"]
     cluster_task = step(cluster(features=features, k=cluster_k, k_min=cluster_k_min, k_max=cluster_k_max, seed=seed,
-                                output_uri=output_uri, run_name=RUN), "cluster")
+                                cpu_states=cpu_states, output_uri=output_uri, run_name=RUN), "cluster")
     surrogate_task = step(surrogate(
         features=features, clusters=cluster_task.outputs["clusters"], model=model, input_shape=input_shape,
         backend=surrogate_backend, samples_per_layer=surrogate_samples_per_layer, profiles_uri=profiles_uri,
@@ -129,7 +129,7 @@ def hdap_pipeline(
         on_build_nodes(step(build(
             model=finetune_task.outputs["model"], surrogates=surrogate_task.outputs["surrogates"], features=features,
             clusters=cluster_task.outputs["clusters"], assignments=cluster_task.outputs["assignments"],
-            front=search_task.outputs["front"], tensorrt=build_tensorrt, cpu_states=build_cpu_states,
+            front=search_task.outputs["front"], tensorrt=build_tensorrt, cpu_states=cpu_states,
             min_measured_speedup=build_min_measured_speedup,
             registry_uri=registry_uri, accuracy_tolerance=accuracy_tolerance, dataset=dataset, dataset_uri=dataset_uri,
             truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "build"))

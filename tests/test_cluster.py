@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -66,3 +68,28 @@ def test_a_negative_k_or_more_clusters_than_distinct_devices_is_a_clear_error(fl
     clones = pa.concat_tables([first] * 10 + [ingested.features.slice(1, 1)] * 10)
     with pytest.raises(HdapError, match="fewer distinct performance profiles than k"):
         cluster_devices(clones, ClusterConfig(k=3))
+
+
+def _cpu_features(states: list[str]) -> pa.Table:
+    """A CPU fleet's features: two devices per reported state, slower the busier."""
+    rows = [{"device_id": f"gw{i}-{state}", "sku": "cpu-onnxruntime", "power_mode": state, "mem_bandwidth_gbps_median": 10.0 - i,
+             "probe_cpu_conv3x3_fp32_median_ms": 1.0 + 0.5 * index + 0.01 * i, "probe_cpu_conv3x3_int8_median_ms": 2.0 + index}
+            for index, state in enumerate(states) for i in range(2)]
+    return pa.Table.from_pylist(rows)
+
+
+def test_a_cpu_fleet_has_one_cluster_per_declared_state_weighing_its_declared_share() -> None:
+    clustering = cluster_devices(_cpu_features(["1", "all", "all+load"]), ClusterConfig(cpu_states="1@0.5,all@0.3,all+load@0.2"))
+    assert clustering.k == 3 and clustering.algorithm == "declared states"
+    assert [c.weight for c in clustering.clusters] == pytest.approx([0.5, 0.3, 0.2])
+    assert [c.representative.split("-", 1)[1] for c in clustering.clusters] == ["1", "all", "all+load"]
+    assert clustering.assignments.column("cluster").to_pylist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("reported, declared, says", [
+    (["1", "all"], "1,all,all+load", "no device reported the CPU state 'all+load'"),
+    (["1", "2"], "1,all", "devices report the CPU state '2', which cpu_states (1,all) does not declare"),
+])
+def test_a_cpu_fleet_whose_reports_and_declared_states_differ_is_refused_naming_the_state(reported, declared, says) -> None:
+    with pytest.raises(HdapError, match=re.escape(says)):
+        cluster_devices(_cpu_features(reported), ClusterConfig(cpu_states=declared))

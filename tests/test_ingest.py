@@ -14,7 +14,7 @@ import pytest
 
 from hdap.errors import HdapError
 from hdap.fleet.ingest import ingest_telemetry
-from hdap.fleet.schema import PROBE_COLUMNS
+from hdap.fleet.schema import probe_column, probes_for
 from hdap.stages.ingest import IngestConfig, IngestSummary
 from hdap.fleet.simulate import simulate_chunk
 from hdap.fleet.sku import get_sku
@@ -95,7 +95,8 @@ def test_every_probe_column_is_counted_under_its_own_key_for_every_kind_of_reaso
     template = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in good_rows(devices=1, days=1)[0].items()}
     faults = {"missing": None, "wrong_type": "fast", "nan": "NaN", "out_of_range": -1.0}
     lines, expected = [], {}
-    for column in PROBE_COLUMNS:
+    probes = [probe_column(p) for p in probes_for(get_sku(SKU))]  # the ones this SKU must report (a Jetson: not the CPU's)
+    for column in probes:
         for kind, value in faults.items():
             row = {**template, "device_id": f"xnx-{kind}-{column}", column: value}
             lines.append(json.dumps({k: v for k, v in row.items() if not (k == column and value is None)}))
@@ -104,7 +105,7 @@ def test_every_probe_column_is_counted_under_its_own_key_for_every_kind_of_reaso
 
     result = ingest_telemetry(object_store, IngestConfig(f"s3://{bucket}/probes", SKU, as_of=AS_OF))
 
-    assert result.reasons == expected and len(expected) == len(faults) * len(PROBE_COLUMNS)
+    assert result.reasons == expected and len(expected) == len(faults) * len(probes)
     summary = IngestSummary(f"s3://{bucket}/probes", SKU, result.objects_read, result.rows_read, result.rows_valid,
                             result.rows_quarantined, result.features.num_rows, result.reasons, result.unreadable_objects)
     metrics = IngestSummary.from_json(json.loads(summary.dumps())).metrics()

@@ -202,3 +202,27 @@ def test_whole_models_are_timed_in_rounds_and_one_that_cannot_be_timed_is_skippe
     bad = [SMALL_CNN[0].config(3, 0, "fp16")] + good[1:]  # a layer with no channels
     timed = time_models(backend, [good, bad, good], rounds=2)
     assert timed[0] == pytest.approx(timed[2]) and timed[0] > 0 and timed[1] is None
+
+
+def test_a_cpu_fleet_keeps_fp32_on_the_menu_beside_int8_and_a_jetson_fleet_drops_it_for_fp16() -> None:
+    from hdap.latency.fleet_profiling import precisions_for
+
+    assert precisions_for("cpu-onnxruntime", ("fp32", "int8")) == ("fp32", "int8")
+    assert precisions_for("jetson-xavier-nx", ("fp32", "fp16", "int8")) == ("fp16", "int8")
+    assert precisions_for("jetson-nano", ("fp32", "fp16", "int8")) == ("fp16",)
+
+
+def test_a_cpu_fleet_without_its_devices_profiles_is_refused_saying_how_to_profile_them() -> None:
+    from hdap.errors import HdapError
+    from hdap.fleet.cluster import cluster_devices
+    from hdap.latency.fleet_profiling import build_cluster_surrogates
+    from hdap.models import build_model, prunable_layers
+    from hdap.stages.cluster import ClusterConfig
+    from hdap.stages.surrogate import SurrogateConfig
+    from tests.test_cluster import _cpu_features
+
+    features = _cpu_features(["1", "all"])
+    clusters = cluster_devices(features, ClusterConfig(cpu_states="1,all")).summary()
+    layers = prunable_layers(build_model("small-cnn", (1, 8, 8)), (1, 8, 8))
+    with pytest.raises(HdapError, match=r"no profile of gw\d-1 under s3://hdap/profiles: a cpu-onnxruntime fleet is profiled by its devices"):
+        build_cluster_surrogates(None, clusters, features, layers, SurrogateConfig())

@@ -157,16 +157,29 @@ def test_help_explains_the_commands() -> None:
         assert command in result.stdout
 
 
-def test_hdap_profile_measures_this_machine_and_uploads_the_profile(store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+def test_hdap_profile_measures_each_cpu_state_as_a_device_whose_telemetry_passes_ingest(store_env: StoreConfig, object_store: ObjectStore,
+                                                                                          bucket: str, tmp_path: Path) -> None:
+    from hdap.fleet.ingest import ingest_telemetry
+    from hdap.stages.ingest import IngestConfig
+
     result = hdap(
         "profile", "--model", "small-cnn", "--samples-per-layer", "2", "--rounds", "1", "--device-id", "bench-host",
-        "--profiles-uri", f"s3://{bucket}/profiles", cwd=tmp_path,
+        "--cpu-states", "1,all+load", "--profiles-uri", f"s3://{bucket}/profiles", "--telemetry-uri", f"s3://{bucket}/telemetry",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    profile = object_store.get_table(f"s3://{bucket}/profiles/bench-host/profile.parquet")
-    assert set(profile.column("precision").to_pylist()) == {"fp32", "int8"}
-    assert set(profile.column("status").to_pylist()) == {"ok"}
-    assert object_store.get_json(f"s3://{bucket}/profiles/bench-host/device.json")["backend"] == "onnxruntime"
+    for device, state in (("bench-host-1", "1"), ("bench-host-all_load", "all+load")):
+        profile = object_store.get_table(f"s3://{bucket}/profiles/{device}/profile.parquet")
+        assert set(profile.column("precision").to_pylist()) == {"fp32", "int8"}
+        assert set(profile.column("status").to_pylist()) == {"ok"}
+        described = object_store.get_json(f"s3://{bucket}/profiles/{device}/device.json")
+        assert described["backend"] == "onnxruntime" and described["cpu_state"] == state
+    ingested = ingest_telemetry(object_store, IngestConfig(telemetry_uri=f"s3://{bucket}/telemetry", sku="cpu-onnxruntime"))
+    assert ingested.rows_read == 2 and ingested.rows_quarantined == 0
+    features = ingested.features.sort_by("device_id")
+    assert features.column("power_mode").to_pylist() == ["1", "all+load"]
+    assert min(features.column("probe_cpu_conv3x3_int8_median_ms").to_pylist()) > 0
+    assert features.column("background_load_median").to_pylist() == [0.0, pytest.approx(1 / len(os.sched_getaffinity(0)))]
 
 
 @pytest.mark.parametrize(

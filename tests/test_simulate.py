@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.compute as pc
+import pytest
 
 from hdap.fleet.schema import TELEMETRY_SCHEMA
 from hdap.fleet.simulate import REGIMES, simulate_chunk
@@ -21,13 +22,22 @@ def test_the_same_seed_gives_the_same_fleet() -> None:
     assert not first.days[1][1].equals(other.days[1][1])
 
 
-def test_every_sku_simulates_in_the_schema_with_reports_no_later_than_the_end() -> None:
-    for name in SKUS:
+def test_every_simulated_sku_simulates_in_the_schema_with_reports_no_later_than_the_end() -> None:
+    for name in [name for name, sku in SKUS.items() if not sku.self_measured]:
         chunk = simulate_chunk(get_sku(name), 0, 300, 3, SIMULATION_END, seed=0)
         for _, table in chunk.days:
             assert table.schema.equals(TELEMETRY_SCHEMA)
             assert pc.max(table.column("timestamp")).as_py() <= SIMULATION_END
         assert set(chunk.truth.column("group").to_pylist()) <= {r.name for r in REGIMES[name]}
+
+
+def test_a_cpu_fleet_is_refused_by_the_simulator_saying_it_measures_itself(object_store, bucket) -> None:
+    from hdap.errors import HdapError
+    from hdap.fleet.simulate import SimulationConfig, simulate_fleet
+
+    with pytest.raises(HdapError, match="measured, not simulated: run `hdap profile --cpu-states`"):
+        simulate_fleet(object_store, SimulationConfig(sku="cpu-onnxruntime", devices=10, days=1,
+                                                      telemetry_uri=f"s3://{bucket}/t", truth_uri=f"s3://{bucket}/truth"))
 
 
 def test_int8_probes_are_null_on_a_sku_without_int8() -> None:

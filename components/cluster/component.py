@@ -11,6 +11,7 @@ def cluster(
     k_min: int,
     k_max: int,
     seed: int,
+    cpu_states: str,
     output_uri: str,
     run_name: str,
     assignments: Output[Dataset],
@@ -18,7 +19,7 @@ def cluster(
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
-    """k-means over the devices' performance features (k=0: chosen by silhouette); a representative per cluster."""
+    """k-means over the devices' performance features (k=0: chosen by silhouette), or a CPU fleet's declared states; a representative per cluster."""
     arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 

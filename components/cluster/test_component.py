@@ -19,7 +19,8 @@ def test_cluster_component_runs_locally_and_publishes_clusters_report_and_metric
     @dsl.pipeline
     def features_then_cluster() -> dsl.Artifact:
         features = dsl.importer(artifact_uri=str(features_file), artifact_class=dsl.Dataset)
-        return cluster(features=features.output, k=0, k_min=2, k_max=6, seed=0, output_uri=f"s3://{bucket}/runs", run_name="r1").outputs["clusters"]
+        return cluster(features=features.output, k=0, k_min=2, k_max=6, seed=0, cpu_states="1,all,all+load",
+                       output_uri=f"s3://{bucket}/runs", run_name="r1").outputs["clusters"]
 
     task = features_then_cluster()
 

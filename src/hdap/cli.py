@@ -166,15 +166,18 @@ def profile_command(values: dict[str, Any]) -> None:
     """Profile this machine's layers, as a device agent does, and upload the profile to the store.
 
     The surrogate stage uses an uploaded profile for any cluster representative with that device
-    id, instead of profiling it with a backend: run this on the representative devices.
+    id, instead of profiling it with a backend: run this on the representative devices. With
+    onnxruntime, each CPU state (--cpu-states) reports as a device of its own, with its telemetry
+    row: a CPU fleet the pipeline runs on with --sku cpu-onnxruntime.
     """
     from hdap.latency.agent import profile_device
 
     _setup_logging()
     config = ProfileConfig.from_parameters(_given(values))
-    profile = profile_device(config, _local_store())
-    console.print(f"profiled {profile.timed} of {profile.planned} layer configurations of {config.model} on {profile.device_id}; "
-                  f"uploaded to [bold]{profile.uri}[/]")
+    for profile in profile_device(config, _local_store()):
+        telemetry = f"; telemetry row {profile.telemetry_uri}" if profile.telemetry_uri else ""
+        console.print(f"profiled {profile.timed} of {profile.planned} layer configurations of {config.model} on {profile.device_id}; "
+                      f"uploaded to [bold]{profile.uri}[/]{telemetry}")
 
 
 # -- pipeline ----------------------------------------------------------------------------------
@@ -247,12 +250,15 @@ def demo_command(
     days: Annotated[int, typer.Option(help="Days of daily reports.")] = 7,
     sku: Annotated[str, typer.Option(help="Hardware SKU of the simulated fleet.")] = SimulationConfig.sku,
     seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet and the pipeline.")] = SimulationConfig.seed,
+    fleet: Annotated[str, typer.Option(help="simulated: a simulated Jetson fleet; cpu: this machine's CPU states (1 thread, "
+                                       "every core, every core beside a busy process), measured with ONNX Runtime.")] = "simulated",
 ) -> None:
-    """The whole demo: start the embedded store if no store is configured, simulate a fleet, run the pipeline."""
-    from hdap.local_run import print_summary, run_demo
+    """The whole demo: start the embedded store if no store is configured, simulate a fleet (or measure this CPU's states), run the pipeline."""
+    from hdap.local_run import DemoFleet, print_summary, run_demo
+    from hdap.settings import from_parameter
 
     _setup_logging()
-    print_summary(run_demo(devices, days, sku, seed, console), console)
+    print_summary(run_demo(devices, days, sku, seed, console, from_parameter(fleet, DemoFleet, "fleet")), console)
 
 
 def main() -> None:

@@ -18,13 +18,14 @@ from rich.table import Table
 
 from hdap.config import home_dir
 from hdap.errors import HdapError
+from hdap.settings import Choice
 from hdap.stages import RunSettings
 from hdap.stages.build import BuildSummary
 from hdap.stages.cluster import ClusterSummary
 from hdap.stages.ingest import IngestSummary
 from hdap.stages.search import Front
 from hdap.stages.surrogate import SurrogateIndex
-from hdap.store import ObjectStore, join_uri
+from hdap.store import ObjectStore, S3Uri, join_uri
 
 
 @dataclass
@@ -93,8 +94,14 @@ def collect_run(store: ObjectStore, run_uri: str, clusters: ClusterSummary) -> L
                     BuildSummary.get(store, build_uri) if built else None, paths)
 
 
-def run_demo(devices: int, days: int, sku: str, seed: int, console: Console) -> LocalRun:
-    """`make run`: the embedded store (unless one is configured), a simulated fleet (reused the same day), the pipeline."""
+class DemoFleet(Choice):
+    SIMULATED = "simulated"  # a simulated Jetson fleet (nothing to measure)
+    CPU = "cpu"  # this machine's CPU states, measured (hdap profile --cpu-states)
+
+
+def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fleet: DemoFleet = DemoFleet.SIMULATED) -> LocalRun:
+    """`make run`: the embedded store (unless one is configured), a simulated fleet (reused the same day), the pipeline.
+    With the CPU fleet, this machine is profiled in each CPU state instead (reused the same day)."""
     from hdap.embedded_store import EmbeddedStore, local_store_config
     from hdap.fleet.simulate import SimulationConfig, simulate_fleet
     from hdap.store import StoreConfig
@@ -105,6 +112,8 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console) -> 
         console.print(f"embedded object store at http://{config.endpoint} (data in {embedded.data_dir}; stop it with `hdap store down`)")
     store = ObjectStore(local_store_config())
     today = datetime.now(timezone.utc).date()
+    if fleet is DemoFleet.CPU:
+        return run_pipeline_locally(RunSettings.from_parameters(_cpu_fleet(store, seed, today, console)), store)
     # The prefix names the fleet and the day, so re-running the demo reuses it instead of rewriting.
     fleet_uri = f"s3://hdap/demo/{sku}/{devices}x{days}d-seed{seed}/{today.isoformat()}"
     simulation = SimulationConfig(sku=sku, devices=devices, days=days, seed=seed, telemetry_uri=f"{fleet_uri}/telemetry",
@@ -117,6 +126,25 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console) -> 
     settings = RunSettings.from_parameters({"telemetry_uri": simulation.telemetry_uri, "sku": sku, "seed": seed,
                                             "truth_uri": simulation.truth_uri})
     return run_pipeline_locally(settings, store)
+
+
+def _cpu_fleet(store: ObjectStore, seed: int, today, console: Console) -> dict:
+    """This machine profiled in each default CPU state, as that many devices (reused the same day): the run's parameters."""
+    import socket
+
+    from hdap.fleet.sku import CPU_SKU
+    from hdap.latency.agent import ProfileConfig, profile_device
+
+    fleet_uri = f"s3://hdap/demo/{CPU_SKU}/{socket.gethostname()}/{today.isoformat()}"
+    agent = ProfileConfig(profiles_uri=f"{fleet_uri}/profiles", telemetry_uri=f"{fleet_uri}/telemetry")
+    store.ensure_bucket(S3Uri.parse(fleet_uri).bucket)
+    if store.list(agent.telemetry_uri + "/"):
+        console.print(f"reusing today's CPU-state profiles and telemetry under {fleet_uri}")
+    else:
+        for profile in profile_device(agent, store):
+            console.print(f"profiled this machine as {profile.device_id}: {profile.timed} layer configurations, telemetry row -> "
+                          f"{profile.telemetry_uri}")
+    return {"telemetry_uri": agent.telemetry_uri, "profiles_uri": agent.profiles_uri, "sku": CPU_SKU, "seed": seed}
 
 
 # -- the summary -----------------------------------------------------------------------------
@@ -148,12 +176,15 @@ def print_summary(run: LocalRun, console: Console) -> None:
 
 def _cluster_table(clusters: ClusterSummary) -> Table:
     table = Table(show_edge=False)
-    for column in ("cluster", "devices", "share", "representative", "conv3x3 fp16 ms", "launch ms"):
+    # Two probes the fleet reports: a convolution and the per-kernel overhead (a CPU fleet: two convolutions).
+    probes = [p for p in ("probe_conv3x3_fp16_median_ms", "probe_launch_median_ms", "probe_cpu_conv3x3_fp32_median_ms",
+                          "probe_cpu_conv3x3_int8_median_ms") if p in clusters.clusters[0].centroid][:2]
+    for column in ("cluster", "devices", "share", "representative", *(p.removeprefix("probe_").removesuffix("_median_ms") + " ms"
+                                                                     for p in probes)):
         table.add_column(column, justify="left" if column == "representative" else "right")
     for c in clusters.clusters:
         table.add_row(str(c.id), f"{c.size:,}", f"{100 * c.weight:.1f}%", escape(c.representative),
-                      f"{c.centroid.get('probe_conv3x3_fp16_median_ms', float('nan')):.4f}",
-                      f"{c.centroid.get('probe_launch_median_ms', float('nan')):.4f}")
+                      *(f"{c.centroid[p]:.4f}" for p in probes))
     return table
 
 
@@ -181,7 +212,8 @@ def _print_build(build: BuildSummary, console: Console) -> None:
                   f"(ONNX Runtime; agrees with the fake-quantised model on {100 * accuracy.onnxruntime_agreement:.1f}% of test images)")
     console.print(f"fleet-weighted latency predicted {fleet.predicted_before_ms:.4f} -> {fleet.predicted_after_ms:.4f} ms "
                   f"([bold]{fleet.predicted_speedup:.2f}x[/]){true}")
-    states = "; ".join(f"{s.description} {s.speedup:.2f}x" for s in timing.states)
+    states = "; ".join(f"{s.description} {s.speedup:.2f}x" + (f" (surrogate {100 * s.prediction_error:+.0f}%)"
+                                                              if s.prediction_error is not None else "") for s in timing.states)
     console.print(f"ONNX Runtime on this machine, measured: {timing.uncompressed_latency_ms:.4f} -> {timing.latency_ms:.4f} ms "
                   f"fleet-weighted ({timing.speedup:.2f}x; {states}); ONNX {build.size.uncompressed_onnx_bytes / 1e3:.0f} -> "
                   f"{build.size.onnx_bytes / 1e3:.0f} kB")

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from hdap.errors import HdapError
 from hdap.fleet.sku import SKUS
+from hdap.latency.cpu_states import DEFAULT_CPU_STATES, cpu_states_problem
 
 Shape = tuple[int, int, int]  # a model input: channels, height, width
 ParameterValue = Union[str, int, float]  # what a Kubeflow pipeline parameter holds
@@ -152,9 +153,12 @@ ACCURACY_TOLERANCE = Shared("accuracy_tolerance", 0.5, "Accuracy points the chos
 REGISTRY_URI = Shared("registry_uri", "s3://hdap/registry", "The model registry: entries go to "
                       "<registry_uri>/<model>/<run name>/.", check=lambda v: s3_uri(v) if v else "must name a folder in the "
                       "store, like s3://hdap/registry")
+CPU_STATES = Shared("cpu_states", DEFAULT_CPU_STATES, "The CPU states of a CPU fleet (sku cpu-onnxruntime), each a cluster of "
+                    "its own, and the states the build times both models in: threads (a number or all), +load (+loadN: N busy "
+                    "processes beside), @share of the fleet (equal if none given), comma-separated.", check=cpu_states_problem)
 # Listed in the order the pipeline and `hdap run --help` show them.
 SHARED = (TELEMETRY_URI, SKU, MODEL, INPUT_SHAPE, DATASET, DATASET_URI, ACCURACY_TOLERANCE, SEED, DEVICE, OUTPUT_URI, REGISTRY_URI,
-          TRUTH_URI, PROFILES_URI)
+          TRUTH_URI, PROFILES_URI, CPU_STATES)
 
 
 # -- one setting of a config class --------------------------------------------------------------

@@ -5,6 +5,10 @@ Features are the logarithms of the devices' median probe latencies and memory ba
 k-means (scikit-learn; mini-batch above a fleet size) groups them. k is fixed, or chosen
 within bounds by the silhouette score on a sample. Each cluster's representative is the real
 device nearest its centroid: the one device later profiled on behalf of the whole cluster.
+
+A CPU fleet (`cpu-onnxruntime`) is not clustered by k-means: its states are declared
+(`cpu_states`), each is a cluster weighing its declared share, and its devices say which state
+they were in (their telemetry's power mode).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from sklearn.preprocessing import StandardScaler
 
 from hdap.errors import HdapError
 from hdap.fleet.ingest import feature_columns
+from hdap.fleet.sku import get_sku
+from hdap.latency.cpu_states import CpuState, parse_cpu_states
 from hdap.stages.cluster import ClusterConfig, ClusterSummary, DeviceCluster
 
 log = logging.getLogger("hdap")
@@ -66,6 +72,9 @@ def choose_k(x: np.ndarray, config: ClusterConfig, rng: np.random.Generator) -> 
 
 
 def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
+    """k-means over the fleet; for a SKU of self-measured states (a CPU fleet), one cluster per declared state."""
+    if features.num_rows and get_sku(features.column("sku")[0].as_py()).self_measured:
+        return cluster_by_state(features, parse_cpu_states(config.cpu_states))
     names = feature_columns(features)
     needed = config.k if config.k else config.k_min
     if features.num_rows < max(needed, 2) + 1:
@@ -122,19 +131,51 @@ def cluster_devices(features: pa.Table, config: ClusterConfig) -> Clustering:
             "distance": pa.array(distances[np.arange(len(x)), labels].astype(np.float32)),
         }
     )
+    log.info("clustered %d devices into %d clusters (%s)", len(x), k, selection)
+    return Clustering(k, selection, scores, names, clusters, assignments, type(model).__name__,
+                      *_projection(x, labels, representatives, rng))
+
+
+def _projection(x: np.ndarray, labels: np.ndarray, representatives: list[int],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2-D view of (a sample of) the devices for the report: their two principal axes."""
     view = rng.choice(len(x), min(len(x), 5000), replace=False)
     center = x[view].mean(axis=0)
     axes = np.linalg.svd(x[view] - center, full_matrices=False)[2][:2]
-    log.info("clustered %d devices into %d clusters (%s)", len(x), k, selection)
-    return Clustering(
-        k=k,
-        selection=selection,
-        scores=scores,
-        features=names,
-        clusters=clusters,
-        assignments=assignments,
-        algorithm=type(model).__name__,
-        projection=(x[view] - center) @ axes.T,
-        projection_labels=labels[view],
-        projection_representatives=(x[representatives] - center) @ axes.T,
-    )
+    if len(axes) < 2:  # one device: no second axis to show
+        axes = np.vstack([axes, np.zeros_like(axes)])[:2]
+    return (x[view] - center) @ axes.T, labels[view], (x[representatives] - center) @ axes.T
+
+
+def cluster_by_state(features: pa.Table, states: list[CpuState]) -> Clustering:
+    """A CPU fleet: one cluster per declared state (the power_mode its devices report), each weighing
+    its declared share, so a fleet of a few states never depends on k-means finding them."""
+    names = feature_columns(features)
+    reported = features.column("power_mode").to_pylist()
+    declared = [state.name for state in states]
+    undeclared = sorted(set(reported) - set(declared))
+    if undeclared:
+        raise HdapError(f"devices report the CPU state '{undeclared[0]}', which cpu_states ({','.join(declared)}) does not "
+                        "declare: add it to cpu_states, or leave its telemetry out of telemetry_uri.")
+    raw = np.column_stack([features.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in names])
+    x = StandardScaler().fit_transform(np.log(raw))
+    labels = np.array([declared.index(state) for state in reported])
+    device_ids = features.column("device_id").to_pylist()
+    clusters, representatives, distance = [], [], np.zeros(len(x))
+    for cid, state in enumerate(states):
+        members = np.flatnonzero(labels == cid)
+        if len(members) == 0:
+            raise HdapError(f"no device reported the CPU state '{state.name}' that cpu_states declares: run `hdap profile "
+                            f"--cpu-states {state.name}` on a device in that state, or leave the state out of cpu_states.")
+        distance[members] = np.linalg.norm(x[members] - x[members].mean(axis=0), axis=1)
+        nearest = int(members[distance[members].argmin()])
+        representatives.append(nearest)
+        clusters.append(DeviceCluster(cid, int(len(members)), state.share, str(device_ids[nearest]),
+                                      {n: float(v) for n, v in zip(names, np.exp(np.median(np.log(raw[members]), axis=0)))},
+                                      {n: float(v) for n, v in zip(names, raw[nearest])}))
+    assignments = pa.table({"device_id": features.column("device_id"), "cluster": pa.array(labels.astype(np.int32)),
+                            "distance": pa.array(distance.astype(np.float32))})
+    selection = f"declared CPU states, one cluster each: {', '.join(s.describe() for s in states)}"
+    log.info("clustered %d devices into %d declared CPU states", len(x), len(states))
+    return Clustering(len(states), selection, {}, names, clusters, assignments, "declared states",
+                      *_projection(x, labels, representatives, np.random.default_rng(0)))

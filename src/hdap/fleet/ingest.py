@@ -166,7 +166,7 @@ def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sk
     reasons.first_each(parse_errors != None, lambda row: parse_errors[row])  # noqa: E711 (element-wise)
     reasons.first_each(bad_type != "", lambda row: QuarantineReason(ReasonKind.WRONG_TYPE, bad_type[row]))
     sku = get_sku(sku_name)
-    required = [f.name for f in TELEMETRY_SCHEMA if not f.nullable] + [probe_column(p) for p in probes_for(sku)]
+    required = [f.name for f in TELEMETRY_SCHEMA if not f.nullable] + list(sku.state_columns) + [probe_column(p) for p in probes_for(sku)]
     for name in required:
         reasons.first(_mask(pc.is_null(table.column(name))), QuarantineReason(ReasonKind.MISSING, name))
 
@@ -176,9 +176,10 @@ def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sk
     other = _mask(pc.fill_null(pc.not_equal(sku_column, sku_name), False))
     reasons.first(other, QuarantineReason(ReasonKind.WRONG_SKU, "sku", sku_name))
 
-    modes = pa.array([m.name for m in sku.power_modes])
-    unknown_mode = ~_mask(pc.fill_null(pc.is_in(table.column("power_mode"), value_set=modes), True))
-    reasons.first(unknown_mode & ~other, QuarantineReason(ReasonKind.UNKNOWN_POWER_MODE, "power_mode", sku_name))
+    if not sku.self_measured:  # a CPU's states are declared by the run (cpu_states), and checked when clustering
+        modes = pa.array([m.name for m in sku.power_modes])
+        unknown_mode = ~_mask(pc.fill_null(pc.is_in(table.column("power_mode"), value_set=modes), True))
+        reasons.first(unknown_mode & ~other, QuarantineReason(ReasonKind.UNKNOWN_POWER_MODE, "power_mode", sku_name))
 
     for name in [*STATE_COLUMNS, *PROBE_COLUMNS]:
         values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)

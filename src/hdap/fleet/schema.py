@@ -11,7 +11,7 @@ latency of each probe kernel over that run. Agents write rows as Parquet (or JSO
 | sku                 | string           | hardware SKU, a name from `hdap.fleet.sku.SKUS`           |
 | firmware            | string           | OS / JetPack version                                      |
 | timestamp           | timestamp[ms,UTC]| when the probe suite ran                                  |
-| power_mode          | string           | the power mode in force (e.g. "15W")                     |
+| power_mode          | string           | the power mode in force (e.g. "15W"); a CPU: its state    |
 | temperature_c       | float32          | SoC temperature, deg C                                    |
 | gpu_clock_mhz       | float32          | GPU clock held during the probes                          |
 | cpu_clock_mhz       | float32          | CPU clock held during the probes                          |
@@ -20,7 +20,10 @@ latency of each probe kernel over that run. Agents write rows as Parquet (or JSO
 | background_load     | float32          | share of the SoC busy with other processes, 0..1          |
 | probe_<kernel>_ms   | float32          | median latency of each probe kernel (see PROBES), ms      |
 
-A probe the SKU cannot run (int8 on a Jetson Nano) is null in that SKU's reports.
+A probe the SKU cannot run (int8 on a Jetson Nano) is null in that SKU's reports. The state
+columns a SKU has no such thing for are null too: a CPU device (`cpu-onnxruntime`, written by
+`hdap profile --states`) reports its state's name as the power mode, its memory bandwidth and
+load, and its own probes (`cpu_*`, timed with ONNX Runtime); Jetsons report every column.
 """
 
 from __future__ import annotations
@@ -41,17 +44,27 @@ PROBES: dict[str, Kernel] = {
     "gemm_fp16": Kernel("gemm", 1024, 1024, 8, 8, 1, 1, "fp16"),
     "launch": Kernel("launch"),
 }
+# A CPU device's probes, timed for real with ONNX Runtime (op, in, out, kernel, stride, height, width, precision).
+CPU_PROBES: dict[str, tuple] = {
+    "cpu_conv3x3_fp32": ("conv", 64, 64, 3, 1, 28, 28, "fp32"),
+    "cpu_conv3x3_int8": ("conv", 64, 64, 3, 1, 28, 28, "int8"),
+    "cpu_conv1x1_fp32": ("conv", 128, 128, 1, 1, 28, 28, "fp32"),
+    "cpu_dwconv3x3_fp32": ("depthwise", 128, 128, 3, 1, 28, 28, "fp32"),
+    "cpu_gemm_fp32": ("linear", 1024, 1024, 1, 1, 1, 1, "fp32"),
+}
 
 
 def probe_column(probe: str) -> str:
     return f"probe_{probe}_ms"
 
 
-PROBE_COLUMNS = [probe_column(p) for p in PROBES]
+PROBE_COLUMNS = [probe_column(p) for p in [*PROBES, *CPU_PROBES]]
 
 
 def probes_for(sku: Sku) -> list[str]:
-    """The probes a SKU runs: those whose precision its engine supports."""
+    """The probes a SKU runs: a CPU's own; else those whose precision its engine supports."""
+    if sku.self_measured:
+        return list(CPU_PROBES)
     return [name for name, k in PROBES.items() if k.op == "launch" or k.precision in sku.precisions]
 
 
@@ -63,12 +76,12 @@ TELEMETRY_SCHEMA = pa.schema(
         pa.field("firmware", pa.string(), nullable=False),
         pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
         pa.field("power_mode", pa.string(), nullable=False),
-        pa.field("temperature_c", pa.float32(), nullable=False),
-        pa.field("gpu_clock_mhz", pa.float32(), nullable=False),
-        pa.field("cpu_clock_mhz", pa.float32(), nullable=False),
-        pa.field("emc_clock_mhz", pa.float32(), nullable=False),
-        pa.field("mem_bandwidth_gbps", pa.float32(), nullable=False),
-        pa.field("background_load", pa.float32(), nullable=False),
+        pa.field("temperature_c", pa.float32(), nullable=True),
+        pa.field("gpu_clock_mhz", pa.float32(), nullable=True),
+        pa.field("cpu_clock_mhz", pa.float32(), nullable=True),
+        pa.field("emc_clock_mhz", pa.float32(), nullable=True),
+        pa.field("mem_bandwidth_gbps", pa.float32(), nullable=True),
+        pa.field("background_load", pa.float32(), nullable=True),
         *(pa.field(column, pa.float32(), nullable=True) for column in PROBE_COLUMNS),
     ],
     metadata={b"hdap.telemetry.schema_version": str(SCHEMA_VERSION).encode()},

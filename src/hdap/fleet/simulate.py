@@ -19,7 +19,8 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from hdap.fleet.schema import PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_column, probes_for
+from hdap.errors import HdapError
+from hdap.fleet.schema import CPU_PROBES, PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_column, probes_for
 from hdap.fleet.sku import Sku, get_sku
 from hdap.latency.device_model import device_state, kernel_latency_ms, memory_bandwidth_gbps
 from hdap.progress import progress
@@ -149,7 +150,7 @@ def simulate_chunk(sku: Sku, first_device: int, devices: int, days: int, end: da
             "mem_bandwidth_gbps": memory_bandwidth_gbps(sku, state) * rng.lognormal(0, 0.02, devices),
             "background_load": load,
         }
-        for name in PROBES:
+        for name in PROBE_NAMES:
             if name in probes:
                 noise = rng.lognormal(0, MEASUREMENT_NOISE, devices)
                 columns[probe_column(name)] = kernel_latency_ms(sku, state, PROBES[name]) * noise
@@ -174,9 +175,14 @@ def simulate_chunk(sku: Sku, first_device: int, devices: int, days: int, end: da
     return FleetChunk(days=tables, truth=truth)
 
 
+PROBE_NAMES = [*PROBES, *CPU_PROBES]  # a simulated Jetson reports no CPU probe (null)
+
+
 def simulate_fleet(store: ObjectStore, config: SimulationConfig) -> SimulationResult:
     """Write a simulated fleet's telemetry and its ground truth to the store."""
     sku = get_sku(config.sku)
+    if sku.self_measured:
+        raise HdapError(f"{sku.name} devices are measured, not simulated: run `hdap profile --cpu-states` on the machine, in each state.")
     telemetry_objects: list[str] = []
     truth_objects: list[str] = []
     counts: dict[str, int] = {}

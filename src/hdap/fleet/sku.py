@@ -36,6 +36,11 @@ class Sku:
     tile_channels: dict[str, int] = field(default_factory=lambda: {"fp32": 4, "fp16": 8, "int8": 32})
     throttle_temp_c: float = 80.0  # above this the SoC caps clocks
     firmware: tuple[str, ...] = ()
+    # Devices that measure themselves (`hdap profile --cpu-states`): no datasheet model to simulate;
+    # their states are declared (cpu_states), not power modes, and each is a cluster of its own.
+    self_measured: bool = False
+    state_columns: tuple[str, ...] = ("temperature_c", "gpu_clock_mhz", "cpu_clock_mhz", "emc_clock_mhz",
+                                      "mem_bandwidth_gbps", "background_load")  # required in its telemetry
 
 
 
@@ -95,8 +100,26 @@ SKUS: dict[str, Sku] = {
             precisions=("fp32", "fp16", "int8"),
             firmware=("jetpack-6.0", "jetpack-6.1", "jetpack-6.2"),
         ),
+        # The machine hdap runs on (an industrial PC, a gateway), through ONNX Runtime's CPU
+        # provider. Nothing is simulated: the GPU and clock figures above have no meaning here.
+        Sku(
+            name="cpu-onnxruntime",
+            short="cpu",
+            gpu="none (ONNX Runtime's CPU provider)",
+            gpu_ref_mhz=0.0,
+            peak_tflops={},
+            mem_bandwidth_gbps=0.0,
+            emc_ref_mhz=0.0,
+            cpu_ref_mhz=0.0,
+            launch_overhead_us=0.0,
+            power_modes=(),
+            precisions=("fp32", "int8"),  # what its CPU kernels run fast: fp16 has none on x86
+            self_measured=True,
+            state_columns=("mem_bandwidth_gbps", "background_load"),
+        ),
     )
 }
+CPU_SKU = "cpu-onnxruntime"
 
 
 def get_sku(name: str) -> Sku:

@@ -52,8 +52,10 @@ class ClusterSurrogate:
 
 
 def precisions_for(sku_name: str, backend_precisions: tuple[str, ...]) -> tuple[str, ...]:
-    """The target's precision menu, as far as the profiling backend can time it."""
-    menu = tuple(p for p in get_sku(sku_name).precisions if p != "fp32") or ("fp32",)
+    """The target's precision menu, as far as the profiling backend can time it. Where the engine runs
+    fp16, fp32 is never faster and leaves the menu; elsewhere (a CPU) fp32 stays, beside int8."""
+    engine = get_sku(sku_name).precisions
+    menu = tuple(p for p in engine if p != "fp32") if "fp16" in engine else engine
     usable = tuple(p for p in menu if p in backend_precisions)
     return usable or tuple(p for p in ("fp32", "int8") if p in backend_precisions)
 
@@ -198,6 +200,9 @@ def build_cluster_surrogates(
     for cluster in clusters.clusters:
         device_id = cluster.representative
         profile, source, backend, shared = _uploaded_profile(store, config, device_id, precisions), "uploaded", None, False
+        if profile is None and get_sku(sku).self_measured:
+            raise HdapError(f"no profile of {device_id} under {config.profiles_uri}: a {sku} fleet is profiled by its devices; "
+                            "run `hdap profile` there (with the run's model, input_shape and cpu_states) before the pipeline.")
         if profile is None:
             source = config.backend.value
             backend = (SimulatedBackend(simulated_device(device_id, features, truth), seed=config.seed)

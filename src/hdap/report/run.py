@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from hdap.report.figures import PAGE_STYLE, PALETTE, figure, to_img_tag
 from hdap.report.fleet import cluster_shares
 from hdap.report.search import pareto_plot
-from hdap.stages.build import BuildAccuracy, BuildSummary, LayerSummary
+from hdap.stages.build import BuildAccuracy, BuildSummary, LayerSummary, StateTiming
 from hdap.stages.cluster import ClusterSummary
 from hdap.stages.search import Front
 
@@ -202,10 +202,17 @@ def _headline(build: BuildSummary) -> str:
     return f'<div class="band">{"".join(cards)}</div>'
 
 
+def _predicted(state: StateTiming) -> str:
+    if state.prediction_error is None:
+        return ""
+    return (f"<br><span class='note'>the state's surrogate predicted {_fmt(state.predicted_uncompressed_latency_ms, '.3f')} → "
+            f"{_fmt(state.predicted_latency_ms, '.3f')} ms ({100 * state.prediction_error:+.0f}% against the measurement)</span>")
+
+
 def _measured_table(build: BuildSummary) -> str:
     ort, trt, accuracy = build.onnxruntime, build.tensorrt, build.accuracy
-    rows = [f"<tr><td>ONNX Runtime, {html.escape(s.description)} ({100 * s.share:.0f}% of the fleet, {ort.rounds} rounds)</td>"
-            f"<td>{_fmt(s.uncompressed_latency_ms, '.3f')}</td><td>{_fmt(s.latency_ms, '.3f')}</td>"
+    rows = [f"<tr><td>ONNX Runtime, {html.escape(s.description)} ({100 * s.share:.0f}% of the fleet, {ort.rounds} rounds)"
+            f"{_predicted(s)}</td><td>{_fmt(s.uncompressed_latency_ms, '.3f')}</td><td>{_fmt(s.latency_ms, '.3f')}</td>"
             f"<td>{_fmt(s.speedup, '.2f', '×')}</td><td>{_fmt(accuracy.onnxruntime, '.2f', '%')}</td></tr>" for s in ort.states]
     if len(ort.states) > 1:
         rows.append(f"<tr><td>ONNX Runtime, fleet-weighted</td><td>{_fmt(ort.uncompressed_latency_ms, '.3f')}</td>"

@@ -32,7 +32,7 @@ RENAMED = {"as_of": "ingest_as_of", "k": "cluster_k", "k_min": "cluster_k_min", 
            "objective": "search_objective", "targets": "search_targets", "strengths": "search_strengths",
            "pretrain_epochs": "search_pretrain_epochs", "granule": "search_granule", "qat_epochs": "finetune_epochs",
            "qat_learning_rate": "finetune_learning_rate", "tensorrt": "build_tensorrt",
-           "onnxruntime_threads": "build_cpu_states", "build_onnxruntime_threads": "build_cpu_states"}
+           "onnxruntime_threads": "cpu_states", "build_onnxruntime_threads": "cpu_states"}
 # A name that stayed but now means another setting: said when it is given.
 MEANING_CHANGED = {"finetune_epochs": "finetune_epochs sets the quantization-aware fine-tune's epochs (it was qat_epochs); "
                                       "the search's fine-tune of each point, which it set before, is search_finetune_epochs."}

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract, plain
 from hdap.errors import HdapError
-from hdap.latency.cpu_states import DEFAULT_CPU_STATES, cpu_states_problem, metric_key, parse_cpu_states
+from hdap.latency.cpu_states import metric_key, parse_cpu_states
 from hdap.preprocessing import Preprocessing
-from hdap.settings import (ACCURACY_TOLERANCE, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
+from hdap.settings import (ACCURACY_TOLERANCE, CPU_STATES, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
                            Settings, at_least, check_dataset, setting)
 from hdap.stages import Stage, StageContext
 
@@ -51,9 +51,7 @@ class BuildConfig(Settings):
     PREFIX = "build"
     tensorrt: TensorRTPolicy = setting(TensorRTPolicy.AUTO, f"TensorRT engine: {TensorRTPolicy.choices()} (auto: where a GPU "
                                        "and TensorRT exist).")
-    cpu_states: str = setting(DEFAULT_CPU_STATES, "The CPU states the built model and the uncompressed one are timed in, side "
-                              "by side with ONNX Runtime: threads (a number or all), +load (+loadN: N busy processes beside), "
-                              "@share of the fleet (equal if none given), comma-separated.", check=cpu_states_problem)
+    cpu_states: str = CPU_STATES()  # timed in each, side by side with the uncompressed model
     min_measured_speedup: float = setting(0.0, "The latency gate: refuse to publish a model measured less than this many times "
                                           "as fast as the uncompressed one in any CPU state (0: off; e.g. 1.05).",
                                           check=at_least(0.0))
@@ -102,6 +100,14 @@ class StateTiming:
     latency_ms: float  # batch 1, median over alternating rounds
     uncompressed_latency_ms: float
     speedup: float  # median of the rounds' ratios
+    # What the surrogates predicted for this state, where the fleet is this CPU's states (a cluster per state).
+    predicted_latency_ms: float | None = None
+    predicted_uncompressed_latency_ms: float | None = None
+
+    @property
+    def prediction_error(self) -> float | None:
+        """(predicted - measured) / measured, for the published model."""
+        return None if self.predicted_latency_ms is None else self.predicted_latency_ms / self.latency_ms - 1
 
 
 @dataclass
@@ -255,6 +261,7 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     built = _export_and_measure(config, inputs, outputs.engines, front, context)
     shapes = _layer_shapes(built.spec)
     clusters, fleet = _fleet_latency(config, inputs, built.spec, shapes, front, context)
+    _predict_states(built.onnxruntime, clusters, inputs)
     original = {layer.name: layer.out_channels for layer in shapes}
     layers = [LayerSummary(layer.name, layer.op, layer.in_channels, layer.out_channels, original[layer.name],
                            layer.weight_precision, layer.removed) for layer in built.spec.layers]
@@ -392,6 +399,23 @@ def _fleet_latency(config: BuildConfig, inputs: BuildInputs, spec: ArchitectureS
         fleet_latency.true_after_ms = float(simulated_fleet_latency_ms(after, features, truth).mean())
         fleet_latency.true_speedup = fleet_latency.true_before_ms / fleet_latency.true_after_ms
     return clusters, fleet_latency
+
+
+def _predict_states(timing: OnnxRuntimeTiming, clusters: list[ClusterLatency], inputs: BuildInputs) -> None:
+    """Beside each measured CPU state, what the surrogate of the cluster of that state predicted (a
+    CPU fleet's clusters are its states: a representative reports its state as its power mode)."""
+    import pyarrow.parquet as pq
+
+    from hdap.stages.cluster import ClusterSummary
+
+    features = pq.read_table(inputs.features, columns=["device_id", "power_mode"]).to_pydict()
+    state_of = dict(zip(features["device_id"], features["power_mode"]))
+    representative = {c.id: c.representative for c in ClusterSummary.load(inputs.clusters).clusters}
+    by_state = {state_of.get(representative[latency.cluster]): latency for latency in clusters}
+    for state in timing.states:
+        if state.state in by_state:
+            state.predicted_latency_ms = round(by_state[state.state].predicted_after_ms, 5)
+            state.predicted_uncompressed_latency_ms = round(by_state[state.state].predicted_before_ms, 5)
 
 
 def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, model_dir: Path, parts: dict,

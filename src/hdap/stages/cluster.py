@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hdap.artifacts import Contract
 from hdap.errors import HdapError
-from hdap.settings import SEED, Settings, internal, setting
+from hdap.settings import CPU_STATES, SEED, Settings, internal, setting
 from hdap.stages import Stage, StageContext
 
 
@@ -23,6 +23,7 @@ class ClusterConfig(Settings):
     k_min: int = setting(2, "Smallest k to consider when choosing.")
     k_max: int = setting(8, "Largest k to consider when choosing.")
     seed: int = SEED()
+    cpu_states: str = CPU_STATES()  # a CPU fleet's clusters
     selection_sample: int = internal(20_000)  # devices used to score each candidate k
     minibatch_above: int = internal(50_000)  # fleets larger than this use mini-batch k-means
 

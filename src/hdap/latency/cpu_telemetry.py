@@ -1,0 +1,69 @@
+"""The telemetry row a CPU device reports: its state, and its probe kernels timed with ONNX Runtime.
+
+Measured in the state it describes (threads, busy processes beside): the memory bandwidth as a
+large copy, the clock and temperature where the machine exposes them (null where it does not,
+as in most containers), and each CPU probe (`hdap.fleet.schema.CPU_PROBES`) as a median of
+repeated runs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from hdap.fleet.schema import CPU_PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_column
+from hdap.fleet.sku import CPU_SKU
+from hdap.latency.cpu_states import CpuState
+from hdap.latency.layers import LayerConfig
+
+
+def memory_bandwidth_gbps(megabytes: int = 64, repeats: int = 5) -> float:
+    """Copy bandwidth: bytes read plus written per second, the best of a few copies."""
+    source = np.ones(megabytes * 2**20 // 8)
+    target = np.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.nbytes / best / 1e9
+
+
+def cpu_clock_mhz() -> float | None:
+    """The median current clock of the cores, from /proc/cpuinfo (x86 Linux); None where not exposed."""
+    try:
+        speeds = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz")]
+    except (OSError, ValueError, IndexError):
+        return None
+    return statistics.median(speeds) if speeds else None
+
+
+def temperature_c() -> float | None:
+    """The first thermal zone's temperature; None where the machine exposes none."""
+    try:
+        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_telemetry_row(backend, device_id: str, state: CpuState) -> pa.Table:
+    """One report of this machine in `state`, in the telemetry schema (backend: an OnnxRuntimeBackend
+    made for the state, inside its background load)."""
+    import onnxruntime as ort
+
+    cores = len(os.sched_getaffinity(0))
+    row = {
+        "schema_version": SCHEMA_VERSION, "device_id": device_id, "sku": CPU_SKU,
+        "firmware": f"onnxruntime-{ort.__version__}", "timestamp": datetime.now(timezone.utc), "power_mode": state.name,
+        "temperature_c": temperature_c(), "gpu_clock_mhz": None, "cpu_clock_mhz": cpu_clock_mhz(), "emc_clock_mhz": None,
+        "mem_bandwidth_gbps": memory_bandwidth_gbps(), "background_load": min(1.0, state.background_processes / cores),
+    }
+    for name, fields in CPU_PROBES.items():
+        row[probe_column(name)] = backend.measure(LayerConfig(*fields))
+    return pa.Table.from_pylist([row], schema=TELEMETRY_SCHEMA)
