@@ -226,3 +226,22 @@ def test_a_cpu_fleet_without_its_devices_profiles_is_refused_saying_how_to_profi
     layers = prunable_layers(build_model("small-cnn", (1, 8, 8)), (1, 8, 8))
     with pytest.raises(HdapError, match=r"no profile of gw\d-1 under s3://hdap/profiles: a cpu-onnxruntime fleet is profiled by its devices"):
         build_cluster_surrogates(None, clusters, features, layers, SurrogateConfig())
+
+
+def test_whole_models_of_varied_depth_teach_the_surrogate_what_a_layer_costs_inside_a_model() -> None:
+    """Layers timed alone each paid a run's overhead: the model's own variants, of varied depth, recover it as
+    a per-layer offset, and the search's compiled cost counts it per present layer as the surrogate does."""
+    from hdap.latency.fleet_profiling import simulated_surrogate
+    from hdap.latency.model_variants import model_variants
+    from hdap.latency.surrogate import fit_model_overhead, model_terms
+
+    layers = prunable_layers(build_model("resnet20", (1, 8, 8)), (1, 8, 8))
+    surrogate = simulated_surrogate(SimulatedDevice("jetson-xavier-nx", "15W", 50, 0.05), layers, ("fp16", "int8"), 6)
+    variants = [configs for _, configs in model_variants("resnet20", (1, 8, 8), ("fp16", "int8"), 8, seed=1)]
+    assert len(variants[0]) == len(layers) and len({len(v) for v in variants}) > 2  # the whole model first, then pruned ones
+    assert {c.precision for c in variants[1]} == {"int8"} and {c.precision for c in variants[2]} == {"fp16"}
+    measured = [(v, 0.9 * model_terms(surrogate, v)["layers"] + 0.05 - 0.004 * len(v)) for v in variants]
+    fit_model_overhead(surrogate, measured)
+    assert surrogate.layer_offset_ms == pytest.approx(-0.004, abs=1e-6) and surrogate.model_scale == pytest.approx(0.9, abs=1e-6)
+    assert surrogate.predict_model(variants[3]) == pytest.approx(measured[3][1], rel=1e-6)
+    assert LatencySurrogate.from_json(surrogate.to_json()).layer_offset_ms == surrogate.layer_offset_ms

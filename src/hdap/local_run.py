@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
@@ -113,7 +113,7 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
     store = ObjectStore(local_store_config())
     today = datetime.now(timezone.utc).date()
     if fleet is DemoFleet.CPU:
-        return run_pipeline_locally(RunSettings.from_parameters(_cpu_fleet(store, seed, today, console)), store)
+        return run_pipeline_locally(RunSettings.from_parameters(profile_cpu_fleet(store, seed, today, console)), store)
     # The prefix names the fleet and the day, so re-running the demo reuses it instead of rewriting.
     fleet_uri = f"s3://hdap/demo/{sku}/{devices}x{days}d-seed{seed}/{today.isoformat()}"
     simulation = SimulationConfig(sku=sku, devices=devices, days=days, seed=seed, telemetry_uri=f"{fleet_uri}/telemetry",
@@ -128,7 +128,7 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
     return run_pipeline_locally(settings, store)
 
 
-def _cpu_fleet(store: ObjectStore, seed: int, today, console: Console) -> dict:
+def profile_cpu_fleet(store: ObjectStore, seed: int, today: date, console: Console) -> dict:
     """This machine profiled in each default CPU state, as that many devices (reused the same day): the run's parameters."""
     import socket
 

@@ -6,7 +6,9 @@ any cluster representative with that device id, instead of profiling it with a b
 With ONNX Runtime the machine is a CPU fleet in miniature: in each declared state (`cpu_states`:
 threads, busy processes beside) it reports as a device of its own, `<id>-<state>`, writing the
 telemetry row a CPU device sends (`hdap.latency.cpu_telemetry`: probe kernels timed for real) and
-its layer profile. The pipeline then ingests, clusters (one cluster per state) and fits
+its layer profile, and times a dozen whole variants of the model, pruned at random
+(`models.parquet`, `hdap.latency.model_variants`: the surrogate's per-model terms are fitted on
+them). The pipeline then ingests, clusters (one cluster per state) and fits
 surrogates from those measurements, as for any fleet (sku `cpu-onnxruntime`).
 """
 
@@ -68,6 +70,8 @@ def profile_device(config: ProfileConfig, store: ObjectStore) -> list[DeviceProf
     from hdap.latency.backends import BackendUnavailable, get_backend
     from hdap.latency.backends.onnxruntime import BackgroundLoad
     from hdap.latency.cpu_states import metric_key, parse_cpu_states
+    from hdap.latency.backends.onnxruntime import OnnxRuntimeBackend
+    from hdap.latency.model_variants import model_variants
     from hdap.latency.profiling import plan_profile
     from hdap.models import build_model, prunable_layers
 
@@ -81,6 +85,7 @@ def profile_device(config: ProfileConfig, store: ObjectStore) -> list[DeviceProf
             raise HdapError(str(err)) from None
         plan = plan_profile(layers, profiler.precisions, config.samples_per_layer, granule=SurrogateConfig.granule)
         return [_profile_state(config, store, profiler, plan, host)]
+    variants = model_variants(config.model, config.input_shape, OnnxRuntimeBackend.precisions, SurrogateConfig.calibration_models)
     profiles = []
     for state in parse_cpu_states(config.cpu_states):
         with BackgroundLoad(state.background_processes, confine=False):
@@ -88,21 +93,26 @@ def profile_device(config: ProfileConfig, store: ObjectStore) -> list[DeviceProf
             plan = plan_profile(layers, profiler.precisions, config.samples_per_layer, granule=SurrogateConfig.granule)
             device = f"{host}-{metric_key(state.name)}"
             row = cpu_telemetry_row(profiler, device, state)
-            profile = _profile_state(config, store, profiler, plan, device, {"cpu_state": state.name})
+            profile = _profile_state(config, store, profiler, plan, device, {"cpu_state": state.name}, variants)
         profile.telemetry_uri = join_uri(telemetry_folder(config.telemetry_uri, CPU_SKU), device, f"{row.column('timestamp')[0].value}.parquet")
         store.put_table(profile.telemetry_uri, row)
         profiles.append(profile)
     return profiles
 
 
-def _profile_state(config: ProfileConfig, store: ObjectStore, profiler, plan, device: str, extra: dict | None = None) -> DeviceProfile:
+def _profile_state(config: ProfileConfig, store: ObjectStore, profiler, plan, device: str, extra: dict | None = None,
+                   variants: list | None = None) -> DeviceProfile:
+    """Profile the planned layers (and time the whole model `variants`: graph and layers), upload them as `device`."""
     from datetime import datetime, timezone
 
-    from hdap.latency.profiling import run_profile
+    from hdap.latency.profiling import models_table, run_profile, time_graphs
 
     profile = run_profile(profiler, plan, rounds=config.rounds, description=f"profiling {config.model} on {device}")
     target = join_uri(config.profiles_uri, device)
     store.put_table(join_uri(target, "profile.parquet"), profile)
+    if variants:
+        timed = time_graphs(profiler, [graph for graph, _ in variants], rounds=config.rounds, description=f"whole models on {device}")
+        store.put_table(join_uri(target, "models.parquet"), models_table([layers for _, layers in variants], timed))
     store.put_json(join_uri(target, "device.json"), {
         "device_id": device, "model": config.model, "input_shape": list(config.input_shape), **profiler.describe(), **(extra or {}),
         "profiled_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -98,6 +98,7 @@ class CompiledFleetCost:
         self.out_area = as_tensor([c.out_height * c.out_width for c in layers])
         self.scale = as_tensor([s.model_scale for s in cost.surrogates])
         self.offset = as_tensor([s.model_offset_ms for s in cost.surrogates])
+        self.layer_offset = as_tensor([s.layer_offset_ms for s in cost.surrogates])
         self.transitions = torch.zeros(len(cost.surrogates), len(self.precisions), len(self.precisions), dtype=torch.float64)
         for s, surrogate in enumerate(cost.surrogates):
             for i, before in enumerate(self.precisions):
@@ -118,7 +119,8 @@ class CompiledFleetCost:
         layers = torch.einsum("spl,lp->s", layer_ms, probs)
         elements = work.out_channels[:-1] * self.out_area[:-1] / 1e6
         boundaries = torch.einsum("spq,lp,lq,l->s", self.transitions, probs[:-1], probs[1:], elements)
-        return self.scale * layers + self.offset + boundaries
+        count = present.to(torch.float64).sum() if present is not None else float(len(probs))
+        return self.scale * layers + self.offset + self.layer_offset * count + boundaries
 
     def fleet_weighted_latency(self, in_channels: torch.Tensor, out_channels: torch.Tensor, precision_probs: torch.Tensor,
                                present: torch.Tensor | None = None) -> torch.Tensor:

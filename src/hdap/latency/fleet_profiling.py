@@ -153,10 +153,23 @@ def _uploaded_profile(store: ObjectStore | None, config: SurrogateConfig, device
     return profile.filter(pa.compute.is_in(profile.column("precision"), value_set=pa.array(list(precisions))))
 
 
+def _uploaded_models(store: ObjectStore | None, config: SurrogateConfig, device_id: str,
+                     precisions: tuple[str, ...]) -> list[tuple[list[LayerConfig], float]]:
+    """The whole models the device timed beside its profile (`hdap profile`), those within the menu; [] if none."""
+    from hdap.latency.profiling import timed_models
+
+    uri = join_uri(config.profiles_uri, device_id, "models.parquet")
+    if store is None or not store.exists(uri):
+        return []
+    return [(chain, latency) for chain, latency in timed_models(store.get_table(uri)) if all(c.precision in precisions for c in chain)]
+
+
 def _fit_cluster(cluster: DeviceCluster, profile: pa.Table, source: str, backend, layers: list[LayerShape],
-                 precisions: tuple[str, ...], config: SurrogateConfig, shared: bool) -> ClusterSurrogate:
-    """Fit one cluster's surrogate on its representative's profile, score it on held-out layers and,
-    where the backend can time whole models of a chain, fit the per-model terms."""
+                 precisions: tuple[str, ...], config: SurrogateConfig, shared: bool,
+                 uploaded_models: list[tuple[list[LayerConfig], float]]) -> ClusterSurrogate:
+    """Fit one cluster's surrogate on its representative's profile, score it on held-out layers and
+    fit the per-model terms on whole models: those the device timed and uploaded, or, where the
+    backend can time whole models of a chain, those it times here."""
     device_id = cluster.representative
     configs, latencies = profile_configs(profile)
     if len(configs) < 10:
@@ -174,6 +187,8 @@ def _fit_cluster(cluster: DeviceCluster, profile: pa.Table, source: str, backend
         measured = [(variant, latency) for variant, latency in zip(variants, timed) if latency is not None]
         if measured:
             fit_model_overhead(surrogate, measured)
+    if uploaded_models:
+        fit_model_overhead(surrogate, uploaded_models)
     result = ClusterSurrogate(
         cluster=cluster.id, weight=cluster.weight, representative=device_id, surrogate=surrogate, profile=profile, source=source,
         held_out_within_10pct=within(predicted, latencies[test]), held_out=list(zip(latencies[test].tolist(), predicted.tolist())),
@@ -200,6 +215,7 @@ def build_cluster_surrogates(
     for cluster in clusters.clusters:
         device_id = cluster.representative
         profile, source, backend, shared = _uploaded_profile(store, config, device_id, precisions), "uploaded", None, False
+        models = _uploaded_models(store, config, device_id, precisions) if profile is not None else []
         if profile is None and get_sku(sku).self_measured:
             raise HdapError(f"no profile of {device_id} under {config.profiles_uri}: a {sku} fleet is profiled by its devices; "
                             "run `hdap profile` there (with the run's model, input_shape and cpu_states) before the pipeline.")
@@ -215,7 +231,7 @@ def build_cluster_surrogates(
                 profile = run_profile(backend, plan, rounds=rounds, seed=config.seed, description=f"cluster {cluster.id} ({device_id})")
                 if config.backend is ProfilingBackend.ONNXRUNTIME:
                     shared_onnxruntime = profile
-        results.append(_fit_cluster(cluster, profile, source, backend, layers, precisions, config, shared))
+        results.append(_fit_cluster(cluster, profile, source, backend, layers, precisions, config, shared, models))
     return results, precisions
 
 

@@ -149,6 +149,13 @@ def time_models(backend: Backend, models: list[list[LayerConfig]], rounds: int =
     return best
 
 
+def time_graphs(backend, graphs: list, rounds: int = 1, seed: int = 0, description: str = "timing whole models") -> list[float | None]:
+    """Whole ONNX models timed as `run_profile` times layers (a backend with `measure_graph`)."""
+    best, _ = _quietest_rounds(lambda i: backend.measure_graph(graphs[i]), len(graphs), rounds, seed,
+                               f"{description}: {len(graphs)} x {rounds} on {backend.name}")
+    return best
+
+
 def profile_configs(profile: pa.Table) -> tuple[list[LayerConfig], np.ndarray]:
     """The successfully timed configurations of a profile and their latencies."""
     ok = profile.filter(pa.compute.equal(profile.column("status"), "ok")).to_pylist()
@@ -157,3 +164,21 @@ def profile_configs(profile: pa.Table) -> tuple[list[LayerConfig], np.ndarray]:
         for r in ok
     ]
     return configs, np.array([r["latency_ms"] for r in ok])
+
+
+def models_table(models: list[list[LayerConfig]], latencies: list[float | None]) -> pa.Table:
+    """Timed whole models as rows, one per layer: the model's index, the layer and the model's latency."""
+    rows = [{"model": index, "position": position, **config.as_dict(), "model_latency_ms": latency}
+            for index, (chain, latency) in enumerate(zip(models, latencies)) if latency is not None
+            for position, config in enumerate(chain)]
+    return pa.Table.from_pylist(rows)
+
+
+def timed_models(table: pa.Table) -> list[tuple[list[LayerConfig], float]]:
+    """`models_table` read back: each model's layers in order, and its latency."""
+    models: dict[int, tuple[list, float]] = {}
+    for row in sorted(table.to_pylist(), key=lambda r: (r["model"], r["position"])):
+        chain, _ = models.setdefault(row["model"], ([], row["model_latency_ms"]))
+        chain.append(LayerConfig(row["op"], row["in_channels"], row["out_channels"], row["kernel_size"], row["stride"],
+                                 row["height"], row["width"], row["precision"]))
+    return list(models.values())

@@ -44,8 +44,9 @@ from scipy.optimize import nnls
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig
 
-FORMAT = "hdap.latency-surrogate/2"  # /2 added in_tile and in_unpadded_below_tile
-READABLE_FORMATS = ("hdap.latency-surrogate/1", FORMAT)  # /1: one tile, always padded (the defaults)
+FORMAT = "hdap.latency-surrogate/3"  # /2 added in_tile and in_unpadded_below_tile; /3 layer_offset_ms
+# /1: one tile, always padded; /2: no per-layer offset (the defaults)
+READABLE_FORMATS = ("hdap.latency-surrogate/1", "hdap.latency-surrogate/2", FORMAT)
 GroupKey = tuple[str, int, int, int, int, str]  # op, kernel size, stride, height, width, precision
 
 
@@ -154,6 +155,9 @@ class LatencySurrogate:
     model_offset_ms: float = 0.0
     transition_ms_per_melement: dict[str, float] = field(default_factory=dict)  # "fp32>int8" -> ms per 1e6 elements
     device: dict = field(default_factory=dict)  # what was profiled: backend and device state
+    # Per layer present in a model: a layer timed alone paid a whole run's overhead, which inside a
+    # model it does not (fitted on whole models of varied depth; 0 where none were timed).
+    layer_offset_ms: float = 0.0
 
     # -- prediction ---------------------------------------------------------------------------
     def group(self, config: LayerConfig, precision: str | None = None) -> GroupModel:
@@ -188,7 +192,7 @@ class LatencySurrogate:
     def predict_model(self, configs: list[LayerConfig]) -> float:
         """A whole chain of layers at hard choices (what a fine-tuned model will be)."""
         terms = model_terms(self, configs)
-        return float(self.model_scale * terms["layers"] + self.model_offset_ms
+        return float(self.model_scale * terms["layers"] + self.model_offset_ms + self.layer_offset_ms * terms["count"]
                      + sum(self.transition_ms_per_melement.get(k, 0.0) * v for k, v in terms.items() if ">" in k))
 
     def model_cost(self, decisions: list[LayerDecision], precisions: tuple[str, ...]) -> torch.Tensor:
@@ -196,7 +200,7 @@ class LatencySurrogate:
         soft channel count and precision probability."""
         layers = sum(d.present * self.mixed_layer_latency(d.config, d.in_channels, d.out_channels, d.precision_probs, precisions)
                      for d in decisions)
-        total = self.model_scale * layers + self.model_offset_ms
+        total = self.model_scale * layers + self.model_offset_ms + self.layer_offset_ms * sum(d.present for d in decisions)
         for before, after in zip(decisions[:-1], decisions[1:]):
             elements = before.out_channels * before.config.out_height * before.config.out_width / 1e6
             for i, p in enumerate(precisions):
@@ -212,6 +216,7 @@ class LatencySurrogate:
             "format": FORMAT,
             "model_scale": self.model_scale,
             "model_offset_ms": self.model_offset_ms,
+            "layer_offset_ms": self.layer_offset_ms,
             "transition_ms_per_melement": self.transition_ms_per_melement,
             "device": self.device,
             "groups": [{"op": op, "kernel_size": k, "stride": st, "height": h, "width": w, "precision": p, **asdict(g)}
@@ -228,7 +233,8 @@ class LatencySurrogate:
             key = (entry.pop("op"), int(entry.pop("kernel_size")), int(entry.pop("stride")), int(entry.pop("height")),
                    int(entry.pop("width")), entry.pop("precision"))
             groups[key] = GroupModel(**entry)
-        return cls(groups, data["model_scale"], data["model_offset_ms"], data.get("transition_ms_per_melement", {}), data.get("device", {}))
+        return cls(groups, data["model_scale"], data["model_offset_ms"], data.get("transition_ms_per_melement", {}),
+                   data.get("device", {}), data.get("layer_offset_ms", 0.0))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
@@ -331,8 +337,8 @@ def fit_surrogate(configs: list[LayerConfig], latencies: np.ndarray, device: dic
 
 
 def model_terms(surrogate: LatencySurrogate, configs: list[LayerConfig]) -> dict[str, float]:
-    """A chain's predicted layer sum and, per precision transition, the activation elements (1e6)."""
-    terms: dict[str, float] = {"layers": sum(surrogate.predict(c) for c in configs)}
+    """A chain's predicted layer sum, its layer count and, per precision transition, the activation elements (1e6)."""
+    terms: dict[str, float] = {"layers": sum(surrogate.predict(c) for c in configs), "count": float(len(configs))}
     for before, after in zip(configs[:-1], configs[1:]):
         key = transition_key(before.precision, after.precision)
         terms[key] = terms.get(key, 0.0) + before.out_channels * before.out_height * before.out_width / 1e6
@@ -340,20 +346,24 @@ def model_terms(surrogate: LatencySurrogate, configs: list[LayerConfig]) -> dict
 
 
 def fit_model_overhead(surrogate: LatencySurrogate, models: list[tuple[list[LayerConfig], float]]) -> LatencySurrogate:
-    """Fit scale (>= 0), offset and per-transition costs on measured whole models (relative error)."""
+    """Fit scale (>= 0), offset, a per-layer offset (where the models' depths vary) and per-transition
+    costs on measured whole models (relative error)."""
     from scipy.optimize import lsq_linear
 
     terms = [model_terms(surrogate, configs) for configs, _ in models]
     transitions = sorted({k for t in terms for k in t if ">" in k})
-    # Few models cannot pin down many transition costs: keep to scale and offset then.
-    columns = ["layers", "offset"] + (transitions if len(models) >= 2 * (2 + len(transitions)) else [])
+    depth = ["count"] if len({t["count"] for t in terms}) > 1 else []
+    # Few models cannot pin down many transition costs: keep to scale and offsets then.
+    columns = ["layers", "offset", *depth] + (transitions if len(models) >= 2 * (2 + len(depth) + len(transitions)) else [])
     design = np.array([[t.get(c, 0.0) if c != "offset" else 1.0 for c in columns] for t in terms])
     measured = np.array([m for _, m in models])
     weights = 1.0 / measured
     lower = [0.0] + [-np.inf] * (len(columns) - 1)
     solution = lsq_linear(design * weights[:, None], measured * weights, bounds=(lower, [np.inf] * len(columns))).x
-    surrogate.model_scale, surrogate.model_offset_ms = float(solution[0]), float(solution[1])
-    surrogate.transition_ms_per_melement = {c: float(v) for c, v in zip(columns[2:], solution[2:])}
+    fitted = dict(zip(columns, (float(v) for v in solution)))
+    surrogate.model_scale, surrogate.model_offset_ms = fitted.pop("layers"), fitted.pop("offset")
+    surrogate.layer_offset_ms = fitted.pop("count", 0.0)
+    surrogate.transition_ms_per_melement = fitted
     return surrogate
 
 

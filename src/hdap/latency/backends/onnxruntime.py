@@ -15,6 +15,7 @@ import time
 from contextlib import AbstractContextManager
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from hdap.latency.backends.base import MeasurementFailed
@@ -114,6 +115,13 @@ class OnnxRuntimeBackend:
 
     def measure(self, config: LayerConfig) -> float:
         return self.measure_chain([config])
+
+    def measure_graph(self, model: onnx.ModelProto) -> float:
+        """A whole ONNX model (its input named "input"), at batch 1."""
+        sess = session(model.SerializeToString(), self.threads)
+        shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+        feed = {"input": np.random.default_rng(0).normal(size=shape).astype(np.float32)}
+        return time_session(sess, feed, self.warmup, self.repeats, self.min_seconds)
 
     def measure_chain(self, configs: list[LayerConfig], classes: int | None = None) -> float:
         """A whole model: layers chained, optionally pooled into a classifier."""

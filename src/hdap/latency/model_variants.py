@@ -1,0 +1,54 @@
+"""Whole variants of the real model, pruned at random and exported as the build exports them.
+
+A layer timed alone pays a whole run's overhead; inside the model it does not, while the model
+pays for what lies between its layers (residual adds, pooling, layout reorders). A device times a
+dozen variants of the model itself (every layer at one precision per variant, channels and
+residual branches removed at random, the whole model first) so the surrogate can fit its
+per-model terms on them (`fit_model_overhead`: scale, offset and a per-layer offset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import onnx
+import torch
+
+from hdap.latency.layers import LayerConfig
+
+
+def model_variants(model_name: str, input_shape: tuple[int, ...], precisions: tuple[str, ...], count: int,
+                   seed: int = 0) -> list[tuple[onnx.ModelProto, list[LayerConfig]]]:
+    """`count` variants of the model as ONNX graphs, each with its layers as the surrogate sees them."""
+    from hdap.compress.apply import build_pruned_model, quantized_layers
+    from hdap.compress.quantize import activation_precision
+    from hdap.compress.searchable import SearchableModel
+    from hdap.compress.space import build_search_space
+    from hdap.compress.spec import export_spec, spec_layer_configs
+    from hdap.deploy.export import export_qdq_onnx
+    from hdap.models import build_model, prunable_layers
+
+    model = build_model(model_name, input_shape)
+    layers = prunable_layers(model, input_shape)
+    searchable = SearchableModel(model, build_search_space(model, input_shape, precisions))
+    generator = torch.Generator().manual_seed(seed)
+    variants = []
+    for index in range(count):
+        precision = precisions[index % len(precisions)]
+        with torch.no_grad():  # the first variant keeps everything; the others keep each granule and branch at random
+            for logits in searchable.keep_logits:
+                logits.copy_(torch.full(logits.shape, 10.0) if index == 0 else torch.rand(logits.shape, generator=generator) * 4 - 1.5)
+            for logit in searchable.branch_logits.values():
+                logit.copy_(torch.tensor(10.0) if index == 0 else torch.rand((), generator=generator) * 6 - 2)
+        spec = export_spec(searchable, model_name, input_shape, layers[-1].out_channels)
+        spec.layers = [layer if layer.removed else replace(layer, weight_precision=precision,
+                                                            activation_precision=activation_precision(precision))
+                       for layer in spec.layers]
+        pruned = build_pruned_model(spec).eval()
+        with torch.no_grad():  # statistics of a trained model: folded biases that differ (the exporter merges equal ones)
+            for module in pruned.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.normal_(0, 0.1, generator=generator)
+        graph = export_qdq_onnx(pruned, {name: 4.0 for name in quantized_layers(pruned)}, input_shape)
+        variants.append((graph, spec_layer_configs(spec, layers)))
+    return variants
