@@ -16,6 +16,11 @@ architectures), and the wall time per stage.
 
     .venv/bin/python bench/cifar_pretrained.py --data ../shared/data               # the CPU configuration
     .venv/bin/python bench/cifar_pretrained.py --data ../shared/data --quick       # a smoke run
+    .venv/bin/python bench/cifar_pretrained.py --data ../shared/data --model resnet20-a --fleet cpu
+
+With --fleet cpu the fleet is this machine in its three default CPU states (1 thread, every core,
+every core beside a busy process), measured by `hdap profile` (ONNX Runtime) instead of simulated,
+and the build's measured per-state speed-ups are the figures (saved as cifar_<model>_cpu_fleet.json).
 
 The CPU configuration is sized for a 2-core machine (at most an hour): the search and fine-tune
 train on a 5,000-image subset of the training split for a few epochs. It shows the pipeline works
@@ -32,7 +37,10 @@ import re
 import socket
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+
+from rich.console import Console
 
 from record import record  # bench/record.py (the scripts run from bench/)
 
@@ -59,20 +67,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class StepTimes(logging.Handler):
-    """Each step's wall time, from kfp.local's "Executing task" and "finished with status" lines."""
+class StepTimes(logging.Filter):
+    """Each step's wall time, from kfp.local's "Executing task" and "finished with status" lines. A filter
+    on the root logger, as kfp.local replaces the root logger's handlers while it runs."""
 
     def __init__(self) -> None:
         super().__init__()
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         message = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
         if found := re.match(r"Executing task '([\w-]+)'", message):
             self.started[found[1]] = record.created
         elif (found := re.match(r"Task '([\w-]+)' finished with status", message)) and found[1] in self.started:
             self.seconds[found[1]] = round(record.created - self.started[found[1]], 1)
+        return True
 
 
 def finished_run(store: ObjectStore, error: HdapError):
@@ -93,6 +103,8 @@ def main() -> None:
                         help="folder with cifar10-png.tar and pretrained/<checkpoint> (default ../shared/data)")
     parser.add_argument("--model", choices=list(CHECKPOINTS), default="resnet56-a")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (a smoke run, not the quoted figures)")
+    parser.add_argument("--fleet", choices=["simulated", "cpu"], default="simulated",
+                        help="a simulated Jetson Xavier NX fleet, or this machine's CPU states (measured)")
     args = parser.parse_args()
     checkpoint, published = CHECKPOINTS[args.model]
     tarball, weights = args.data / "cifar10-png.tar", args.data / "pretrained" / checkpoint
@@ -112,19 +124,26 @@ def main() -> None:
             store.ensure_bucket("hdap")
             store.put_file("s3://hdap/datasets/cifar10/cifar10-png.tar", tarball)
             store.put_file(f"s3://hdap/models/{checkpoint}", weights)
-            simulation = SimulationConfig(sku="jetson-xavier-nx", devices=5000, days=7, seed=0,
-                                          telemetry_uri="s3://hdap/fleet/telemetry", truth_uri="s3://hdap/fleet/ground-truth")
-            simulate_fleet(store, simulation)
-            from hdap.local_run import run_pipeline_locally
+            from hdap.local_run import profile_cpu_fleet, run_pipeline_locally
             from hdap.stages import RunSettings
 
-            parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, truth_uri=simulation.truth_uri, seed=0,
-                              model=args.model, input_shape="3,32,32", dataset="imagefolder",
+            fleet_started = time.perf_counter()
+            if args.fleet == "cpu":
+                fleet_parameters = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True), args.model,
+                                                     (3, 32, 32))
+            else:
+                simulation = SimulationConfig(sku="jetson-xavier-nx", devices=5000, days=7, seed=0,
+                                              telemetry_uri="s3://hdap/fleet/telemetry", truth_uri="s3://hdap/fleet/ground-truth")
+                simulate_fleet(store, simulation)
+                fleet_parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, truth_uri=simulation.truth_uri,
+                                        seed=0)
+            fleet_seconds = time.perf_counter() - fleet_started
+            parameters = dict(**fleet_parameters, model=args.model, input_shape="3,32,32", dataset="imagefolder",
                               dataset_uri="s3://hdap/datasets/cifar10", search_weights_uri=f"s3://hdap/models/{checkpoint}",
                               search_mean=MEAN, search_std=STD, **configuration)
             pipeline_started = time.perf_counter()
             times = StepTimes()
-            logging.getLogger().addHandler(times)
+            logging.getLogger().addFilter(times)
             try:
                 run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
             except HdapError as err:  # the figures are what this measures, published or not
@@ -137,7 +156,7 @@ def main() -> None:
     accuracy, fleet = build.accuracy, build.fleet
     chosen = front.chosen[0]
     results = {
-        "model": args.model, "checkpoint": checkpoint, "published_test_accuracy": published,
+        "model": args.model, "fleet": args.fleet, "checkpoint": checkpoint, "published_test_accuracy": published,
         "configuration": {**configuration, "device": "cpu", "note": "search and fine-tune train on a stratified subset of "
                           "the training split; validation: half the test images (seeded, stratified); reports: the other half"},
         "data": plain(front.data),
@@ -152,8 +171,8 @@ def main() -> None:
                             "onnxruntime_agreement": accuracy.onnxruntime_agreement},
         "fleet_latency_ms": {"predicted_by_surrogates": [round(fleet.predicted_before_ms, 5), round(fleet.predicted_after_ms, 5)],
                              "predicted_speedup": round(fleet.predicted_speedup, 3),
-                             "simulated_truth": [round(fleet.true_before_ms, 5), round(fleet.true_after_ms, 5)],
-                             "simulated_truth_speedup": round(fleet.true_speedup, 3)},
+                             "simulated_truth": [round(fleet.true_before_ms, 5), round(fleet.true_after_ms, 5)] if fleet.true_speedup else None,
+                             "simulated_truth_speedup": round(fleet.true_speedup, 3) if fleet.true_speedup else None},
         "size": {"onnx_kb": [round(build.size.uncompressed_onnx_bytes / 1e3, 1), round(build.size.onnx_bytes / 1e3, 1)],
                  "weight_kbit": [round(build.size.uncompressed_weight_bits / 1e3, 1), round(build.size.weight_bits / 1e3, 1)]},
         "onnxruntime_this_machine": plain(build.onnxruntime),
@@ -162,15 +181,21 @@ def main() -> None:
                   "points": [{"setting": p.setting.label, "validation_accuracy": p.validation_accuracy, "test_accuracy": p.accuracy,
                               "fleet_ms_predicted": p.fleet_latency_ms, "fleet_ms_simulated_truth": p.true_fleet_latency_ms,
                               "layers_removed": p.layers_removed, "pareto": p.pareto, "chosen": p.chosen} for p in front.points]},
-        "wall_seconds": {"pipeline": round(pipeline_seconds, 1), "per_step": stages, "search_parts": front.seconds},
+        "wall_seconds": {"fleet": round(fleet_seconds, 1), "pipeline": round(pipeline_seconds, 1), "per_step": stages,
+                         "search_parts": front.seconds},
         "tensorrt": plain(build.tensorrt),
     }
     print(f"\n{args.model} from {checkpoint}: {front.baseline_full_test_accuracy:.2f}% on the whole test split "
           f"(published {published:.2f}%)")
+    truth = f", {fleet.true_speedup:.2f}x in the simulated truth" if fleet.true_speedup else ""
     print(f"published model: {accuracy.onnxruntime:.2f}% (ONNX Runtime, test half) vs {accuracy.uncompressed:.2f}% uncompressed; "
-          f"fleet latency {fleet.predicted_speedup:.2f}x lower predicted, {fleet.true_speedup:.2f}x in the simulated truth")
+          f"fleet latency {fleet.predicted_speedup:.2f}x lower predicted{truth}")
+    for state in build.onnxruntime.states:
+        print(f"ONNX Runtime on this machine, {state.description}: {state.uncompressed_latency_ms:.4f} -> {state.latency_ms:.4f} ms "
+              f"({state.speedup:.2f}x measured; surrogate {state.predicted_uncompressed_latency_ms} -> {state.predicted_latency_ms} ms)")
     print(f"front: {front.distinct_architectures} distinct architectures; pipeline {pipeline_seconds / 60:.1f} min")
-    record("cifar_pretrained", results, args.quick, started, saved_as=f"cifar_{args.model}_cpu")
+    record("cifar_pretrained", results, args.quick, started,
+           saved_as=f"cifar_{args.model}_cpu" + ("_fleet" if args.fleet == "cpu" else ""))
 
 
 if __name__ == "__main__":

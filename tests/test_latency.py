@@ -245,3 +245,13 @@ def test_whole_models_of_varied_depth_teach_the_surrogate_what_a_layer_costs_ins
     assert surrogate.layer_offset_ms == pytest.approx(-0.004, abs=1e-6) and surrogate.model_scale == pytest.approx(0.9, abs=1e-6)
     assert surrogate.predict_model(variants[3]) == pytest.approx(measured[3][1], rel=1e-6)
     assert LatencySurrogate.from_json(surrogate.to_json()).layer_offset_ms == surrogate.layer_offset_ms
+
+
+def test_the_nominal_device_of_a_measured_fleet_is_its_fastest_state_alone() -> None:
+    from hdap.latency.fleet_profiling import fastest_state_cost, simulated_surrogate
+
+    layers = prunable_layers(build_model("small-cnn", (1, 8, 8)), (1, 8, 8))
+    slow, fast = (simulated_surrogate(SimulatedDevice("jetson-xavier-nx", mode, 50, 0.05), layers, ("fp32", "int8"), 4)
+                  for mode in ("10W", "20W"))
+    nominal = fastest_state_cost(FleetCost([slow, fast], [0.7, 0.3], ("fp32", "int8")), layers)
+    assert nominal.surrogates == [fast] and nominal.weights == [1.0]

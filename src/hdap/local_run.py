@@ -18,7 +18,7 @@ from rich.table import Table
 
 from hdap.config import home_dir
 from hdap.errors import HdapError
-from hdap.settings import Choice
+from hdap.settings import INPUT_SHAPE, MODEL, Choice
 from hdap.stages import RunSettings
 from hdap.stages.build import BuildSummary
 from hdap.stages.cluster import ClusterSummary
@@ -128,15 +128,18 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
     return run_pipeline_locally(settings, store)
 
 
-def profile_cpu_fleet(store: ObjectStore, seed: int, today: date, console: Console) -> dict:
-    """This machine profiled in each default CPU state, as that many devices (reused the same day): the run's parameters."""
+def profile_cpu_fleet(store: ObjectStore, seed: int, today: date, console: Console, model: str = MODEL.default,
+                      input_shape: tuple[int, int, int] = INPUT_SHAPE.default) -> dict:
+    """This machine profiled for `model` in each default CPU state, as that many devices (reused the same day):
+    the run's parameters."""
     import socket
 
     from hdap.fleet.sku import CPU_SKU
     from hdap.latency.agent import ProfileConfig, profile_device
 
-    fleet_uri = f"s3://hdap/demo/{CPU_SKU}/{socket.gethostname()}/{today.isoformat()}"
-    agent = ProfileConfig(profiles_uri=f"{fleet_uri}/profiles", telemetry_uri=f"{fleet_uri}/telemetry")
+    fleet_uri = f"s3://hdap/demo/{CPU_SKU}/{socket.gethostname()}/{today.isoformat()}/{model.replace(':', '-')}"
+    agent = ProfileConfig(model=model, input_shape=input_shape, profiles_uri=f"{fleet_uri}/profiles",
+                          telemetry_uri=f"{fleet_uri}/telemetry")
     store.ensure_bucket(S3Uri.parse(fleet_uri).bucket)
     if store.list(agent.telemetry_uri + "/"):
         console.print(f"reusing today's CPU-state profiles and telemetry under {fleet_uri}")

@@ -282,6 +282,15 @@ def simulated_fleet_cost(features: pa.Table, truth: dict[str, dict], clusters: l
     return FleetCost(surrogates, [weight for _, weight in clusters], precisions)
 
 
+def fastest_state_cost(fleet: FleetCost, layers: list[LayerShape]) -> FleetCost:
+    """A measured fleet's nominal device: the state that runs the uncompressed model fastest (what a
+    benchmark on an idle machine sees), alone."""
+    precision = "fp32" if "fp32" in fleet.precisions else fleet.precisions[0]
+    full = [layer.config(precision=precision) for layer in layers]
+    fastest = min(fleet.surrogates, key=lambda s: s.predict_model(full))
+    return FleetCost([fastest], [1.0], fleet.precisions)
+
+
 def nominal_fleet_cost(sku_name: str, layers: list[LayerShape], precisions: tuple[str, ...], seed: int = 0) -> FleetCost:
     """A "fleet" of one datasheet device (the SKU's nominal device, simulated): the baseline to beat."""
     return FleetCost([simulated_surrogate(nominal_device(sku_name), layers, precisions, seed=seed)], [1.0], precisions)

@@ -26,7 +26,7 @@ log = logging.getLogger("hdap")
 
 class SearchMode(Choice):
     FLEET = "fleet"  # the fleet-weighted latency over the clusters (HDAP)
-    NOMINAL = "nominal"  # the SKU's datasheet device: the baseline to beat
+    NOMINAL = "nominal"  # the SKU's datasheet device (a measured CPU fleet: its fastest state): the baseline to beat
     PER_CLUSTER = "per-cluster"  # one architecture per cluster
 
 
@@ -219,7 +219,8 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
     from hdap.compress.search import run_search
     from hdap.data import DataConfig, load_dataset
     from hdap.latency.fleet_cost import FleetCost
-    from hdap.latency.fleet_profiling import nominal_fleet_cost
+    from hdap.fleet.sku import get_sku
+    from hdap.latency.fleet_profiling import fastest_state_cost, nominal_fleet_cost
     from hdap.models import build_model, prunable_layers
     from hdap.report.search import search_report_html
     from hdap.stages.surrogate import SurrogateIndex
@@ -244,7 +245,9 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
     layers = prunable_layers(build_model(config.model, config.input_shape, classes=data.classes), config.input_shape)
     nominal = None
     if config.mode is SearchMode.NOMINAL:
-        nominal = nominal_fleet_cost(features.column("sku")[0].as_py(), layers, fleet.precisions, seed=config.seed)
+        sku = features.column("sku")[0].as_py()
+        nominal = (fastest_state_cost(fleet, layers) if get_sku(sku).self_measured
+                   else nominal_fleet_cost(sku, layers, fleet.precisions, seed=config.seed))
     result = run_search(config, data, fleet, nominal, weights)
 
     true_latency = _true_latencies(config, result, layers, features, context)
