@@ -32,20 +32,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
-import socket
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
 
-from record import record  # bench/record.py (the scripts run from bench/)
+from bench_store import bench_store  # bench/bench_store.py (the scripts run from bench/)
+from record import record  # bench/record.py
 
 from hdap.artifacts import plain
-from hdap.embedded_store import EmbeddedStore
 from hdap.errors import HdapError
 from hdap.fleet.simulate import SimulationConfig, simulate_fleet
 from hdap.store import ObjectStore
@@ -59,12 +56,6 @@ CPU = dict(search_train_images=5000, search_targets="0.7,0.55,0.45,0.35", search
            search_learning_rate=0.002, finetune_epochs=3, finetune_learning_rate=0.001)
 QUICK = dict(search_train_images=1000, search_targets="0.5", search_epochs=1, search_finetune_epochs=1, search_learning_rate=0.002,
              finetune_epochs=1, finetune_learning_rate=0.001)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class StepTimes(logging.Filter):
@@ -113,45 +104,35 @@ def main() -> None:
             raise SystemExit(f"{path} is missing: pass --data <folder holding cifar10-png.tar and pretrained/{checkpoint}>.")
     started = time.perf_counter()
     configuration = QUICK if args.quick else CPU
-    with tempfile.TemporaryDirectory(prefix="hdap-bench-") as root:
-        home = Path(root) / ".hdap"
-        embedded = EmbeddedStore(Path(root) / "store")
-        config = embedded.up(s3_port=free_port())
-        os.environ.update(config.as_environment())
-        os.environ["HDAP_HOME"] = str(home)
-        try:
-            store = ObjectStore(config)
-            store.ensure_bucket("hdap")
-            store.put_file("s3://hdap/datasets/cifar10/cifar10-png.tar", tarball)
-            store.put_file(f"s3://hdap/models/{checkpoint}", weights)
-            from hdap.local_run import profile_cpu_fleet, run_pipeline_locally
-            from hdap.stages import RunSettings
+    with bench_store() as store:
+        store.put_file("s3://hdap/datasets/cifar10/cifar10-png.tar", tarball)
+        store.put_file(f"s3://hdap/models/{checkpoint}", weights)
+        from hdap.local_run import profile_cpu_fleet, run_pipeline_locally
+        from hdap.stages import RunSettings
 
-            fleet_started = time.perf_counter()
-            if args.fleet == "cpu":
-                fleet_parameters = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True), args.model,
-                                                     (3, 32, 32))
-            else:
-                simulation = SimulationConfig(sku="jetson-xavier-nx", devices=5000, days=7, seed=0,
-                                              telemetry_uri="s3://hdap/fleet/telemetry", truth_uri="s3://hdap/fleet/ground-truth")
-                simulate_fleet(store, simulation)
-                fleet_parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, truth_uri=simulation.truth_uri,
-                                        seed=0)
-            fleet_seconds = time.perf_counter() - fleet_started
-            parameters = dict(**fleet_parameters, model=args.model, input_shape="3,32,32", dataset="imagefolder",
-                              dataset_uri="s3://hdap/datasets/cifar10", search_weights_uri=f"s3://hdap/models/{checkpoint}",
-                              search_mean=MEAN, search_std=STD, **configuration)
-            pipeline_started = time.perf_counter()
-            times = StepTimes()
-            logging.getLogger().addFilter(times)
-            try:
-                run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
-            except HdapError as err:  # the figures are what this measures, published or not
-                run = finished_run(store, err)
-            pipeline_seconds = time.perf_counter() - pipeline_started
-            stages = times.seconds
-        finally:
-            embedded.down()
+        fleet_started = time.perf_counter()
+        if args.fleet == "cpu":
+            fleet_parameters = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True), args.model,
+                                                 (3, 32, 32))
+        else:
+            simulation = SimulationConfig(sku="jetson-xavier-nx", devices=5000, days=7, seed=0,
+                                          telemetry_uri="s3://hdap/fleet/telemetry", truth_uri="s3://hdap/fleet/ground-truth")
+            simulate_fleet(store, simulation)
+            fleet_parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, truth_uri=simulation.truth_uri,
+                                    seed=0)
+        fleet_seconds = time.perf_counter() - fleet_started
+        parameters = dict(**fleet_parameters, model=args.model, input_shape="3,32,32", dataset="imagefolder",
+                          dataset_uri="s3://hdap/datasets/cifar10", search_weights_uri=f"s3://hdap/models/{checkpoint}",
+                          search_mean=MEAN, search_std=STD, **configuration)
+        pipeline_started = time.perf_counter()
+        times = StepTimes()
+        logging.getLogger().addFilter(times)
+        try:
+            run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
+        except HdapError as err:  # the figures are what this measures, published or not
+            run = finished_run(store, err)
+        pipeline_seconds = time.perf_counter() - pipeline_started
+        stages = times.seconds
     front, build = run.front, run.build
     accuracy, fleet = build.accuracy, build.fleet
     chosen = front.chosen[0]

@@ -14,27 +14,16 @@ measurement against the uncompressed model. Saves bench/results/cpu_fleet_vs_nom
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import onnx
 from rich.console import Console
 
-from record import record  # bench/record.py (the scripts run from bench/)
+from bench_store import bench_store  # bench/bench_store.py (the scripts run from bench/)
+from record import record  # bench/record.py
 
 from hdap.artifacts import plain
-from hdap.embedded_store import EmbeddedStore
-from hdap.store import ObjectStore
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -48,26 +37,17 @@ def main() -> None:
     from hdap.stages import RunSettings
 
     runs = {}
-    with tempfile.TemporaryDirectory(prefix="hdap-bench-") as root:
-        embedded = EmbeddedStore(Path(root) / "store")
-        config = embedded.up(s3_port=free_port())
-        os.environ.update(config.as_environment())
-        os.environ["HDAP_HOME"] = str(Path(root) / ".hdap")
-        try:
-            store = ObjectStore(config)
-            store.ensure_bucket("hdap")
-            fleet = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True))
-            for mode in ("fleet", "nominal"):
-                parameters = dict(fleet, search_mode=mode)
-                if args.quick:
-                    parameters |= dict(search_targets="0.6", search_pretrain_epochs=3, search_epochs=2, search_finetune_epochs=1,
-                                       finetune_epochs=1, accuracy_tolerance=100.0)
-                run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
-                graph = onnx.load_from_string(store.get_bytes(f"{run.run_uri.rstrip('/')}/build/model.onnx"))
-                runs[mode] = (run, graph)
-        finally:
-            embedded.down()
-    (fleet_run, fleet_graph), (nominal_run, nominal_graph) = runs["fleet"], runs["nominal"]
+    with bench_store() as store:
+        fleet = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True))
+        for mode in ("fleet", "nominal"):
+            parameters = dict(fleet, search_mode=mode)
+            if args.quick:
+                parameters |= dict(search_targets="0.6", search_pretrain_epochs=3, search_epochs=2, search_finetune_epochs=1,
+                                   finetune_epochs=1, accuracy_tolerance=100.0)
+            run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
+            graph = onnx.load_from_string(store.get_bytes(f"{run.run_uri.rstrip('/')}/build/model.onnx"))
+            runs[mode] = (run, graph)
+    fleet_graph, nominal_graph = runs["fleet"][1], runs["nominal"][1]
     # compare_latency(model, baseline): the speed-up is the nominal model's latency over the fleet model's.
     side_by_side = compare_latency(fleet_graph, nominal_graph, (1, 8, 8), parse_cpu_states(DEFAULT_CPU_STATES))
     results = {

@@ -22,28 +22,18 @@ figure (saved as pipeline_demo_cpu.json).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from rich.console import Console
 
-from record import record  # bench/record.py (the scripts run from bench/)
+from bench_store import bench_store  # bench/bench_store.py (the scripts run from bench/)
+from record import record  # bench/record.py
 
 from hdap.artifacts import plain
 from hdap.compress.spec import ArchitectureSpec
-from hdap.embedded_store import EmbeddedStore
 from hdap.fleet.simulate import SimulationConfig, simulate_fleet
-from hdap.store import ObjectStore, join_uri
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from hdap.store import join_uri
 
 
 def main() -> None:
@@ -53,37 +43,28 @@ def main() -> None:
                         help="the simulated Jetson fleet, or this machine's CPU states (measured)")
     args = parser.parse_args()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="hdap-bench-") as root:
-        embedded = EmbeddedStore(Path(root) / "store")
-        config = embedded.up(s3_port=free_port())
-        os.environ.update(config.as_environment())
-        os.environ["HDAP_HOME"] = str(Path(root) / ".hdap")
-        try:
-            store = ObjectStore(config)
-            store.ensure_bucket("hdap")
-            from hdap.local_run import profile_cpu_fleet, run_pipeline_locally
-            from hdap.stages import RunSettings
+    with bench_store() as store:
+        from hdap.local_run import profile_cpu_fleet, run_pipeline_locally
+        from hdap.stages import RunSettings
 
-            fleet_started = time.perf_counter()
-            if args.fleet == "cpu":
-                parameters = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True))
-                devices = 3
-            else:
-                simulation = SimulationConfig(sku="jetson-xavier-nx", devices=500 if args.quick else 5000, days=7, seed=0,
-                                              telemetry_uri="s3://hdap/demo/telemetry", truth_uri="s3://hdap/demo/ground-truth")
-                simulate_fleet(store, simulation)
-                parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, seed=0, truth_uri=simulation.truth_uri)
-                devices = simulation.devices
-            fleet_seconds = time.perf_counter() - fleet_started
-            if args.quick:
-                parameters |= dict(search_targets="0.6,0.3", search_pretrain_epochs=3, search_epochs=3, search_finetune_epochs=1,
-                                   finetune_epochs=1, accuracy_tolerance=100.0)
-            pipeline_started = time.perf_counter()
-            run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
-            pipeline_seconds = time.perf_counter() - pipeline_started
-            architecture = ArchitectureSpec.get(store, join_uri(run.run_uri, "search", "architecture.json"))
-        finally:
-            embedded.down()
+        fleet_started = time.perf_counter()
+        if args.fleet == "cpu":
+            parameters = profile_cpu_fleet(store, 0, datetime.now(timezone.utc).date(), Console(quiet=True))
+            devices = 3
+        else:
+            simulation = SimulationConfig(sku="jetson-xavier-nx", devices=500 if args.quick else 5000, days=7, seed=0,
+                                          telemetry_uri="s3://hdap/demo/telemetry", truth_uri="s3://hdap/demo/ground-truth")
+            simulate_fleet(store, simulation)
+            parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, seed=0, truth_uri=simulation.truth_uri)
+            devices = simulation.devices
+        fleet_seconds = time.perf_counter() - fleet_started
+        if args.quick:
+            parameters |= dict(search_targets="0.6,0.3", search_pretrain_epochs=3, search_epochs=3, search_finetune_epochs=1,
+                               finetune_epochs=1, accuracy_tolerance=100.0)
+        pipeline_started = time.perf_counter()
+        run = run_pipeline_locally(RunSettings.from_parameters(parameters), store)
+        pipeline_seconds = time.perf_counter() - pipeline_started
+        architecture = ArchitectureSpec.get(store, join_uri(run.run_uri, "search", "architecture.json"))
     build = run.build
     accuracy, fleet, timing = build.accuracy, build.fleet, build.onnxruntime
     results = {

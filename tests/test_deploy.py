@@ -69,6 +69,17 @@ def test_qdq_nodes_sit_exactly_on_the_layers_the_spec_quantized(finetuned) -> No
     assert not any(layer.removed and any(n.startswith(layer.name + ".") for n in initializers) for layer in spec.layers)
 
 
+def test_a_layer_left_fp32_has_no_qdq_in_the_export_and_an_int8_one_has_its_own() -> None:
+    """What a CPU fleet publishes where int8 does not pay: plain fp32 layers, no Quantize/Dequantize around them."""
+    from hdap.latency.model_variants import model_variants
+
+    (fp32_graph, fp32_layers), (int8_graph, int8_layers) = model_variants("resnet20", (1, 8, 8), ("fp32", "int8"), 2)
+    operators = [node.op_type for node in fp32_graph.graph.node]
+    assert "QuantizeLinear" not in operators and "DequantizeLinear" not in operators
+    assert set(quantized_layer_names(fp32_graph).values()) == {"fp32"} and {c.precision for c in fp32_layers} == {"fp32"}
+    assert sum(node.op_type == "QuantizeLinear" for node in int8_graph.graph.node) == len(int8_layers)
+
+
 def test_onnx_runtime_agrees_with_the_fake_quantized_model_on_at_least_99_percent(finetuned) -> None:
     model_dir, _, _, data, _ = finetuned
     fake_quantized, _, _ = load_finetuned(model_dir)

@@ -115,6 +115,30 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
 
 
 @pytest.mark.slow
+def test_a_cpu_fleet_profiled_in_its_states_runs_through_every_stage_and_is_measured_and_predicted_per_state(
+        store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    from hdap.stages.build import BuildSummary
+
+    states, fleet = "1,all+load", [f"--profiles-uri=s3://{bucket}/profiles", f"--telemetry-uri=s3://{bucket}/telemetry"]
+    profiled = hdap("profile", "--model", "small-cnn", "--samples-per-layer", "4", "--rounds", "1", "--device-id", "gw",
+                    "--cpu-states", states, *fleet, cwd=tmp_path)
+    assert profiled.returncode == 0, profiled.stderr[-2000:]
+    result = hdap(
+        "run", "--sku", "cpu-onnxruntime", "--cpu-states", states, *fleet, "--output-uri", f"s3://{bucket}/runs", "--model", "small-cnn",
+        "--search-targets", "0.6", "--search-pretrain-epochs", "2", "--search-epochs", "1", "--search-finetune-epochs", "1",
+        "--finetune-epochs", "1", "--accuracy-tolerance", "100", "--registry-uri", f"s3://{bucket}/registry",
+        cwd=tmp_path, env={"COLUMNS": "500"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    printed = " ".join(result.stdout.split())
+    assert "clusters: 2 (declared CPU states, one cluster each: 1 thread, every core beside 1 busy process)" in printed
+    assert "latency surrogates for small-cnn (fp32/int8), one per cluster, profiled by uploaded" in printed
+    build = BuildSummary.get(object_store, next(o.uri for o in object_store.list(f"s3://{bucket}/runs/") if o.uri.endswith("build.json")))
+    assert [s.state for s in build.onnxruntime.states] == ["1", "all+load"]
+    assert all(s.predicted_latency_ms > 0 and s.predicted_uncompressed_latency_ms > 0 for s in build.onnxruntime.states)
+
+
+@pytest.mark.slow
 def test_a_step_that_fails_reports_its_reason_in_one_line(store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
     import pyarrow as pa
 

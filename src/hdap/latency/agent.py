@@ -68,9 +68,8 @@ def profile_device(config: ProfileConfig, store: ObjectStore) -> list[DeviceProf
 
     from hdap.errors import HdapError
     from hdap.latency.backends import BackendUnavailable, get_backend
-    from hdap.latency.backends.onnxruntime import BackgroundLoad
+    from hdap.latency.backends.onnxruntime import BackgroundLoad, OnnxRuntimeBackend
     from hdap.latency.cpu_states import metric_key, parse_cpu_states
-    from hdap.latency.backends.onnxruntime import OnnxRuntimeBackend
     from hdap.latency.model_variants import model_variants
     from hdap.latency.profiling import plan_profile
     from hdap.models import build_model, prunable_layers
@@ -94,7 +93,8 @@ def profile_device(config: ProfileConfig, store: ObjectStore) -> list[DeviceProf
             device = f"{host}-{metric_key(state.name)}"
             row = cpu_telemetry_row(profiler, device, state)
             profile = _profile_state(config, store, profiler, plan, device, {"cpu_state": state.name}, variants)
-        profile.telemetry_uri = join_uri(telemetry_folder(config.telemetry_uri, CPU_SKU), device, f"{row.column('timestamp')[0].value}.parquet")
+        reported_ms = row.column("timestamp")[0].value
+        profile.telemetry_uri = join_uri(telemetry_folder(config.telemetry_uri, CPU_SKU), device, f"{reported_ms}.parquet")
         store.put_table(profile.telemetry_uri, row)
         profiles.append(profile)
     return profiles
@@ -111,8 +111,8 @@ def _profile_state(config: ProfileConfig, store: ObjectStore, profiler, plan, de
     target = join_uri(config.profiles_uri, device)
     store.put_table(join_uri(target, "profile.parquet"), profile)
     if variants:
-        timed = time_graphs(profiler, [graph for graph, _ in variants], rounds=config.rounds, description=f"whole models on {device}")
-        store.put_table(join_uri(target, "models.parquet"), models_table([layers for _, layers in variants], timed))
+        latencies = time_graphs(profiler, [graph for graph, _ in variants], rounds=config.rounds, description=f"whole models on {device}")
+        store.put_table(join_uri(target, "models.parquet"), models_table([layers for _, layers in variants], latencies))
     store.put_json(join_uri(target, "device.json"), {
         "device_id": device, "model": config.model, "input_shape": list(config.input_shape), **profiler.describe(), **(extra or {}),
         "profiled_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
