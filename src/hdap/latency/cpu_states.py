@@ -28,7 +28,7 @@ class CpuState:
     share: float  # of the fleet
 
     def thread_count(self) -> int:
-        return self.threads or len(os.sched_getaffinity(0))
+        return self.threads or usable_cores()
 
     def describe(self) -> str:
         threads = "every core" if not self.threads else f"{self.threads} thread{'s' if self.threads > 1 else ''}"
@@ -36,6 +36,11 @@ class CpuState:
             if self.background_processes else ""
         return threads + load
 
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (`all` in a state)."""
+    return len(os.sched_getaffinity(0))
 
 
 def metric_key(name: str) -> str:

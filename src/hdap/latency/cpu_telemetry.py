@@ -8,7 +8,6 @@ repeated runs.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ import pyarrow as pa
 
 from hdap.fleet.schema import CPU_PROBES, SCHEMA_VERSION, TELEMETRY_SCHEMA, probe_column
 from hdap.fleet.sku import CPU_SKU
-from hdap.latency.cpu_states import CpuState
+from hdap.latency.cpu_states import CpuState, usable_cores
 from hdap.latency.layers import LayerConfig
 
 
@@ -57,7 +56,7 @@ def cpu_telemetry_row(backend, device_id: str, state: CpuState) -> pa.Table:
     made for the state, inside its background load)."""
     import onnxruntime as ort
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     row = {
         "schema_version": SCHEMA_VERSION, "device_id": device_id, "sku": CPU_SKU,
         "firmware": f"onnxruntime-{ort.__version__}", "timestamp": datetime.now(timezone.utc), "power_mode": state.name,

@@ -175,8 +175,7 @@ def _verdict(build: BuildSummary) -> str:
         return (f'<p class="verdict published"><b>Published</b> to <code>{html.escape(build.registry_uri)}</code>.'
                 f'<br><span class="note">Quality gate passed: {message}.</span></p>')
     if not build.gate.passed:
-        which = "latency" if build.gate.refused_by_latency else "quality"
-        return f'<p class="verdict refused"><b>Refused by the {which} gate:</b> {message}.</p>'
+        return f'<p class="verdict refused"><b>Refused by the {build.gate.name} gate:</b> {message}.</p>'
     return f'<p class="verdict"><b>Not published</b> (the quality gate passed: {message}).</p>'
 
 
@@ -195,7 +194,7 @@ def _headline(build: BuildSummary) -> str:
         _card(f"{_kb(size.uncompressed_onnx_bytes)} → {_kb(size.onnx_bytes)}", "ONNX model size, uncompressed → compressed"),
         _card(_fmt(ort.speedup, ".2f", "×"), f"ONNX Runtime speed-up measured on this machine, fleet-weighted over "
               f"{len(ort.states)} CPU state{'s' if len(ort.states) > 1 else ''} (slowest state: "
-              f"{_fmt(ort.state(ort.slowest_state).speedup, '.2f', '×')})"),
+              f"{_fmt(ort.slowest.speedup, '.2f', '×')})"),
         _card(_fmt(trt.speedup, ".2f", "×"), f"TensorRT speed-up on {trt.gpu or 'the GPU'}") if trt.built
         else _card("TensorRT not built", trt.reason),
     ]

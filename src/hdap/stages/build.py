@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract, plain
 from hdap.errors import HdapError
-from hdap.latency.cpu_states import metric_key, parse_cpu_states
+from hdap.latency.cpu_states import metric_key, parse_cpu_states, usable_cores
 from hdap.preprocessing import Preprocessing
 from hdap.settings import (ACCURACY_TOLERANCE, CPU_STATES, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
                            Settings, at_least, check_dataset, setting)
@@ -92,7 +92,7 @@ class ModelSize:
 
 @dataclass
 class StateTiming:
-    state: str  # as build_cpu_states names it
+    state: str  # as cpu_states names it
     description: str
     threads: int
     background_processes: int
@@ -119,17 +119,17 @@ class OnnxRuntimeTiming:
     latency_ms: float  # share-weighted mean of the states' latencies
     uncompressed_latency_ms: float
     speedup: float  # of the weighted means
-    slowest_state: str  # the state with the lowest speed-up
 
     @classmethod
     def of(cls, states: list[StateTiming], rounds: int) -> OnnxRuntimeTiming:
         latency = sum(s.share * s.latency_ms for s in states)
         uncompressed = sum(s.share * s.uncompressed_latency_ms for s in states)
-        slowest = min(states, key=lambda s: s.speedup)
-        return cls(states, rounds, round(latency, 5), round(uncompressed, 5), round(uncompressed / latency, 3), slowest.state)
+        return cls(states, rounds, round(latency, 5), round(uncompressed, 5), round(uncompressed / latency, 3))
 
-    def state(self, name: str) -> StateTiming:
-        return next(s for s in self.states if s.state == name)
+    @property
+    def slowest(self) -> StateTiming:
+        """The state with the lowest speed-up."""
+        return min(self.states, key=lambda s: s.speedup)
 
 
 @dataclass
@@ -184,6 +184,11 @@ class GateResult:
     min_measured_speedup: float = 0.0  # the latency gate (0: off)
     refused_by_latency: bool = False
 
+    @property
+    def name(self) -> str:
+        """Which gate decided: the latency gate where it refused, else the quality gate."""
+        return "latency" if self.refused_by_latency else "quality"
+
 
 @dataclass
 class RunRef:
@@ -215,7 +220,7 @@ class BuildSummary(Contract):
                    "onnxruntime_agreement": self.accuracy.onnxruntime_agreement, "onnxruntime_latency_ms": self.onnxruntime.latency_ms,
                    "onnxruntime_speedup": self.onnxruntime.speedup, "predicted_fleet_speedup": self.fleet.predicted_speedup,
                    "tensorrt_built": float(self.tensorrt.built), "onnx_bytes": self.size.onnx_bytes,
-                   "onnxruntime_min_state_speedup": self.onnxruntime.state(self.onnxruntime.slowest_state).speedup}
+                   "onnxruntime_min_state_speedup": self.onnxruntime.slowest.speedup}
         metrics |= {f"onnxruntime_speedup_{metric_key(s.state)}": s.speedup for s in self.onnxruntime.states}
         if self.fleet.true_speedup is not None:
             metrics["true_fleet_speedup"] = self.fleet.true_speedup
@@ -273,8 +278,7 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
                            built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
     _report(summary, front, inputs, outputs, context)
     if not gate.passed:
-        which = "latency" if gate.refused_by_latency else "quality"
-        raise HdapError(f"the {which} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
+        raise HdapError(f"the {gate.name} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
     return summary.metrics()
 
 
@@ -288,7 +292,6 @@ def _layer_shapes(spec: ArchitectureSpec) -> list[LayerShape]:
 def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path, front: Front, context: StageContext) -> _Built:
     """Export both models as ONNX; their accuracy and latency in ONNX Runtime (and TensorRT where it runs)."""
     import functools
-    import os
 
     import onnx
     import torch
@@ -318,7 +321,7 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
 
     truth = labels(data.test)
     reference = predictions(fake_quantized, data.test)
-    threads = len(os.sched_getaffinity(0))  # predicting the splits: every core
+    threads = usable_cores()  # predicting the splits: every core
     ours = onnx_predictions(inference_session(qdq, threads), data.test)
     theirs = onnx_predictions(inference_session(baseline, threads), data.test)
     accuracy = functools.partial(accuracy_percent, truth=truth)
@@ -449,7 +452,7 @@ def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, mo
 
 def _latency_refusal(min_speedup: float, timing: OnnxRuntimeTiming) -> str | None:
     """Why the latency gate refuses the model (its slowest state is not `min_speedup` times as fast); None if it passes or is off."""
-    slowest = timing.state(timing.slowest_state)
+    slowest = timing.slowest
     if not min_speedup or slowest.speedup >= min_speedup:
         return None
     return (f"measured with ONNX Runtime on this machine ({slowest.description}) it runs {slowest.speedup:.2f}x as fast as the "

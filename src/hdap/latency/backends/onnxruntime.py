@@ -130,12 +130,7 @@ class OnnxRuntimeBackend:
         if any(c.in_channels < 1 or c.out_channels < 1 for c in configs):
             raise MeasurementFailed("a layer with no channels has nothing to time")
         try:
-            model = layers_graph(configs, classes=classes)
-            sess = session(model.SerializeToString(), self.threads)
-            first = configs[0]
-            shape = (1, first.in_channels) if first.op == "linear" else (1, first.in_channels, first.height, first.width)
-            feed = {"input": np.random.default_rng(0).normal(size=shape).astype(np.float32)}
-            return time_session(sess, feed, self.warmup, self.repeats, self.min_seconds)
+            return self.measure_graph(layers_graph(configs, classes=classes))
         except MeasurementFailed:
             raise
         except Exception as err:  # ONNX Runtime reports build and run failures as many types
