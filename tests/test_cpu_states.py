@@ -23,7 +23,24 @@ def test_given_shares_are_normalised_and_loads_counted() -> None:
     assert states[1] == CpuState("2+load3", 2, 3, 0.25) and states[1].describe() == "2 threads beside 3 busy processes"
 
 
-@pytest.mark.parametrize("text, says", [("", "lists no CPU state"), ("0", "'0', which is not a state"),
+def test_a_state_pinned_to_cores_runs_there_and_counts_them_as_every_core() -> None:
+    from hdap.errors import HdapError
+    from hdap.latency.cpu_states import pinned
+
+    state, = parse_cpu_states("all/0+load")
+    assert state.cores == (0,) and state.thread_count() == 1 and state.describe() == "every core on core 0 beside 1 busy process"
+    allowed = os.sched_getaffinity(0)
+    with pinned(state):
+        assert os.sched_getaffinity(0) == {0}
+    assert os.sched_getaffinity(0) == allowed
+    absent = max(allowed) + 1
+    with pytest.raises(HdapError, match=f"pinned to core {absent}, but this process may use only cores"), \
+            pinned(parse_cpu_states(f"1/{absent}")[0]):
+        pass
+    assert os.sched_getaffinity(0) == allowed
+
+
+@pytest.mark.parametrize("text, says", [("", "lists no CPU state"), ("1/3-1", "cores run backwards"), ("1/a", "not a state"), ("0", "'0', which is not a state"),
                                         ("two", "'two', which is not a state"), ("1@0.5,2", "some states but not all"),
                                         ("1,1", "twice"), ("1@0", "sum to 0")])
 def test_a_malformed_state_list_gets_one_sentence(text: str, says: str) -> None:

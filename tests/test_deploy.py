@@ -80,6 +80,44 @@ def test_a_layer_left_fp32_has_no_qdq_in_the_export_and_an_int8_one_has_its_own(
     assert sum(node.op_type == "QuantizeLinear" for node in int8_graph.graph.node) == len(int8_layers)
 
 
+def _optimised_operators(graph, tmp_path) -> list[str]:
+    """The operators ONNX Runtime's CPU provider runs after its graph optimisations."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_int8_placed_for_onnx_runtime_runs_as_integer_kernels_with_no_stray_quantize_dequantize(tmp_path) -> None:
+    """A CPU fleet's int8: every layer a QLinearConv (or QGemm), every add a QLinearAdd, Q/DQ only where
+    the graph's float input enters and its logits leave. Placed TensorRT's way, ONNX Runtime runs the
+    same layers as float convolutions between Q/DQ pairs."""
+    from hdap.fleet.sku import QdqPlacement
+    from hdap.latency.model_variants import model_variants
+
+    (graph, layers), = model_variants("resnet20", (1, 8, 8), ("int8",), 1, placement=QdqPlacement.ONNXRUNTIME)
+    operators = _optimised_operators(graph, tmp_path)
+    assert operators.count("QLinearConv") + operators.count("QGemm") == len(layers)
+    assert operators.count("QLinearAdd") == 9 and "Conv" not in operators and "FusedConv" not in operators
+    assert operators.count("QuantizeLinear") == 1 and operators.count("DequantizeLinear") == 1
+    assert set(quantized_layer_names(graph).values()) == {"int8"}
+    (tensorrt_graph, _), = model_variants("resnet20", (1, 8, 8), ("int8",), 1, placement=QdqPlacement.TENSORRT)
+    assert "QLinearConv" not in _optimised_operators(tensorrt_graph, tmp_path)
+
+
+def test_a_cpu_fleet_model_left_fp32_is_exported_without_quantization() -> None:
+    from hdap.fleet.sku import QdqPlacement
+    from hdap.latency.model_variants import model_variants
+
+    (graph, _), = model_variants("resnet20", (1, 8, 8), ("fp32",), 1, placement=QdqPlacement.ONNXRUNTIME)
+    operators = {node.op_type for node in graph.graph.node}
+    assert not operators & {"QuantizeLinear", "DequantizeLinear"}
+
+
 def test_onnx_runtime_agrees_with_the_fake_quantized_model_on_at_least_99_percent(finetuned) -> None:
     model_dir, _, _, data, _ = finetuned
     fake_quantized, _, _ = load_finetuned(model_dir)

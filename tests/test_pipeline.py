@@ -210,6 +210,36 @@ def test_hdap_profile_measures_each_cpu_state_as_a_device_whose_telemetry_passes
     assert features.column("background_load_median").to_pylist() == [0.0, pytest.approx(1 / len(os.sched_getaffinity(0)))]
 
 
+# What a gateway has not installed: the agent must run without every one of them.
+PIPELINE_ONLY = ("torch", "torchvision", "torch_pruning", "kfp", "sklearn", "scipy", "matplotlib", "safetensors")
+
+
+def test_a_device_without_torch_profiles_from_a_kit_written_where_the_pipeline_runs(store_env: StoreConfig,
+                                                                                    object_store: ObjectStore, bucket: str,
+                                                                                    tmp_path: Path) -> None:
+    from hdap.latency.profiling import timed_models
+
+    kit = f"s3://{bucket}/kits/small-cnn"
+    written = hdap("profile-kit", "--model", "small-cnn", "--kit-uri", kit, cwd=tmp_path)
+    assert written.returncode == 0, written.stderr[-2000:]
+    blocked = "import sys; sys.modules.update(dict.fromkeys(%r)); from hdap.cli import main; main()" % (PIPELINE_ONLY,)
+    profiled = subprocess.run(
+        [sys.executable, "-c", blocked, "profile", "--kit-uri", kit, "--samples-per-layer", "2", "--rounds", "1",
+         "--device-id", "gateway", "--cpu-states", "1", "--profiles-uri", f"s3://{bucket}/profiles",
+         "--telemetry-uri", f"s3://{bucket}/telemetry"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600, env=os.environ.copy())
+    assert profiled.returncode == 0, profiled.stderr[-2000:]
+    assert "of small-cnn on gateway-1" in profiled.stdout
+    assert set(object_store.get_table(f"s3://{bucket}/profiles/gateway-1/profile.parquet").column("status").to_pylist()) == {"ok"}
+    assert len(timed_models(object_store.get_table(f"s3://{bucket}/profiles/gateway-1/models.parquet"))) >= 10
+    assert object_store.get_json(f"s3://{bucket}/profiles/gateway-1/device.json")["model"] == "small-cnn"
+    without_kit = subprocess.run([sys.executable, "-c", blocked, "profile", "--model", "small-cnn"], capture_output=True, text=True,
+                                 cwd=tmp_path, timeout=600, env=os.environ.copy())
+    assert without_kit.returncode == 1 and "pip install 'hdap[pipeline]'" in without_kit.stderr and "Traceback" not in without_kit.stderr
+    missing = hdap("profile", "--kit-uri", f"s3://{bucket}/kits/none", cwd=tmp_path)
+    assert missing.returncode == 1 and "no profiling kit at" in missing.stderr and "Traceback" not in missing.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

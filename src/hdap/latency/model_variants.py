@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import onnx
 import torch
 
+from hdap.fleet.sku import QdqPlacement
 from hdap.latency.layers import LayerConfig
 
 
 def model_variants(model_name: str, input_shape: tuple[int, ...], precisions: tuple[str, ...], count: int,
-                   seed: int = 0) -> list[tuple[onnx.ModelProto, list[LayerConfig]]]:
-    """`count` variants of the model as ONNX graphs, each with its layers as the surrogate sees them."""
+                   seed: int = 0, placement: QdqPlacement = QdqPlacement.TENSORRT) -> list[tuple[onnx.ModelProto, list[LayerConfig]]]:
+    """`count` variants of the model as ONNX graphs, each with its layers as the surrogate sees them,
+    its int8 written for the engine (`placement`; random images calibrate ONNX Runtime's)."""
     from hdap.compress.apply import build_pruned_model, quantized_layers
     from hdap.compress.quantize import activation_precision
     from hdap.compress.searchable import SearchableModel
@@ -49,6 +52,7 @@ def model_variants(model_name: str, input_shape: tuple[int, ...], precisions: tu
             for module in pruned.modules():
                 if isinstance(module, torch.nn.BatchNorm2d):
                     module.running_mean.normal_(0, 0.1, generator=generator)
-        graph = export_qdq_onnx(pruned, {name: 4.0 for name in quantized_layers(pruned)}, input_shape)
+        calibration = np.random.default_rng(seed).normal(size=(8, *input_shape)).astype(np.float32)
+        graph = export_qdq_onnx(pruned, {name: 4.0 for name in quantized_layers(pruned)}, input_shape, placement, calibration)
         variants.append((graph, spec_layer_configs(spec, layers)))
     return variants

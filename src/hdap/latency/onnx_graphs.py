@@ -1,9 +1,10 @@
 """ONNX graphs of layer configurations: one layer to profile it, a chain of layers to time a model.
 
-Quantized layers are written the way the exporter will write them (explicit quantization, as
-TensorRT wants): int8 activations in and out through QuantizeLinear/DequantizeLinear with
-zero-point 0, int8 weights per output channel behind a DequantizeLinear. Float layers keep float weights.
-ONNX Runtime fuses the pattern into its integer kernels, TensorRT into its int8 ones.
+Quantized layers are written the way the exporter writes them for the target's engine
+(`QdqPlacement`): activations in and out through QuantizeLinear/DequantizeLinear with zero-point
+0 (signed int8 for TensorRT; unsigned for ONNX Runtime, whose Conv -> ReLU -> QuantizeLinear then
+becomes one QLinearConv), int8 weights per output channel behind a DequantizeLinear. Float layers
+keep float weights.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hdap.fleet.sku import QdqPlacement
 from hdap.latency.layers import LayerConfig
 
 OPSET = 17
@@ -19,7 +21,8 @@ ACTIVATION_SCALE = 0.05
 
 
 class _GraphBuilder:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, placement: QdqPlacement) -> None:
+        self.activation_type = np.uint8 if placement is QdqPlacement.ONNXRUNTIME else np.int8
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.rng = np.random.default_rng(seed)
@@ -35,9 +38,9 @@ class _GraphBuilder:
         return name
 
     def quantize_dequantize(self, tensor: str) -> str:
-        """Fake-quantize an activation to int8, symmetric (zero-point 0)."""
+        """Fake-quantize an activation to 8 bits, zero-point 0."""
         scale = self.constant("act_scale", np.array(ACTIVATION_SCALE, np.float32))
-        zero = self.constant("act_zero", np.array(0, np.int8))
+        zero = self.constant("act_zero", np.array(0, self.activation_type))
         quantized, dequantized = self.name("q"), self.name("dq")
         self.nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zero], [quantized]))
         self.nodes.append(helper.make_node("DequantizeLinear", [quantized, scale, zero], [dequantized]))
@@ -102,10 +105,11 @@ class _GraphBuilder:
         return relu
 
 
-def layers_graph(configs: list[LayerConfig], classes: int | None = None, seed: int = 0) -> onnx.ModelProto:
+def layers_graph(configs: list[LayerConfig], classes: int | None = None, seed: int = 0,
+                 placement: QdqPlacement = QdqPlacement.TENSORRT) -> onnx.ModelProto:
     """A chain of layers (each output feeding the next), optionally pooled into a classifier."""
     first = configs[0]
-    builder = _GraphBuilder(seed)
+    builder = _GraphBuilder(seed, placement)
     if first.op == "linear":
         input_shape = [1, first.in_channels]
     else:

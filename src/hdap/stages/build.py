@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract, plain
 from hdap.errors import HdapError
+from hdap.fleet.sku import QdqPlacement
 from hdap.latency.cpu_states import metric_key, parse_cpu_states, usable_cores
 from hdap.preprocessing import Preprocessing
 from hdap.settings import (ACCURACY_TOLERANCE, CPU_STATES, DATASET, DATASET_URI, REGISTRY_URI, SEED, TRUTH_URI, Choice, DatasetName,
@@ -24,6 +25,8 @@ from hdap.settings import (ACCURACY_TOLERANCE, CPU_STATES, DATASET, DATASET_URI,
 from hdap.stages import Stage, StageContext
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hdap.compress.spec import ArchitectureSpec
     from hdap.latency.layers import LayerShape
     from hdap.stages.search import Front
@@ -32,6 +35,7 @@ log = logging.getLogger("hdap")
 # The ONNX metadata key of the model's preprocessing (JSON: mean, std, channel_order, input_shape);
 # the registry's manifest.json holds the same under "preprocessing".
 PREPROCESSING_KEY = "hdap.preprocessing"
+CALIBRATION_IMAGES = 256  # training images that set ONNX Runtime's activation ranges (a CPU fleet's int8)
 
 
 def preprocessing_json(preprocessing: Preprocessing) -> str:
@@ -289,6 +293,24 @@ def _layer_shapes(spec: ArchitectureSpec) -> list[LayerShape]:
     return prunable_layers(build_model(spec.model, shape, classes=spec.classes), shape)
 
 
+def _qdq_placement(inputs: BuildInputs) -> QdqPlacement:
+    """How the fleet's engine wants int8 written: its SKU's (a CPU fleet: ONNX Runtime's)."""
+    import pyarrow.parquet as pq
+
+    from hdap.fleet.sku import get_sku
+
+    skus = pq.read_table(inputs.features, columns=["sku"]).column("sku")
+    return get_sku(skus[0].as_py()).qdq_placement if len(skus) else QdqPlacement.TENSORRT
+
+
+def _calibration_images(train, seed: int, count: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """A seeded sample of preprocessed training images: what sets ONNX Runtime's activation ranges."""
+    import torch
+
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return torch.stack([train[i][0] for i in chosen]).numpy()
+
+
 def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path, front: Front, context: StageContext) -> _Built:
     """Export both models as ONNX; their accuracy and latency in ONNX Runtime (and TensorRT where it runs)."""
     import functools
@@ -310,14 +332,16 @@ def _export_and_measure(config: BuildConfig, inputs: BuildInputs, engines: Path,
     data = load_dataset(recipe_config(finetuned.data, config.dataset, config.dataset_uri, config.seed), context.store)
     uncompressed = trained_model(spec.model, shape, spec.classes,
                                  torch.load(inputs.model / "uncompressed.weights.pt", weights_only=True))
-    qdq = export_qdq_onnx(plain, amax, shape)
+    placement = _qdq_placement(inputs)
+    qdq = export_qdq_onnx(plain, amax, shape, placement, _calibration_images(data.train, config.seed))
     baseline = export_float_onnx(fold_batch_norms(uncompressed), shape)
     for graph in (qdq, baseline):  # what a device does to an image first, in the graph's own metadata
         onnx.helper.set_model_props(graph, {PREPROCESSING_KEY: preprocessing_json(finetuned.data.preprocessing)})
     onnx.save(qdq, engines / "model.onnx")
     onnx.save(baseline, engines / "uncompressed.onnx")
     written = list(quantized_layer_names(qdq).values())
-    log.info("exported %s: %d int8 (Q/DQ) layers, %d fp16 layers", engines / "model.onnx", written.count("int8"), written.count("fp16"))
+    log.info("exported %s: %d int8 (Q/DQ) layers, %d fp16 layers, placed for %s", engines / "model.onnx", written.count("int8"),
+             written.count("fp16"), placement.value)
 
     truth = labels(data.test)
     reference = predictions(fake_quantized, data.test)

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from hdap.fleet.sku import QdqPlacement
 from hdap.latency.backends.base import MeasurementFailed
 from hdap.latency.layers import LayerConfig
 from hdap.latency.onnx_graphs import layers_graph
@@ -130,7 +131,7 @@ class OnnxRuntimeBackend:
         if any(c.in_channels < 1 or c.out_channels < 1 for c in configs):
             raise MeasurementFailed("a layer with no channels has nothing to time")
         try:
-            return self.measure_graph(layers_graph(configs, classes=classes))
+            return self.measure_graph(layers_graph(configs, classes=classes, placement=QdqPlacement.ONNXRUNTIME))
         except MeasurementFailed:
             raise
         except Exception as err:  # ONNX Runtime reports build and run failures as many types
