@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hdap-installed
 
-.PHONY: venv run test bench compile clean store-down
+.PHONY: venv run test bench compile images clean store-down
+
+IMAGE_REGISTRY ?= localhost:5000
+IMAGE_TAG ?= 0.1.0
 
 venv: $(STAMP)
 
@@ -32,6 +35,17 @@ bench: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/hdap compile --output hdap-pipeline.yaml
+
+## images: the CPU step image and the GPU (TensorRT) build image, where a Docker engine runs
+images:
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		docker build -f images/Dockerfile.cpu -t $(IMAGE_REGISTRY)/hdap-step:$(IMAGE_TAG) . && \
+		docker build -f images/Dockerfile.gpu -t $(IMAGE_REGISTRY)/hdap-step-gpu:$(IMAGE_TAG) . && \
+		echo "built $(IMAGE_REGISTRY)/hdap-step:$(IMAGE_TAG) and $(IMAGE_REGISTRY)/hdap-step-gpu:$(IMAGE_TAG)"; \
+	else \
+		echo "no Docker engine answers here (docker info failed): nothing was built; run make images where one does" >&2; \
+		exit 1; \
+	fi
 
 store-down: $(STAMP)
 	$(BIN)/hdap store down

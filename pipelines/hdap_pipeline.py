@@ -7,6 +7,7 @@ written once; `hdap run --help` explains each.
 """
 
 import os
+from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
@@ -37,14 +38,46 @@ STORE_SECRET_KEYS = {
 # be pinned to nodes of the target SKU (a node label key=value).
 BUILD_ACCELERATOR = os.environ.get("HDAP_BUILD_ACCELERATOR", "")  # e.g. nvidia.com/gpu; empty: CPU only
 BUILD_NODE_LABEL = os.environ.get("HDAP_BUILD_NODE_LABEL", "")  # e.g. nvidia.com/gpu.product=Jetson-Xavier-NX
+# A toleration for the build step (key=value:Effect), so it can run on tainted nodes of the target SKU.
+BUILD_TOLERATION = os.environ.get("HDAP_BUILD_TOLERATION", "")
 # The search and the fine-tune train: on a cluster with GPUs they ask for one (`hdap compile --train-accelerator`).
 TRAIN_ACCELERATOR = os.environ.get("HDAP_TRAIN_ACCELERATOR", "")  # e.g. nvidia.com/gpu; empty: CPU only
 
 
+@dataclass(frozen=True)
+class StepPolicy:
+    """How a step runs on a cluster: what it asks of a node, and whether Kubeflow may reuse a result."""
+
+    cpu: str  # requested; the limit is twice that
+    memory: str  # requested; the limit is twice that
+    cached: bool  # False for a step that reads store prefixes whose contents change between runs with the same parameters
+
+
+STEPS = {
+    "ingest": StepPolicy("1", "2G", cached=False),  # the telemetry prefix grows: a cached ingest replays last week's fleet
+    "cluster": StepPolicy("1", "2G", cached=True),  # a function of the ingested features
+    "surrogate": StepPolicy("1", "2G", cached=False),  # devices upload new profiles under the same profiles_uri
+    "search": StepPolicy("2", "4G", cached=True),  # the surrogates, the dataset and the weights, all by content
+    "finetune": StepPolicy("2", "4G", cached=True),
+    "build": StepPolicy("2", "4G", cached=False),  # reads and writes the registry, times this node
+}
+# Every step talks to the object store: a store that blips should cost a retry, not the run.
+RETRY = dict(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="10m")
+
+
 def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
-    """A stage's task: its display name, and the store's settings from the secret."""
+    """A stage's task: its display name, resources, caching and retries, and the store's settings from the secret."""
+    policy = STEPS[name]
     task.set_display_name(stage(name).title)
+    task.set_cpu_request(policy.cpu).set_memory_request(policy.memory)
+    task.set_cpu_limit(_twice(policy.cpu)).set_memory_limit(_twice(policy.memory))
+    task.set_caching_options(enable_caching=policy.cached).set_retry(**RETRY)
     return kubernetes.use_secret_as_env(task, secret_name=STORE_SECRET, secret_key_to_env=STORE_SECRET_KEYS)
+
+
+def _twice(quantity: str) -> str:
+    number = quantity.rstrip("GMKi")
+    return f"{2 * int(number)}{quantity[len(number):]}"
 
 
 def on_build_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -53,6 +86,10 @@ def on_build_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
     if BUILD_NODE_LABEL:
         key, _, value = BUILD_NODE_LABEL.partition("=")
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if BUILD_TOLERATION:
+        key_value, _, effect = BUILD_TOLERATION.partition(":")
+        key, _, value = key_value.partition("=")
+        kubernetes.add_toleration(task, key=key, operator="Equal" if value else "Exists", value=value or None, effect=effect or None)
     return task
 
 
@@ -120,12 +157,12 @@ def hdap_pipeline(
         finetune_epochs=search_finetune_epochs, granule=search_granule, learning_rate=search_learning_rate,
         accuracy_tolerance=accuracy_tolerance,
         truth_uri=truth_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "search")
-    on_training_nodes(search_task.set_cpu_limit("4").set_memory_limit("8G"))
+    on_training_nodes(search_task)
     with dsl.If(search_mode != SearchMode.PER_CLUSTER.value, name="one-architecture"):  # per-cluster stops after the search
         finetune_task = step(finetune(
             architecture=search_task.outputs["architecture"], epochs=finetune_epochs, learning_rate=finetune_learning_rate,
             dataset=dataset, dataset_uri=dataset_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "finetune")
-        on_training_nodes(finetune_task.set_cpu_limit("4").set_memory_limit("8G").set_retry(2))
+        on_training_nodes(finetune_task)
         on_build_nodes(step(build(
             model=finetune_task.outputs["model"], surrogates=surrogate_task.outputs["surrogates"], features=features,
             clusters=cluster_task.outputs["clusters"], assignments=cluster_task.outputs["assignments"],

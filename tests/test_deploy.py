@@ -109,6 +109,37 @@ def test_int8_placed_for_onnx_runtime_runs_as_integer_kernels_with_no_stray_quan
     assert "QLinearConv" not in _optimised_operators(tensorrt_graph, tmp_path)
 
 
+def test_a_mixed_cpu_fleet_model_quantizes_its_int8_stage_and_leaves_the_fp32_layers_float(tmp_path) -> None:
+    """The first stage int8, the rest fp32: integer kernels where int8 was chosen, float convolutions
+    with float weights elsewhere (Q/DQ only at the border between the two)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from hdap.compress.searchable import SearchableModel
+    from hdap.compress.space import build_search_space
+    from hdap.compress.spec import export_spec
+    from hdap.fleet.sku import QdqPlacement
+    from hdap.models import prunable_layers
+
+    model = build_model("resnet20", (1, 8, 8))
+    layers = prunable_layers(model, (1, 8, 8))
+    spec = export_spec(SearchableModel(model, build_search_space(model, (1, 8, 8), ("fp32", "int8"))), "resnet20", (1, 8, 8),
+                       layers[-1].out_channels)
+    int8 = {layer.name for layer in spec.layers if layer.name.startswith("layer1.")}
+    spec.layers = [replace(layer, weight_precision="int8" if layer.name in int8 else "fp32",
+                           activation_precision="int8" if layer.name in int8 else "fp32") for layer in spec.layers]
+    pruned = build_pruned_model(spec).eval()
+    calibration = np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    graph = export_qdq_onnx(pruned, {}, (1, 8, 8), QdqPlacement.ONNXRUNTIME, calibration)
+    written = quantized_layer_names(graph)
+    assert {layer for layer, precision in written.items() if precision == "int8"} == int8
+    operators = _optimised_operators(graph, tmp_path)
+    assert operators.count("QLinearConv") == len(int8)
+    assert operators.count("Conv") + operators.count("FusedConv") == len(written) - len(int8) - 1  # the classifier is a Gemm
+    assert operators.count("QuantizeLinear") + operators.count("DequantizeLinear") <= 4  # in at the input, out at the border
+
+
 def test_a_cpu_fleet_model_left_fp32_is_exported_without_quantization() -> None:
     from hdap.fleet.sku import QdqPlacement
     from hdap.latency.model_variants import model_variants

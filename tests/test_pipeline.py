@@ -45,6 +45,38 @@ def test_hdap_compile_asks_for_a_gpu_for_the_training_steps_when_told(tmp_path: 
     assert accelerated == {"exec-search", "exec-finetune"}
 
 
+def _tasks(spec: dict, dag: dict) -> dict[str, dict]:
+    """Every task of the compiled pipeline by name, inside conditions too."""
+    found = {}
+    for name, task in dag["tasks"].items():
+        inner = spec["components"].get(task["componentRef"]["name"], {}).get("dag")
+        found.update(_tasks(spec, inner) if inner else {name: task})
+    return found
+
+
+def test_the_compiled_pipeline_retries_every_step_and_caches_only_steps_whose_inputs_cannot_change(tmp_path: Path) -> None:
+    """A scheduled run must read this week's telemetry, profiles and registry, not replay a cached step."""
+    output = tmp_path / "pipeline.yaml"
+    result = hdap("compile", "--output", str(output), "--build-toleration", "dedicated=jetson:NoSchedule")
+    assert result.returncode == 0, result.stderr
+    spec, platform = list(yaml.safe_load_all(output.read_text()))[:2]
+    tasks = _tasks(spec, spec["root"]["dag"])
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert set(tasks) == {"ingest", "cluster", "surrogate", "search", "finetune", "build"}
+    assert cached == {"cluster", "search", "finetune"}  # not ingest, surrogate (profiles) or build (registry)
+    for task in tasks.values():
+        assert task["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "30s", "backoffFactor": 2.0,
+                                       "backoffMaxDuration": "600s"}
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"]["resources"]
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"], name
+        assert resources["cpuLimit"] == 2 * resources["cpuRequest"], name
+    build = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-build"]
+    assert build["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "jetson", "effect": "NoSchedule"}]
+    wrong = hdap("compile", "--output", str(output), "--build-toleration", "dedicated=jetson:Sometimes")
+    assert wrong.returncode == 1 and "is not a toleration" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_hdap_compile_writes_ir_yaml_with_every_component_and_the_parameters(tmp_path: Path) -> None:
     output = tmp_path / "pipeline.yaml"
     result = hdap("compile", "--output", str(output), "--image", "registry.example.com/hdap-step:1")
@@ -90,6 +122,10 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     printed = " ".join(result.stdout.split())
     assert "hdap run summary" in printed
+    above_summary = result.stdout.split("hdap run summary")[0].splitlines()
+    assert len(above_summary) <= 40 and "step 6: build success" in printed  # kfp.local's dumps are in the log file
+    log_file = next((tmp_path / ".hdap" / "logs").glob("run-*.log"))
+    assert f"its full log: {log_file}" in printed and "Executing task 'build'" in log_file.read_text()
     assert "800 devices ingested, 0 rows quarantined" in printed
     assert "latency surrogates for small-cnn (fp16/int8), one per cluster, profiled by simulated" in printed
     assert "search (fleet, latency): uncompressed small-cnn" in printed
@@ -148,7 +184,7 @@ def test_a_step_that_fails_reports_its_reason_in_one_line(store_env: StoreConfig
     assert result.returncode == 1
     printed = " ".join(result.stderr.split())
     assert "error: the pipeline stopped in step ingest: " in printed
-    assert "schema version 9" in printed
+    assert "schema version 9" in printed and "the run's log:" in printed and "\x1b[" not in result.stderr
     assert "Traceback" not in result.stderr
 
 

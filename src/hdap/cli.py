@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -22,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.table import Table
 
 from hdap.errors import HdapError
 from hdap.fleet.simulate import SimulationConfig
@@ -205,14 +207,20 @@ def compile_command(
     gpu_image: Annotated[Optional[str], typer.Option(help="Image of the build step, with TensorRT (images/Dockerfile.gpu); default the step image.")] = None,
     build_accelerator: Annotated[str, typer.Option(help="Accelerator the build step requests, e.g. nvidia.com/gpu; empty: none.")] = "",
     build_node_label: Annotated[str, typer.Option(help="Pin the build step to nodes with this label (key=value), e.g. of the target SKU.")] = "",
+    build_toleration: Annotated[str, typer.Option(help="Let the build step run on nodes with this taint: key=value:Effect "
+                                                  "(or key:Effect), e.g. dedicated=jetson:NoSchedule.")] = "",
     train_accelerator: Annotated[str, typer.Option(help="Accelerator the search and fine-tune steps request, e.g. nvidia.com/gpu "
                                                    "(they train on it: device=auto); empty: none.")] = "",
 ) -> None:
     """Compile the pipeline to Kubeflow IR YAML, to upload in the Kubeflow UI or submit with the kfp client."""
     if build_node_label and "=" not in build_node_label:
         raise HdapError(f"--build-node-label {build_node_label!r} is not a node label: write it as key=value.")
+    if build_toleration and not re.fullmatch(r"[\w./-]+(=[\w./-]*)?(:(NoSchedule|PreferNoSchedule|NoExecute))?", build_toleration):
+        raise HdapError(f"--build-toleration {build_toleration!r} is not a toleration: write key=value:Effect, Effect one of "
+                        "NoSchedule, PreferNoSchedule, NoExecute (e.g. dedicated=jetson:NoSchedule).")
     for name, value in (("HDAP_STEP_IMAGE", image), ("HDAP_GPU_STEP_IMAGE", gpu_image or image),
                         ("HDAP_BUILD_ACCELERATOR", build_accelerator), ("HDAP_BUILD_NODE_LABEL", build_node_label),
+                        ("HDAP_BUILD_TOLERATION", build_toleration),
                         ("HDAP_TRAIN_ACCELERATOR", train_accelerator)):
         if value:
             os.environ[name] = value
@@ -241,7 +249,125 @@ def run_command(values: dict[str, Any]) -> None:
     config_file = values.pop("config")
     parameters = read_run_file(config_file) if config_file else {}
     settings = RunSettings.from_parameters(parameters | _given(values))
-    print_summary(run_pipeline_locally(settings), console)
+    print_summary(run_pipeline_locally(settings, console=console), console)
+
+
+# -- Kubeflow ------------------------------------------------------------------------------------
+def _option(name: str, annotation: Any, default: Any, help: str, envvar: str | None = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, "--" + name.replace("_", "-"), help=help, envvar=envvar))
+
+
+KUBEFLOW_OPTIONS = [
+    _option("host", Optional[str], None, "The Kubeflow Pipelines API: https://<kubeflow>/pipeline, or "
+            "http://ml-pipeline.kubeflow:8888 inside the cluster.", "HDAP_KFP_HOST"),
+    _option("token", Optional[str], None, "A bearer token for the API (e.g. kubectl create token ...).", "HDAP_KFP_TOKEN"),
+    _option("cookies", Optional[str], None, "Cookies of a signed-in browser session (authservice_session=...).", "HDAP_KFP_COOKIES"),
+    _option("in_cluster", bool, False, "Authenticate with this pod's projected service-account token (inside the cluster)."),
+    _option("namespace", Optional[str], None, "Your profile namespace on a multi-user Kubeflow.", "HDAP_KFP_NAMESPACE"),
+]
+SUBMIT_OPTIONS = [
+    _option("experiment", str, "hdap", "The experiment the runs are grouped in (created if missing)."),
+    _option("pipeline_name", str, "hdap", "The pipeline's name on the server: uploaded the first time, a new version after."),
+    _option("version_name", Optional[str], None, "The new version's name; default hdap-(UTC time)."),
+    _option("run_name", Optional[str], None, "The run's (or recurring run's) name."),
+    _option("package", Optional[Path], None, "A compiled pipeline (hdap compile); default: this hdap's, compiled now."),
+    _option("service_account", Optional[str], None, "The Kubernetes identity the steps run as (manifests/: hdap-steps); "
+            "default: the namespace's."),
+]
+SCHEDULE_OPTIONS = [
+    _option("cron", Optional[str], None, "When: Kubeflow's six-field cron, seconds first ('0 0 3 * * 1': Mondays 03:00), or @weekly."),
+    _option("every", Optional[str], None, "Or an interval instead of a cron: 7d, 12h, 30m, 90s."),
+    _option("max_concurrency", int, 1, "Runs of this schedule allowed at once."),
+    _option("catchup", bool, False, "Start the runs a paused schedule missed (off: only the next one)."),
+]
+
+
+def _kubeflow(values: dict[str, Any]):
+    """The target and the submission the options describe; the run settings checked first."""
+    from hdap.run_file import read_run_file
+    from hdap.stages import RunSettings
+    from pipelines.kubeflow import KubeflowTarget, Submission
+
+    if not values.get("host"):
+        raise HdapError("say where Kubeflow Pipelines is: --host https://<kubeflow>/pipeline (or HDAP_KFP_HOST).")
+    target = KubeflowTarget(values.pop("host"), values.pop("token") or "", values.pop("cookies") or "", values.pop("in_cluster"),
+                            values.pop("namespace") or "")
+    submission = dict(experiment=values.pop("experiment"), pipeline_name=values.pop("pipeline_name"),
+                      version_name=values.pop("version_name") or "", run_name=values.pop("run_name") or "", package=values.pop("package"),
+                      service_account=values.pop("service_account") or "")
+    config_file = values.pop("config")
+    settings = RunSettings.from_parameters((read_run_file(config_file) if config_file else {}) | _given(values))
+    return target, Submission(parameters=settings.to_parameters(), **submission)
+
+
+@settings_command(app, "submit", pipeline_settings(), extra=[CONFIG_OPTION, *KUBEFLOW_OPTIONS, *SUBMIT_OPTIONS])
+def submit_command(values: dict[str, Any]) -> None:
+    """Run the pipeline on a Kubeflow Pipelines server: upload it (or a new version), create the experiment, start a run.
+
+    The run's settings are the options `hdap run` takes (and --config); they are checked here, before anything is sent.
+    """
+    from pipelines.kubeflow import submit
+
+    target, submission = _kubeflow(values)
+    done = submit(target, submission)
+    console.print(f"run {escape(done.run_id)} started in experiment {escape(submission.experiment)} (pipeline "
+                  f"{escape(done.pipeline_id)}, version {escape(done.version_id)}); follow it: hdap runs --host {escape(target.host)} "
+                  f"--wait {escape(done.run_id)}")
+
+
+@settings_command(app, "schedule", pipeline_settings(), extra=[CONFIG_OPTION, *KUBEFLOW_OPTIONS, *SUBMIT_OPTIONS, *SCHEDULE_OPTIONS])
+def schedule_command(values: dict[str, Any]) -> None:
+    """Retrain on a schedule on a Kubeflow Pipelines server: a recurring run, one at a time, no catch-up by default.
+
+    --cron is Kubeflow's: six fields, seconds first ('0 0 3 * * 1' is Mondays at 03:00:00); a
+    five-field Unix cron is refused with the six-field form that means the same.
+    """
+    from pipelines.kubeflow import schedule
+
+    cron, every = values.pop("cron") or "", values.pop("every") or ""
+    concurrency, catchup = values.pop("max_concurrency"), values.pop("catchup")
+    target, submission = _kubeflow(values)
+    done = schedule(target, submission, cron=cron, interval_seconds=_seconds(every) if every else 0, max_concurrency=concurrency,
+                    catchup=catchup)
+    console.print(f"recurring run {escape(done.recurring_run_id)} created in experiment {escape(submission.experiment)} "
+                  f"({escape(cron or 'every ' + every)}, at most {concurrency} at a time)")
+
+
+def _seconds(interval: str) -> int:
+    found = re.fullmatch(r"(\d+)([smhd]?)", interval.strip())
+    if not found or int(found[1]) == 0:
+        raise HdapError(f"--every {interval!r} is not an interval: write a whole number with s, m, h or d, e.g. 7d or 12h.")
+    return int(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
+
+
+@app.command("runs")
+def runs_command(
+    host: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[0].default.help, envvar="HDAP_KFP_HOST")] = None,
+    token: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[1].default.help, envvar="HDAP_KFP_TOKEN")] = None,
+    cookies: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[2].default.help, envvar="HDAP_KFP_COOKIES")] = None,
+    in_cluster: Annotated[bool, typer.Option(help=KUBEFLOW_OPTIONS[3].default.help)] = False,
+    namespace: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[4].default.help, envvar="HDAP_KFP_NAMESPACE")] = None,
+    experiment: Annotated[str, typer.Option(help="The experiment whose runs to list.")] = "hdap",
+    wait: Annotated[Optional[str], typer.Option(help="A run id: wait until it ends, then print its state.")] = None,
+    timeout: Annotated[int, typer.Option(help="How long --wait waits, in seconds.")] = 3600,
+) -> None:
+    """List an experiment's latest runs on a Kubeflow Pipelines server, or wait for one to end."""
+    from pipelines.kubeflow import KubeflowTarget, list_runs, wait_for_run
+
+    if not host:
+        raise HdapError("say where Kubeflow Pipelines is: --host https://<kubeflow>/pipeline (or HDAP_KFP_HOST).")
+    target = KubeflowTarget(host, token or "", cookies or "", in_cluster, namespace or "")
+    if wait:
+        run = wait_for_run(target, wait, timeout)
+        console.print(f"run {escape(run.run_id)} ({escape(run.name)}): {escape(run.state)}")
+        if run.state.upper() != "SUCCEEDED":
+            raise typer.Exit(1)
+        return
+    table = Table("run", "name", "state", "created")
+    for run in list_runs(target, experiment):
+        table.add_row(escape(run.run_id), escape(run.name), escape(run.state), escape(run.created_at))
+    console.print(table)
 
 
 @app.command("config")

@@ -55,8 +55,9 @@ def preflight(settings: RunSettings, store: ObjectStore) -> None:
                         "or fix --telemetry-uri.")
 
 
-def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None) -> LocalRun:
-    """Check, then run every step with kfp.local in this machine's store; the run's outputs."""
+def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None, console: Console | None = None) -> LocalRun:
+    """Check, then run every step with kfp.local in this machine's store; the run's outputs. kfp.local's
+    output goes to a log file under .hdap/logs/; `console` gets its path and a line per step."""
     from hdap.embedded_store import local_store_config
     from pipelines.local import PipelineFailed, run_locally
 
@@ -67,15 +68,37 @@ def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None
     with tempfile.NamedTemporaryFile(prefix="hdap-failure-", delete=False) as handle:
         failure_file = Path(handle.name)
     os.environ["HDAP_FAILURE_FILE"] = str(failure_file)
+    log_file = home_dir() / "logs" / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log"
+    console = console or Console(quiet=True)
+    console.print(f"running the pipeline with kfp.local; its full log: {escape(str(log_file))}")
     try:
-        clusters = run_locally(settings.to_parameters(), home_dir() / "local_outputs")
+        clusters = run_locally(settings.to_parameters(), home_dir() / "local_outputs", log_file, StepLines(console))
     except PipelineFailed as err:
         reason = failure_file.read_text().strip()
-        raise HdapError(f"the pipeline stopped in step {reason}" if reason else f"the pipeline failed: {err}") from None
+        stopped = f"the pipeline stopped in step {reason}" if reason else f"the pipeline failed: {err}"
+        raise HdapError(f"{stopped} (the run's log: {log_file})") from None
     finally:
         failure_file.unlink(missing_ok=True)
         os.environ.pop("HDAP_FAILURE_FILE", None)
     return collect_run(store, join_uri(settings.output.output_uri, clusters.run_name, ""), clusters)
+
+
+class StepLines:
+    """One console line per finished step, with its time: kfp.local's own output is in the log file."""
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.started, self.done = console, {}, 0
+
+    def __call__(self, task: str, status: str) -> None:
+        import time
+
+        if status == "started":
+            self.started[task] = time.monotonic()
+            return
+        self.done += 1
+        seconds = time.monotonic() - self.started.get(task, time.monotonic())
+        colour = "green" if status == "SUCCESS" else "red"
+        self.console.print(f"  step {self.done}: {escape(task)} [{colour}]{escape(status.lower())}[/] in {seconds:.1f} s")
 
 
 def collect_run(store: ObjectStore, run_uri: str, clusters: ClusterSummary) -> LocalRun:
@@ -113,7 +136,7 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
     store = ObjectStore(local_store_config())
     today = datetime.now(timezone.utc).date()
     if fleet is DemoFleet.CPU:
-        return run_pipeline_locally(RunSettings.from_parameters(profile_cpu_fleet(store, seed, today, console)), store)
+        return run_pipeline_locally(RunSettings.from_parameters(profile_cpu_fleet(store, seed, today, console)), store, console)
     # The prefix names the fleet and the day, so re-running the demo reuses it instead of rewriting.
     fleet_uri = f"s3://hdap/demo/{sku}/{devices}x{days}d-seed{seed}/{today.isoformat()}"
     simulation = SimulationConfig(sku=sku, devices=devices, days=days, seed=seed, telemetry_uri=f"{fleet_uri}/telemetry",
@@ -125,7 +148,7 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
         console.print(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {simulation.telemetry_uri}")
     settings = RunSettings.from_parameters({"telemetry_uri": simulation.telemetry_uri, "sku": sku, "seed": seed,
                                             "truth_uri": simulation.truth_uri})
-    return run_pipeline_locally(settings, store)
+    return run_pipeline_locally(settings, store, console)
 
 
 def profile_cpu_fleet(store: ObjectStore, seed: int, today: date, console: Console, model: str = MODEL.default,

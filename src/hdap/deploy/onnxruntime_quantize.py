@@ -12,6 +12,7 @@ with no int8 layer is returned as it came.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -45,7 +46,7 @@ def quantize_for_onnxruntime(graph: onnx.ModelProto, layer_nodes: dict[str, onnx
     int8_nodes = {layer_nodes[layer].name for layer in int8}
     fp32_nodes = {node.name for layer, node in layer_nodes.items() if layer not in int8}
     excluded = sorted(fp32_nodes | _outside_int8_regions(graph, int8_nodes, fp32_nodes))
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _quantiser_notes_to_debug():
         source, target = Path(folder, "float.onnx"), Path(folder, "int8.onnx")
         onnx.save(graph, source)
         quantize_static(str(source), str(target), _Images(calibration, graph.graph.input[0].name), quant_format=QuantFormat.QDQ,
@@ -58,6 +59,25 @@ def quantize_for_onnxruntime(graph: onnx.ModelProto, layer_nodes: dict[str, onnx
     log.info("quantised %d layers for ONNX Runtime (%d fp32 layers and %d other ops left float)", len(int8), len(fp32_nodes),
              len(excluded) - len(fp32_nodes))
     return quantized
+
+
+@contextlib.contextmanager
+def _quantiser_notes_to_debug():
+    """ONNX Runtime's quantiser warns on the root logger about what it leaves alone (a batch norm's
+    axis, a bias it does not own, pre-processing it suggests): hdap's log keeps them, at debug level."""
+
+    def demote(record: logging.LogRecord) -> bool:
+        if "onnxruntime" in record.pathname and "quantization" in record.pathname:
+            log.debug("onnxruntime quantiser: %s", record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(demote)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)
 
 
 class _Images:
