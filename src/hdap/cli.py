@@ -283,16 +283,23 @@ SCHEDULE_OPTIONS = [
 ]
 
 
+def _target(values: dict[str, Any]):
+    """The Kubeflow Pipelines server the options name (taken out of `values`)."""
+    from pipelines.kubeflow import KubeflowTarget
+
+    if not values.get("host"):
+        raise HdapError("say where Kubeflow Pipelines is: --host https://<kubeflow>/pipeline (or HDAP_KFP_HOST).")
+    return KubeflowTarget(values.pop("host"), values.pop("token") or "", values.pop("cookies") or "", values.pop("in_cluster"),
+                          values.pop("namespace") or "")
+
+
 def _kubeflow(values: dict[str, Any]):
     """The target and the submission the options describe; the run settings checked first."""
     from hdap.run_file import read_run_file
     from hdap.stages import RunSettings
-    from pipelines.kubeflow import KubeflowTarget, Submission
+    from pipelines.kubeflow import Submission
 
-    if not values.get("host"):
-        raise HdapError("say where Kubeflow Pipelines is: --host https://<kubeflow>/pipeline (or HDAP_KFP_HOST).")
-    target = KubeflowTarget(values.pop("host"), values.pop("token") or "", values.pop("cookies") or "", values.pop("in_cluster"),
-                            values.pop("namespace") or "")
+    target = _target(values)
     submission = dict(experiment=values.pop("experiment"), pipeline_name=values.pop("pipeline_name"),
                       version_name=values.pop("version_name") or "", run_name=values.pop("run_name") or "", package=values.pop("package"),
                       service_account=values.pop("service_account") or "")
@@ -341,31 +348,28 @@ def _seconds(interval: str) -> int:
     return int(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
 
 
-@app.command("runs")
-def runs_command(
-    host: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[0].default.help, envvar="HDAP_KFP_HOST")] = None,
-    token: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[1].default.help, envvar="HDAP_KFP_TOKEN")] = None,
-    cookies: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[2].default.help, envvar="HDAP_KFP_COOKIES")] = None,
-    in_cluster: Annotated[bool, typer.Option(help=KUBEFLOW_OPTIONS[3].default.help)] = False,
-    namespace: Annotated[Optional[str], typer.Option(help=KUBEFLOW_OPTIONS[4].default.help, envvar="HDAP_KFP_NAMESPACE")] = None,
-    experiment: Annotated[str, typer.Option(help="The experiment whose runs to list.")] = "hdap",
-    wait: Annotated[Optional[str], typer.Option(help="A run id: wait until it ends, then print its state.")] = None,
-    timeout: Annotated[int, typer.Option(help="How long --wait waits, in seconds.")] = 3600,
-) -> None:
-    """List an experiment's latest runs on a Kubeflow Pipelines server, or wait for one to end."""
-    from pipelines.kubeflow import KubeflowTarget, list_runs, wait_for_run
+RUNS_OPTIONS = [
+    _option("experiment", str, "hdap", "The experiment whose runs to list."),
+    _option("wait", Optional[str], None, "A run id: wait until it ends, then print its state."),
+    _option("timeout", int, 3600, "How long --wait waits, in seconds."),
+]
 
-    if not host:
-        raise HdapError("say where Kubeflow Pipelines is: --host https://<kubeflow>/pipeline (or HDAP_KFP_HOST).")
-    target = KubeflowTarget(host, token or "", cookies or "", in_cluster, namespace or "")
+
+@settings_command(app, "runs", [], extra=[*KUBEFLOW_OPTIONS, *RUNS_OPTIONS])
+def runs_command(values: dict[str, Any]) -> None:
+    """List an experiment's latest runs on a Kubeflow Pipelines server, or wait for one to end."""
+    from pipelines.kubeflow import list_runs, wait_for_run
+
+    target = _target(values)
+    wait = values["wait"]
     if wait:
-        run = wait_for_run(target, wait, timeout)
+        run = wait_for_run(target, wait, values["timeout"])
         console.print(f"run {escape(run.run_id)} ({escape(run.name)}): {escape(run.state)}")
         if run.state.upper() != "SUCCEEDED":
             raise typer.Exit(1)
         return
     table = Table("run", "name", "state", "created")
-    for run in list_runs(target, experiment):
+    for run in list_runs(target, values["experiment"]):
         table.add_row(escape(run.run_id), escape(run.name), escape(run.state), escape(run.created_at))
     console.print(table)
 
