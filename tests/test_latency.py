@@ -228,23 +228,31 @@ def test_a_cpu_fleet_without_its_devices_profiles_is_refused_saying_how_to_profi
         build_cluster_surrogates(None, clusters, features, layers, SurrogateConfig())
 
 
-def test_whole_models_of_varied_depth_teach_the_surrogate_what_a_layer_costs_inside_a_model() -> None:
-    """Layers timed alone each paid a run's overhead: the model's own variants, of varied depth, recover it as
-    a per-layer offset, and the search's compiled cost counts it per present layer as the surrogate does."""
+def test_whole_models_of_varied_depth_and_mixed_precision_teach_the_surrogate_what_a_model_costs() -> None:
+    """Layers timed alone each paid a run's overhead, and no layer alone pays for changing precision: the
+    model's own variants (of varied depth, each precision in turn, then random mixes) recover a scale per
+    precision, a per-layer cost and a cost per boundary (the search's compiled cost counts
+    them as the surrogate does: test_search)."""
     from hdap.latency.fleet_profiling import simulated_surrogate
     from hdap.latency.model_variants import model_variants
-    from hdap.latency.surrogate import fit_model_overhead, model_terms
+    from hdap.latency.surrogate import fit_model_overhead
 
     layers = prunable_layers(build_model("resnet20", (1, 8, 8)), (1, 8, 8))
     surrogate = simulated_surrogate(SimulatedDevice("jetson-xavier-nx", "15W", 50, 0.05), layers, ("fp16", "int8"), 6)
-    variants = [configs for _, configs in model_variants("resnet20", (1, 8, 8), ("fp16", "int8"), 8, seed=1)]
+    variants = [configs for _, configs in model_variants("resnet20", (1, 8, 8), ("fp16", "int8"), 18, seed=1)]
     assert len(variants[0]) == len(layers) and len({len(v) for v in variants}) > 2  # the whole model first, then pruned ones
-    assert {c.precision for c in variants[1]} == {"int8"} and {c.precision for c in variants[2]} == {"fp16"}
-    measured = [(v, 0.9 * model_terms(surrogate, v)["layers"] + 0.05 - 0.004 * len(v)) for v in variants]
-    fit_model_overhead(surrogate, measured)
-    assert surrogate.layer_offset_ms == pytest.approx(-0.004, abs=1e-6) and surrogate.model_scale == pytest.approx(0.9, abs=1e-6)
-    assert surrogate.predict_model(variants[3]) == pytest.approx(measured[3][1], rel=1e-6)
-    assert LatencySurrogate.from_json(surrogate.to_json()).layer_offset_ms == surrogate.layer_offset_ms
+    assert {c.precision for c in variants[1]} == {"int8"} and {c.precision for c in variants[3]} == {"fp16"}
+    assert {c.precision for c in variants[2]} == {"fp16", "int8"}  # every third one mixes them
+
+    truth = LatencySurrogate.from_json(surrogate.to_json())
+    truth.layer_floor_ms = min(truth.predict(c) for v in variants for c in v)
+    truth.precision_scale, truth.model_offset_ms, truth.layer_offset_ms = {"fp16": 0.9, "int8": 0.4}, 0.05, 0.004
+    truth.transition_ms_per_melement = {"fp16>int8": 0.3, "int8>fp16": 0.2}
+    fit_model_overhead(surrogate, [(v, truth.predict_model(v)) for v in variants])
+    assert surrogate.layer_offset_ms == pytest.approx(0.004, abs=1e-6) and surrogate.precision_scale == pytest.approx(truth.precision_scale)
+    assert surrogate.transition_ms_per_melement == pytest.approx(truth.transition_ms_per_melement, abs=1e-6)
+    assert surrogate.predict_model(variants[5]) == pytest.approx(truth.predict_model(variants[5]), rel=1e-6)
+    assert LatencySurrogate.from_json(surrogate.to_json()).to_json() == surrogate.to_json()
 
 
 def test_the_nominal_device_of_a_measured_fleet_is_its_fastest_state_alone() -> None:

@@ -79,6 +79,10 @@ def test_the_compiled_fleet_cost_equals_the_surrogates_own_model_cost_and_gradie
     cost = FleetCost([random_surrogate(space.layers, MENU, s) for s in (1, 2)], [0.3, 0.7], MENU)
     for index, surrogate in enumerate(cost.surrogates):
         surrogate.layer_offset_ms = -0.002 * (index + 1)  # a layer inside a model costs less than timed alone
+        surrogate.transition_ms_per_melement = {f"{a}>{b}": 0.01 * (index + 1) * (i + 1) * (a != b) - 0.001 * (a == b)
+                                                for i, (a, b) in enumerate((a, b) for a in MENU for b in MENU)}
+        surrogate.layer_floor_ms = 0.001 * index
+        surrogate.precision_scale = {p: 0.5 + 0.2 * i + 0.1 * index for i, p in enumerate(MENU)}
     reference = cost.fleet_weighted_latency(searchable.decisions())
     compiled = CompiledFleetCost(cost, [d.config for d in searchable.decisions()])
     fast = compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions()))
@@ -88,6 +92,30 @@ def test_the_compiled_fleet_cost_equals_the_surrogates_own_model_cost_and_gradie
     fast_grad = torch.autograd.grad(compiled.fleet_weighted_latency(*stack_decisions(searchable.decisions())), parameters)
     for a, b in zip(slow_grad, fast_grad):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_a_target_the_smallest_architecture_cannot_reach_is_placed_inside_the_reachable_range() -> None:
+    """A small model on a CPU is mostly fixed overhead: a target below its smallest architecture's cost would
+    prune everything the search may drop. The smallest cost is what every layer at its cheapest precision,
+    every removable branch removed, costs; targets below it move as far into the reachable range."""
+    from hdap.compress.search import ArchitectureCost, reachable_settings, smallest_cost
+    from hdap.stages.search import Objective
+
+    model = build_model("resnet20", DIGITS)
+    space_of = lambda m: build_search_space(m, DIGITS, MENU)  # noqa: E731
+    reference = SearchableModel(copy.deepcopy(model), space_of(model))
+    reference.freeze()
+    full = reference.decisions()
+    fleet = FleetCost([random_surrogate(space.layers, MENU, 1) for space in [space_of(model)]], [1.0], MENU)
+    fleet.surrogates[0].model_offset_ms = 10.0  # a fixed cost dwarfing the layers
+    compiled = CompiledFleetCost(fleet, [d.config for d in full])
+    cost = ArchitectureCost(Objective.LATENCY, compiled, float(compiled.fleet_weighted_latency(*stack_decisions(full))))
+    floor = smallest_cost(model, space_of, cost)
+    assert 0.5 < floor < 1.0
+    targets = [SearchSetting(SettingKind.TARGET, t) for t in (0.99, 0.2)] + [SearchSetting(SettingKind.STRENGTH, 0.1)]
+    kept, placed, strength = reachable_settings(targets, floor)
+    assert kept.value == 0.99 and strength.value == 0.1
+    assert placed.value == pytest.approx(floor + (1 - floor) * 0.2, abs=1e-3) and floor < placed.value < 1
 
 
 @pytest.mark.parametrize("name", ["resnet20", "small-cnn", "mobilenetv2"])

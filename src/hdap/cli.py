@@ -185,7 +185,7 @@ def profile_command(values: dict[str, Any]) -> None:
 
 @settings_command(app, "profile-kit", KitConfig.exposed())
 def profile_kit_command(values: dict[str, Any]) -> None:
-    """Write a profiling kit: the model's layers and a dozen whole variants of it as ONNX graphs.
+    """Write a profiling kit: the model's layers and eighteen whole variants of it as ONNX graphs.
 
     Run it once where hdap's pipeline (torch) is installed; devices that have only ONNX Runtime
     then profile with `hdap profile --kit-uri <the same URI>`.

@@ -222,6 +222,39 @@ def search_one(pretrained: nn.Module, space_of, dataset: Dataset, config: Search
     return searchable
 
 
+def smallest_cost(pretrained: nn.Module, space_of, cost: ArchitectureCost) -> float:
+    """What the cheapest architecture the search can reach costs, relative to the uncompressed model: every
+    granule and branch it may drop dropped, every searched layer at each precision in turn (the cheapest)."""
+    searchable = SearchableModel(copy.deepcopy(pretrained), space_of(pretrained))
+    searchable.freeze()
+    logits = [float(v) for group in [*searchable.keep_logits, *searchable.branch_logits.values()] for v in group.detach().flatten()]
+    searchable.keep_threshold = max(logits) + 1.0
+    costs = []
+    with torch.no_grad():
+        for index in range(len(searchable.space.precisions)):
+            for layer_logits in searchable.precision_logits.values():
+                layer_logits.copy_(torch.nn.functional.one_hot(torch.tensor(index), len(layer_logits)).float())
+            costs.append(float(cost(searchable)))
+    searchable.remove()
+    return min(costs)
+
+
+def reachable_settings(settings: list[SearchSetting], floor: float) -> list[SearchSetting]:
+    """Targets as given where the model can reach them. A target below what the smallest architecture
+    costs would prune everything the search may drop, whatever it costs in accuracy (a small model on
+    a CPU is mostly fixed overhead: the demo's ResNet-20 on 8x8 digits cannot go below 0.85 of its
+    latency); such a target is placed as far into the reachable range instead: floor + (1 - floor) x target."""
+    reachable = []
+    for setting in settings:
+        if setting.kind is SettingKind.TARGET and setting.value < floor:
+            placed = round(floor + (1 - floor) * setting.value, 3)
+            log.warning("target %g is below what the smallest architecture costs (%.3f of the uncompressed model): "
+                        "searching at %g, as far into the reachable range", setting.value, floor, placed)
+            setting = SearchSetting(SettingKind.TARGET, placed)
+        reachable.append(setting)
+    return reachable
+
+
 def plain_weights(searchable: SearchableModel) -> dict[str, torch.Tensor]:
     """The searched model's own weights (unquantised, all channels), keyed like the zoo model's, on the CPU."""
     return {key: value.detach().cpu().clone() for key, value in plain_state_dict(searchable.model).items()}
@@ -342,8 +375,9 @@ def search_front(config: SearchConfig, dataset: Dataset, baseline: Baseline, cos
     def space_of(model: nn.Module) -> SearchSpace:
         return build_search_space(model, config.input_shape, baseline.space.precisions, config.granule)
 
+    floor = smallest_cost(baseline.model, space_of, cost)
     points = [measure_point(search_one(baseline.model, space_of, dataset, config, cost, s, baseline.removal_order), s,
-                            optimised_for, config, dataset, baseline) for s in config.settings()]
+                            optimised_for, config, dataset, baseline) for s in reachable_settings(config.settings(), floor)]
     mark_pareto(points)
     return points, choose(points, baseline.validation_accuracy, config.accuracy_tolerance)
 

@@ -6,7 +6,7 @@ any cluster representative with that device id, instead of profiling it with a b
 With ONNX Runtime the machine is a CPU fleet in miniature: in each declared state (`cpu_states`:
 threads, busy processes beside) it reports as a device of its own, `<id>-<state>`, writing the
 telemetry row a CPU device sends (`hdap.latency.cpu_telemetry`: probe kernels timed for real) and
-its layer profile, and times a dozen whole variants of the model, pruned at random
+its layer profile, and times eighteen whole variants of the model, pruned at random
 (`models.parquet`, `hdap.latency.model_variants`: the surrogate's per-model terms are fitted on
 them). The pipeline then ingests, clusters (one cluster per state) and fits
 surrogates from those measurements, as for any fleet (sku `cpu-onnxruntime`).

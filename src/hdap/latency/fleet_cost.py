@@ -96,7 +96,8 @@ class CompiledFleetCost:
         self.kernel_area = as_tensor([c.kernel_size**2 for c in layers])
         self.in_area = as_tensor([c.height * c.width for c in layers])
         self.out_area = as_tensor([c.out_height * c.out_width for c in layers])
-        self.scale = as_tensor([s.model_scale for s in cost.surrogates])
+        self.scale = as_tensor([[s.scale_of(p) for p in self.precisions] for s in cost.surrogates])  # (clusters, precisions)
+        self.floor = as_tensor([s.layer_floor_ms for s in cost.surrogates])
         self.offset = as_tensor([s.model_offset_ms for s in cost.surrogates])
         self.layer_offset = as_tensor([s.layer_offset_ms for s in cost.surrogates])
         self.transitions = torch.zeros(len(cost.surrogates), len(self.precisions), len(self.precisions), dtype=torch.float64)
@@ -112,15 +113,13 @@ class CompiledFleetCost:
         t = self.table
         work = layer_work(self.depthwise, self.kernel_area, self.in_area, self.out_area, in_channels.to(torch.float64),
                           out_channels.to(torch.float64), t["tile"], t["input_tile"], t["in_unpadded_below_tile"] > 0)
-        layer_ms = roofline_ms(self.models, work)  # (clusters, precisions, layers)
+        above_floor = roofline_ms(self.models, work) - self.floor[:, None, None]  # (clusters, precisions, layers)
         probs = precision_probs.to(torch.float64)
-        if present is not None:
-            layer_ms = layer_ms * present.to(torch.float64)
-        layers = torch.einsum("spl,lp->s", layer_ms, probs)
+        present = torch.ones(len(probs), dtype=torch.float64) if present is None else present.to(torch.float64)
+        layers = torch.einsum("spl,lp,l,sp->s", above_floor, probs, present, self.scale)
         elements = work.out_channels[:-1] * self.out_area[:-1] / 1e6
         boundaries = torch.einsum("spq,lp,lq,l->s", self.transitions, probs[:-1], probs[1:], elements)
-        count = present.to(torch.float64).sum() if present is not None else float(len(probs))
-        return self.scale * layers + self.offset + self.layer_offset * count + boundaries
+        return layers + self.offset + self.layer_offset * present.sum() + boundaries
 
     def fleet_weighted_latency(self, in_channels: torch.Tensor, out_channels: torch.Tensor, precision_probs: torch.Tensor,
                                present: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """What a device needs to profile a model without the model's code: its layers and whole variants.
 
 A gateway runs ONNX Runtime, not torch. A workstation with hdap's pipeline writes the kit once
-(`hdap profile-kit`): the model's prunable layers as the surrogate sees them, and a dozen whole
+(`hdap profile-kit`): the model's prunable layers as the surrogate sees them, and eighteen whole
 variants of it as ONNX graphs with their layers (`hdap.latency.model_variants`). Devices read it
 (`hdap profile --kit-uri`) and time it with ONNX Runtime and numpy alone.
 

@@ -19,10 +19,20 @@ and output channels. In PyTorch, channel counts may be soft (expected kept chann
 search): the tile rounding passes gradients straight through, and a precision mix weighs each
 precision's latency.
 
-A whole model costs `scale * sum(layers) + offset + boundaries`: what happens between layers
-(a chain of float convolutions shares one layout conversion, two int8 layers skip a requantize,
-a change of precision converts the activation) is a cost per activation element at each
-boundary, by the pair of precisions. All are fitted on a few measured whole models.
+A whole model is not the sum of its layers timed alone (each of those paid a whole run's
+overhead), so its per-model terms are fitted on a few measured whole models, some of them mixing
+precisions:
+
+    model = offset + sum over layers (scale_p * (t_layer - floor) + per_layer) + boundaries
+
+with `floor` the cheapest layer timed alone (so `per_layer` >= 0 is what the cheapest layer adds
+inside a model: removing a layer never makes the model slower), a scale per precision, and, at
+each change of precision between layers, a non-negative cost per activation element (a dequantize
+and a quantize). Boundaries between layers of one precision are left to the scales: fitted as
+well, on 18 models of a CPU's states, they took one state's whole cost from the layers, and the
+search then saw nothing it could make faster. (A fixed cost for using int8 at all fits a small
+CPU model better still, but a search cannot follow it: a soft "any layer is int8" stays near 1
+until every layer leaves int8 together, so no one layer's gradient sees it.)
 
 Fitting is two steps: non-negative least squares of relative error with p = 1 (convex, so it
 cannot land in a bad local optimum) for every tile candidate, then a gradient refinement of all
@@ -44,9 +54,9 @@ from scipy.optimize import nnls
 from hdap.errors import HdapError
 from hdap.latency.layers import LayerConfig
 
-FORMAT = "hdap.latency-surrogate/3"  # /2 added in_tile and in_unpadded_below_tile; /3 layer_offset_ms
-# /1: one tile, always padded; /2: no per-layer offset (the defaults)
-READABLE_FORMATS = ("hdap.latency-surrogate/1", "hdap.latency-surrogate/2", FORMAT)
+FORMAT = "hdap.latency-surrogate/4"  # /2 in_tile, in_unpadded_below_tile; /3 layer_offset_ms; /4 per-precision terms
+# /1: one tile, always padded; /2: no per-layer offset; /3: one scale, no floor, no precision costs (the defaults)
+READABLE_FORMATS = ("hdap.latency-surrogate/1", "hdap.latency-surrogate/2", "hdap.latency-surrogate/3", FORMAT)
 GroupKey = tuple[str, int, int, int, int, str]  # op, kernel size, stride, height, width, precision
 
 
@@ -155,9 +165,14 @@ class LatencySurrogate:
     model_offset_ms: float = 0.0
     transition_ms_per_melement: dict[str, float] = field(default_factory=dict)  # "fp32>int8" -> ms per 1e6 elements
     device: dict = field(default_factory=dict)  # what was profiled: backend and device state
-    # Per layer present in a model: a layer timed alone paid a whole run's overhead, which inside a
-    # model it does not (fitted on whole models of varied depth; 0 where none were timed).
+    # Per layer present in a model, beside its scaled time above the floor (fitted on whole models
+    # of varied depth; 0 where none were timed; negative in /3 surrogates, whose floor is 0).
     layer_offset_ms: float = 0.0
+    layer_floor_ms: float = 0.0  # the cheapest layer timed alone
+    precision_scale: dict[str, float] = field(default_factory=dict)  # per precision; model_scale where absent
+
+    def scale_of(self, precision: str) -> float:
+        return self.precision_scale.get(precision, self.model_scale)
 
     # -- prediction ---------------------------------------------------------------------------
     def group(self, config: LayerConfig, precision: str | None = None) -> GroupModel:
@@ -192,15 +207,18 @@ class LatencySurrogate:
     def predict_model(self, configs: list[LayerConfig]) -> float:
         """A whole chain of layers at hard choices (what a fine-tuned model will be)."""
         terms = model_terms(self, configs)
-        return float(self.model_scale * terms["layers"] + self.model_offset_ms + self.layer_offset_ms * terms["count"]
+        return float(sum(self.scale_of(p) * terms.get(f"above_floor:{p}", 0.0) for p in _precisions(terms))
+                     + self.model_offset_ms + self.layer_offset_ms * terms["count"]
                      + sum(self.transition_ms_per_melement.get(k, 0.0) * v for k, v in terms.items() if ">" in k))
 
     def model_cost(self, decisions: list[LayerDecision], precisions: tuple[str, ...]) -> torch.Tensor:
         """Expected latency (ms) of a chain of soft layer decisions: differentiable in every
         soft channel count and precision probability."""
-        layers = sum(d.present * self.mixed_layer_latency(d.config, d.in_channels, d.out_channels, d.precision_probs, precisions)
-                     for d in decisions)
-        total = self.model_scale * layers + self.model_offset_ms + self.layer_offset_ms * sum(d.present for d in decisions)
+        total = self.model_offset_ms + self.layer_offset_ms * sum(d.present for d in decisions)
+        for i, p in enumerate(precisions):
+            above = sum(d.present * d.precision_probs[i] * (self.layer_latency(d.config, d.in_channels, d.out_channels, p)
+                                                           - self.layer_floor_ms) for d in decisions)
+            total = total + self.scale_of(p) * above
         for before, after in zip(decisions[:-1], decisions[1:]):
             elements = before.out_channels * before.config.out_height * before.config.out_width / 1e6
             for i, p in enumerate(precisions):
@@ -217,6 +235,8 @@ class LatencySurrogate:
             "model_scale": self.model_scale,
             "model_offset_ms": self.model_offset_ms,
             "layer_offset_ms": self.layer_offset_ms,
+            "layer_floor_ms": self.layer_floor_ms,
+            "precision_scale": self.precision_scale,
             "transition_ms_per_melement": self.transition_ms_per_melement,
             "device": self.device,
             "groups": [{"op": op, "kernel_size": k, "stride": st, "height": h, "width": w, "precision": p, **asdict(g)}
@@ -234,7 +254,8 @@ class LatencySurrogate:
                    int(entry.pop("width")), entry.pop("precision"))
             groups[key] = GroupModel(**entry)
         return cls(groups, data["model_scale"], data["model_offset_ms"], data.get("transition_ms_per_melement", {}),
-                   data.get("device", {}), data.get("layer_offset_ms", 0.0))
+                   data.get("device", {}), data.get("layer_offset_ms", 0.0), data.get("layer_floor_ms", 0.0),
+                   data.get("precision_scale", {}))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
@@ -337,33 +358,51 @@ def fit_surrogate(configs: list[LayerConfig], latencies: np.ndarray, device: dic
 
 
 def model_terms(surrogate: LatencySurrogate, configs: list[LayerConfig]) -> dict[str, float]:
-    """A chain's predicted layer sum, its layer count and, per precision transition, the activation elements (1e6)."""
-    terms: dict[str, float] = {"layers": sum(surrogate.predict(c) for c in configs), "count": float(len(configs))}
+    """A chain's terms: per precision, its layers' predicted time above the floor (`above_floor:<p>`);
+    its layer count; per pair of precisions, the activation
+    elements (1e6) crossing between layers (fitted only where they differ; /3 surrogates priced all)."""
+    terms: dict[str, float] = {"count": float(len(configs))}
+    for c in configs:
+        terms[f"above_floor:{c.precision}"] = terms.get(f"above_floor:{c.precision}", 0.0) + surrogate.predict(c) - surrogate.layer_floor_ms
     for before, after in zip(configs[:-1], configs[1:]):
         key = transition_key(before.precision, after.precision)
         terms[key] = terms.get(key, 0.0) + before.out_channels * before.out_height * before.out_width / 1e6
     return terms
 
 
+def _precisions(terms: dict[str, float]) -> list[str]:
+    return [k.split(":", 1)[1] for k in terms if k.startswith("above_floor:")]
+
+
 def fit_model_overhead(surrogate: LatencySurrogate, models: list[tuple[list[LayerConfig], float]]) -> LatencySurrogate:
-    """Fit scale (>= 0), offset, a per-layer offset (where the models' depths vary) and per-transition
-    costs on measured whole models (relative error)."""
+    """Fit the per-model terms on measured whole models (relative error): a scale (>= 0) per
+    precision, an offset, a per-layer cost (>= 0, where the models' depths vary) and a cost (>= 0)
+    per change of precision. Fewer than two models per term: one scale, the offset and the per-layer cost only."""
     from scipy.optimize import lsq_linear
 
+    surrogate.layer_floor_ms = min(surrogate.predict(c) for configs, _ in models for c in configs)
     terms = [model_terms(surrogate, configs) for configs, _ in models]
-    transitions = sorted({k for t in terms for k in t if ">" in k})
+    keys = sorted({k for t in terms for k in t})
+    scales = [k for k in keys if k.startswith("above_floor:")]
     depth = ["count"] if len({t["count"] for t in terms}) > 1 else []
-    # Few models cannot pin down many transition costs: keep to scale and offsets then.
-    columns = ["layers", "offset", *depth] + (transitions if len(models) >= 2 * (2 + len(depth) + len(transitions)) else [])
-    design = np.array([[t.get(c, 0.0) if c != "offset" else 1.0 for c in columns] for t in terms])
+    transitions = [k for k in keys if ">" in k and len(set(k.split(">"))) == 2]
+    columns = [*scales, "offset", *depth, *transitions]
+    if len(models) < 2 * len(columns):
+        for t in terms:  # one shared scale
+            t["above_floor"] = sum(v for k, v in t.items() if k.startswith("above_floor:"))
+        columns = ["above_floor", "offset", *depth]
+    design = np.array([[1.0 if c == "offset" else t.get(c, 0.0) for c in columns] for t in terms])
     measured = np.array([m for _, m in models])
     weights = 1.0 / measured
-    lower = [0.0] + [-np.inf] * (len(columns) - 1)
+    lower = [-np.inf if c == "offset" else 0.0 for c in columns]
     solution = lsq_linear(design * weights[:, None], measured * weights, bounds=(lower, [np.inf] * len(columns))).x
     fitted = dict(zip(columns, (float(v) for v in solution)))
-    surrogate.model_scale, surrogate.model_offset_ms = fitted.pop("layers"), fitted.pop("offset")
-    surrogate.layer_offset_ms = fitted.pop("count", 0.0)
-    surrogate.transition_ms_per_melement = fitted
+    shared = fitted.get("above_floor")
+    surrogate.precision_scale = {k.split(":", 1)[1]: v for k, v in fitted.items() if k.startswith("above_floor:")}
+    surrogate.model_scale = shared if shared is not None else float(np.mean(list(surrogate.precision_scale.values())))
+    surrogate.model_offset_ms = fitted["offset"]
+    surrogate.layer_offset_ms = fitted.get("count", 0.0)
+    surrogate.transition_ms_per_melement = {k: v for k, v in fitted.items() if ">" in k}
     return surrogate
 
 

@@ -31,7 +31,7 @@ class SurrogateConfig(Settings):
     seed: int = SEED()
     granule: int = internal(8)  # channels move in granules when profiling, as the search prunes them (`hdap profile` too)
     rounds: int = internal(3)  # profiling rounds on real backends (each configuration's quietest round)
-    calibration_models: int = internal(12)  # random whole-model variants timed to fit the per-model terms
+    calibration_models: int = internal(18)  # whole-model variants timed to fit the per-model terms (each precision, and mixes whose boundaries it fits)
 
 
 @dataclass
