@@ -1,4 +1,8 @@
-"""The hdap pipeline: store -> ingest -> cluster -> surrogate -> search -> fine-tune -> build -> registry.
+"""The hdap pipeline: store -> ingest -> drift gate -> [cluster -> surrogate -> search -> fine-tune -> build] -> registry.
+
+The stages in brackets run only when the drift gate says "retrain" (the fleet, the model, its
+weights or the settings changed since the published entry, or nothing is published yet); a run
+with nothing to do ends green. An exit handler records every run's final status in the store.
 
 Every parameter is one setting of a stage config (`hdap.stages`), named as `hdap run` names it:
 settings several stages share have their own name (`model`, `seed`), the others their stage's
@@ -10,15 +14,17 @@ import os
 from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact
 
 from components.build import build
 from components.cluster import cluster
+from components.drift import drift
 from components.finetune import finetune
 from components.ingest import ingest
 from components.search import search
+from components.status import run_status
 from components.surrogate import surrogate
 from hdap.stages import pipeline_defaults, pipeline_settings, stage
+from hdap.stages.drift import lineage_settings
 from hdap.stages.search import SearchMode
 
 D = pipeline_defaults()
@@ -55,6 +61,7 @@ class StepPolicy:
 
 STEPS = {
     "ingest": StepPolicy("1", "2G", cached=False),  # the telemetry prefix grows: a cached ingest replays last week's fleet
+    "drift": StepPolicy("1", "2G", cached=False),  # reads the registry, which each publish changes
     "cluster": StepPolicy("1", "2G", cached=True),  # a function of the ingested features
     "surrogate": StepPolicy("1", "2G", cached=False),  # devices upload new profiles under the same profiles_uri
     "search": StepPolicy("2", "4G", cached=True),  # the surrogates, the dataset and the weights, all by content
@@ -75,8 +82,16 @@ def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     return kubernetes.use_secret_as_env(task, secret_name=STORE_SECRET, secret_key_to_env=STORE_SECRET_KEYS)
 
 
+def status_step(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The exit handler's task: small, never cached (it records this run), with the store's settings."""
+    task.set_display_name("record the run's status").set_cpu_request("100m").set_memory_request("256M")
+    task.set_cpu_limit("200m").set_memory_limit("512M")
+    task.set_caching_options(enable_caching=False).set_retry(**RETRY)
+    return kubernetes.use_secret_as_env(task, secret_name=STORE_SECRET, secret_key_to_env=STORE_SECRET_KEYS)
+
+
 def _twice(quantity: str) -> str:
-    number = quantity.rstrip("GMKi")
+    number = quantity.rstrip("GMKim")
     return f"{2 * int(number)}{quantity[len(number):]}"
 
 
@@ -115,6 +130,12 @@ def hdap_pipeline(
     profiles_uri: str = D["profiles_uri"],
     cpu_states: str = D["cpu_states"],
     ingest_as_of: str = D["ingest_as_of"],
+    drift_force: str = D["drift_force"],
+    drift_share_shift: float = D["drift_share_shift"],
+    drift_centroid_shift: float = D["drift_centroid_shift"],
+    drift_uncovered_distance: float = D["drift_uncovered_distance"],
+    drift_uncovered_share: float = D["drift_uncovered_share"],
+    drift_latency_change: float = D["drift_latency_change"],
     cluster_k: int = D["cluster_k"],
     cluster_k_min: int = D["cluster_k_min"],
     cluster_k_max: int = D["cluster_k_max"],
@@ -139,38 +160,49 @@ def hdap_pipeline(
     finetune_learning_rate: float = D["finetune_learning_rate"],
     build_tensorrt: str = D["build_tensorrt"],
     build_min_measured_speedup: float = D["build_min_measured_speedup"],
-) -> Artifact:
-    ingest_task = step(ingest(telemetry_uri=telemetry_uri, sku=sku, as_of=ingest_as_of, output_uri=output_uri, run_name=RUN),
-                       "ingest")
-    features = ingest_task.outputs["features"]
-    cluster_task = step(cluster(features=features, k=cluster_k, k_min=cluster_k_min, k_max=cluster_k_max, seed=seed,
-                                cpu_states=cpu_states, output_uri=output_uri, run_name=RUN), "cluster")
-    surrogate_task = step(surrogate(
-        features=features, clusters=cluster_task.outputs["clusters"], model=model, input_shape=input_shape,
-        backend=surrogate_backend, samples_per_layer=surrogate_samples_per_layer, profiles_uri=profiles_uri,
-        truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "surrogate")
-    search_task = step(search(
-        surrogates=surrogate_task.outputs["surrogates"], features=features, model=model, input_shape=input_shape,
-        dataset=dataset, dataset_uri=dataset_uri, weights_uri=search_weights_uri, mean=search_mean, std=search_std,
-        channel_order=search_channel_order, train_images=search_train_images, validation=search_validation, mode=search_mode, objective=search_objective, targets=search_targets,
-        strengths=search_strengths, pretrain_epochs=search_pretrain_epochs, epochs=search_epochs,
-        finetune_epochs=search_finetune_epochs, granule=search_granule, learning_rate=search_learning_rate,
-        accuracy_tolerance=accuracy_tolerance,
-        truth_uri=truth_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "search")
-    on_training_nodes(search_task)
-    with dsl.If(search_mode != SearchMode.PER_CLUSTER.value, name="one-architecture"):  # per-cluster stops after the search
-        finetune_task = step(finetune(
-            architecture=search_task.outputs["architecture"], epochs=finetune_epochs, learning_rate=finetune_learning_rate,
-            dataset=dataset, dataset_uri=dataset_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "finetune")
-        on_training_nodes(finetune_task)
-        on_build_nodes(step(build(
-            model=finetune_task.outputs["model"], surrogates=surrogate_task.outputs["surrogates"], features=features,
-            clusters=cluster_task.outputs["clusters"], assignments=cluster_task.outputs["assignments"],
-            front=search_task.outputs["front"], tensorrt=build_tensorrt, cpu_states=cpu_states,
-            min_measured_speedup=build_min_measured_speedup,
-            registry_uri=registry_uri, accuracy_tolerance=accuracy_tolerance, dataset=dataset, dataset_uri=dataset_uri,
-            truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "build"))
-    return cluster_task.outputs["clusters"]
+) -> str:
+    parameters = dict(locals())  # every parameter, by name: the drift gate compares the lineage ones with the published entry's
+    status_task = status_step(run_status(output_uri=output_uri, run_name=RUN))
+    with dsl.ExitHandler(status_task, name="run"):
+        ingest_task = step(ingest(telemetry_uri=telemetry_uri, sku=sku, as_of=ingest_as_of, output_uri=output_uri, run_name=RUN),
+                           "ingest")
+        features = ingest_task.outputs["features"]
+        drift_task = step(drift(
+            features=features, model=model, registry_uri=registry_uri, force=drift_force, share_shift=drift_share_shift,
+            centroid_shift=drift_centroid_shift, uncovered_distance=drift_uncovered_distance, uncovered_share=drift_uncovered_share,
+            latency_change=drift_latency_change, weights_uri=search_weights_uri,
+            settings="\n".join(f"{name}={parameters[name]}" for name in lineage_settings()), output_uri=output_uri,
+            run_name=RUN), "drift")
+        with dsl.If(drift_task.outputs["Output"] == "retrain", name="retrain"):
+            cluster_task = step(cluster(features=features, k=cluster_k, k_min=cluster_k_min, k_max=cluster_k_max, seed=seed,
+                                        cpu_states=cpu_states, output_uri=output_uri, run_name=RUN), "cluster")
+            surrogate_task = step(surrogate(
+                features=features, clusters=cluster_task.outputs["clusters"], model=model, input_shape=input_shape,
+                backend=surrogate_backend, samples_per_layer=surrogate_samples_per_layer, profiles_uri=profiles_uri,
+                truth_uri=truth_uri, seed=seed, output_uri=output_uri, run_name=RUN), "surrogate")
+            search_task = step(search(
+                surrogates=surrogate_task.outputs["surrogates"], features=features, model=model, input_shape=input_shape,
+                dataset=dataset, dataset_uri=dataset_uri, weights_uri=search_weights_uri, mean=search_mean, std=search_std,
+                channel_order=search_channel_order, train_images=search_train_images, validation=search_validation,
+                mode=search_mode, objective=search_objective, targets=search_targets, strengths=search_strengths,
+                pretrain_epochs=search_pretrain_epochs, epochs=search_epochs, finetune_epochs=search_finetune_epochs,
+                granule=search_granule, learning_rate=search_learning_rate, accuracy_tolerance=accuracy_tolerance,
+                truth_uri=truth_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "search")
+            on_training_nodes(search_task)
+            with dsl.If(search_mode != SearchMode.PER_CLUSTER.value, name="one-architecture"):  # per-cluster stops after the search
+                finetune_task = step(finetune(
+                    architecture=search_task.outputs["architecture"], epochs=finetune_epochs, learning_rate=finetune_learning_rate,
+                    dataset=dataset, dataset_uri=dataset_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN),
+                    "finetune")
+                on_training_nodes(finetune_task)
+                on_build_nodes(step(build(
+                    model=finetune_task.outputs["model"], surrogates=surrogate_task.outputs["surrogates"], features=features,
+                    clusters=cluster_task.outputs["clusters"], assignments=cluster_task.outputs["assignments"],
+                    front=search_task.outputs["front"], drift=drift_task.outputs["decision"], tensorrt=build_tensorrt,
+                    cpu_states=cpu_states, min_measured_speedup=build_min_measured_speedup, registry_uri=registry_uri,
+                    accuracy_tolerance=accuracy_tolerance, dataset=dataset, dataset_uri=dataset_uri, truth_uri=truth_uri,
+                    seed=seed, output_uri=output_uri, run_name=RUN), "build"))
+    return status_task.output  # the run's name
 
 
 # Each parameter's description in the Kubeflow UI is its setting's help (kfp reads them from the docstring).

@@ -25,7 +25,6 @@ from pathlib import Path
 from kfp import local
 
 from hdap.settings import ParameterValue
-from hdap.stages.cluster import ClusterSummary
 from pipelines.hdap_pipeline import hdap_pipeline
 
 TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")
@@ -85,9 +84,8 @@ def _steps_run_once():
 
 
 def run_locally(arguments: dict[str, ParameterValue], pipeline_root: Path, log_file: Path,
-                on_step: Callable[[str, str], None] = lambda task, status: None) -> ClusterSummary:
-    """Run the whole pipeline, kfp.local's output in `log_file`; return the cluster stage's summary
-    (the pipeline's output, naming the run)."""
+                on_step: Callable[[str, str], None] = lambda task, status: None) -> str:
+    """Run the whole pipeline, kfp.local's output in `log_file`; return the run's name (the pipeline's output)."""
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", encoding="utf-8") as log, contextlib.redirect_stdout(_RunLog(log, on_step)), \
@@ -103,4 +101,4 @@ def run_locally(arguments: dict[str, ParameterValue], pipeline_root: Path, log_f
             raise PipelineFailed(TERMINAL_CODES.sub("", str(err))) from None
         finally:
             logging.getLogger().handlers.clear()
-    return ClusterSummary.load(Path(task.output.path))
+    return task.output

@@ -62,8 +62,13 @@ def test_the_compiled_pipeline_retries_every_step_and_caches_only_steps_whose_in
     spec, platform = list(yaml.safe_load_all(output.read_text()))[:2]
     tasks = _tasks(spec, spec["root"]["dag"])
     cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
-    assert set(tasks) == {"ingest", "cluster", "surrogate", "search", "finetune", "build"}
-    assert cached == {"cluster", "search", "finetune"}  # not ingest, surrogate (profiles) or build (registry)
+    assert set(tasks) == {"ingest", "drift", "cluster", "surrogate", "search", "finetune", "build", "run-status"}
+    assert cached == {"cluster", "search", "finetune"}  # not ingest, drift and build (the registry), surrogate (profiles)
+    assert tasks["run-status"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # the exit handler
+    retrain = spec["root"]["dag"]["tasks"]["exit-handler-1"]
+    inner = spec["components"][retrain["componentRef"]["name"]]["dag"]["tasks"]
+    gate = next(t for t in inner.values() if t.get("triggerPolicy", {}).get("condition"))
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--drift-Output'] == 'retrain'"
     for task in tasks.values():
         assert task["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "30s", "backoffFactor": 2.0,
                                        "backoffMaxDuration": "600s"}
@@ -112,18 +117,17 @@ def test_the_build_step_can_ask_for_a_gpu_and_be_pinned_to_nodes_of_the_target_s
 @pytest.mark.slow
 def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: StoreConfig, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
     config = simulate(object_store, bucket, devices=800, days=4, seed=2)
-    result = hdap(
-        "run", "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--ingest-as-of", AS_OF.isoformat(),
+    arguments = (
+        "--telemetry-uri", config.telemetry_uri, "--output-uri", f"s3://{bucket}/runs", "--ingest-as-of", AS_OF.isoformat(),
         "--model", "small-cnn", "--surrogate-samples-per-layer", "12", "--truth-uri", config.truth_uri,
         "--search-targets", "0.6,0.3", "--search-pretrain-epochs", "2", "--search-epochs", "2", "--search-finetune-epochs", "1",
-        "--finetune-epochs", "1", "--accuracy-tolerance", "100", "--registry-uri", f"s3://{bucket}/registry",
-        cwd=tmp_path, env={"COLUMNS": "500"},  # wide enough that rich wraps no path
-    )
+        "--finetune-epochs", "1", "--accuracy-tolerance", "100", "--registry-uri", f"s3://{bucket}/registry")
+    result = hdap("run", *arguments, cwd=tmp_path, env={"COLUMNS": "500"})  # wide enough that rich wraps no path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     printed = " ".join(result.stdout.split())
     assert "hdap run summary" in printed
     above_summary = result.stdout.split("hdap run summary")[0].splitlines()
-    assert len(above_summary) <= 40 and "step 6: build success" in printed  # kfp.local's dumps are in the log file
+    assert len(above_summary) <= 40 and "step 7: build success" in printed  # kfp.local's dumps are in the log file
     log_file = next((tmp_path / ".hdap" / "logs").glob("run-*.log"))
     assert f"its full log: {log_file}" in printed and "Executing task 'build'" in log_file.read_text()
     assert "800 devices ingested, 0 rows quarantined" in printed
@@ -143,6 +147,15 @@ def test_hdap_run_executes_the_pipeline_locally_and_prints_a_summary(store_env: 
     front = object_store.get_json(next(o.uri for o in object_store.list(f"s3://{bucket}/runs/") if o.uri.endswith("front.json")))
     assert all(p["true_fleet_latency_ms"] > 0 for p in front["points"]) and sum(p["chosen"] for p in front["points"]) == 1
     assert report.read_text().count("<img") >= 3
+    assert "drift gate: retraining: nothing is published yet for small-cnn" in printed
+    status = object_store.get_json(f"s3://{bucket}/runs/{latest['version']}/status.json")
+    assert status["state"] == "SUCCEEDED" and status["drift"].startswith("retraining: nothing is published yet")
+    # The same fleet, model and settings again: the drift gate finds nothing to do, the heavy steps are skipped, the run is green
+    again = hdap("run", *arguments, cwd=tmp_path, env={"COLUMNS": "500"})
+    printed_again = " ".join(again.stdout.split())
+    assert again.returncode == 0 and "no drift: nothing to do" in printed_again and "--drift-force true" in printed_again
+    assert "step 2: drift success" in printed_again and "cluster" not in printed_again.split("no drift")[0]
+    assert object_store.get_json(f"s3://{bucket}/registry/small-cnn/latest.json") == latest
     runs = object_store.list(f"s3://{bucket}/runs/")
     assert {Path(o.uri).name for o in runs} >= {"features.parquet", "quarantine.parquet", "clusters.json", "assignments.parquet",
                                                 "report.html", "fleet.json", "cluster-0.json", "profile-cluster-0.parquet",

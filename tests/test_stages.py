@@ -88,7 +88,7 @@ def test_each_component_takes_exactly_its_stage_settings_and_artifacts_and_defau
     signature = inspect.signature(component(stage).python_func)
     settings = {e.field: e for e in current.config.exposed()}
     artifacts = {f.name for f in dataclasses.fields(current.inputs)} | {f.name for f in dataclasses.fields(current.outputs)} | {"metrics"}
-    assert set(signature.parameters) == set(settings) | artifacts | COMPONENT_CONTEXT
+    assert set(signature.parameters) == set(settings) | artifacts | COMPONENT_CONTEXT | set(current.config.PASSED)
     for name, parameter in signature.parameters.items():
         assert parameter.default is inspect.Parameter.empty, f"{stage}.{name} has a default of its own: {parameter.default!r}"
         if name in settings:
@@ -96,17 +96,26 @@ def test_each_component_takes_exactly_its_stage_settings_and_artifacts_and_defau
 
 
 def test_the_pipeline_hands_each_component_the_parameter_of_its_own_setting(compiled: dict) -> None:
-    tasks = dict(compiled["root"]["dag"]["tasks"]) | dict(compiled["components"]["comp-condition-1"]["dag"]["tasks"])
+    tasks = {name: task for dag in [compiled["root"]["dag"], *(c["dag"] for c in compiled["components"].values() if "dag" in c)]
+             for name, task in dag["tasks"].items()}
 
     checked = 0
     for current in stages():
         names = {e.field: e.name for e in current.config.exposed()} | {"output_uri": "output_uri"}
         for field, source in tasks[current.name]["inputs"]["parameters"].items():
-            if field == "run_name":
-                continue
+            if field == "run_name" or field in current.config.PASSED or field.startswith("pipelinechannel--"):
+                continue  # (the channels the drift gate's settings text is made from)
             assert source["componentInputParameter"].removeprefix("pipelinechannel--") == names[field], (current.name, field)
             checked += 1
     assert checked == sum(len(s.config.exposed()) + 1 for s in stages())
+    # The drift gate gets the search's weights and every lineage setting's value, in one text
+    drift = tasks["drift"]["inputs"]["parameters"]
+    assert drift["weights_uri"]["componentInputParameter"] == "pipelinechannel--search_weights_uri"
+    from hdap.stages.drift import lineage_settings
+
+    lineage = drift["settings"]["runtimeValue"]["constant"]
+    assert [line.split("=")[0] for line in lineage.splitlines()] == lineage_settings()
+    assert "model={{$.inputs.parameters['pipelinechannel--model']}}" in lineage.splitlines()
 
 
 def test_the_readme_names_every_pipeline_setting() -> None:
@@ -160,7 +169,7 @@ def test_a_run_file_goes_through_the_same_configs_and_options_override_it(tmp_pa
     settings = RunSettings.from_parameters(read_run_file(path) | {"seed": 5})
     assert settings["search"].targets == (0.7, 0.35) and settings["search"].mode is SearchMode.NOMINAL
     assert settings["cluster"].k == 4 and settings["search"].model == settings["surrogate"].model == "small-cnn"
-    assert {config.seed for name, config in settings.configs.items() if name != "ingest"} == {5}
+    assert {config.seed for name, config in settings.configs.items() if name not in ("ingest", "drift")} == {5}
     path.write_text("[finetune]\nqat_epochs = 2\n")
     with pytest.raises(HdapError, match=r"names \[finetune\] qat_epochs, which is not a setting: did you mean \[finetune\] epochs "
                                         r"\(finetune_epochs\)\?"):

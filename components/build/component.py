@@ -12,6 +12,7 @@ def build(
     clusters: Input[Artifact],
     assignments: Input[Dataset],
     front: Input[Artifact],
+    drift: Input[Artifact],
     tensorrt: str,
     cpu_states: str,
     min_measured_speedup: float,

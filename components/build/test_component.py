@@ -4,6 +4,7 @@ import json
 
 import onnx
 import pyarrow.parquet as pq
+import pytest
 import torch
 from kfp import dsl, local
 
@@ -22,6 +23,7 @@ from hdap.stages.finetune import FinetuneConfig
 from hdap.stages.ingest import IngestConfig
 from hdap.stages.search import Front, FrontPoint, Objective, SearchMode, SearchSetting, SettingKind
 from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
+from hdap.stages.drift import DriftDecision, Lineage
 from tests.fixtures import AS_OF, searched_resnet20, simulate
 
 SHAPE = (1, 8, 8)
@@ -59,6 +61,9 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     # The gate compares validation accuracies: here the fine-tuned model's own stands for the uncompressed one's.
     Front("resnet20", SearchMode.FLEET, Objective.LATENCY, data.recipe, result.teacher_accuracy, result.validation_accuracy, None,
           1.0, 8e6, [0.8, 1.2], "fp16", {}, 1, 1, [point]).save(tmp_path / "front.json")
+    # The drift gate's decision, whose lineage the entry records for the next run's gate.
+    lineage = Lineage({"model": "resnet20", "search_targets": "0.5"}, "")
+    DriftDecision(True, ["nothing is published yet"], "retraining", "r1", lineage).save(tmp_path / "drift.json")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
     @dsl.pipeline
@@ -69,6 +74,7 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
         return build(model=imported("model", dsl.Model), surrogates=imported("surrogates", dsl.Model),
                      features=imported("features.parquet", dsl.Dataset), clusters=imported("clusters.json", dsl.Artifact),
                      assignments=imported("assignments.parquet", dsl.Dataset), front=imported("front.json", dsl.Artifact),
+                     drift=imported("drift.json", dsl.Artifact),
                      tensorrt="auto", cpu_states="1,all+load", min_measured_speedup=0.0, registry_uri=f"s3://{bucket}/registry",
                      accuracy_tolerance=100.0,
                      dataset="digits", dataset_uri="", truth_uri=config.truth_uri, seed=0, output_uri=f"s3://{bucket}/runs",
@@ -85,6 +91,12 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     assert len(built.clusters) == 2 and built.size.onnx_bytes < built.size.uncompressed_onnx_bytes
     manifest = verify_entry(object_store, built.registry_uri)
     assert "model.onnx" in manifest["files"] and manifest["run"]["name"] == "r1"
+    # What the next run's drift gate compares with: the lineage, and the fleet the model was optimised for.
+    assert manifest["lineage"] == plain(lineage)
+    picture = manifest["fleet_picture"]
+    assert [c["weight"] for c in picture["clusters"]] == [c.weight for c in summary.clusters]
+    assert [c["latency_ms"] for c in picture["clusters"]] == [c.predicted_after_ms for c in built.clusters]
+    assert picture["fleet_latency_ms"] == pytest.approx(built.fleet.predicted_after_ms, rel=1e-6)
     # Measured side by side in each CPU state asked for, and so recorded in the registry.
     assert [s["state"] for s in manifest["onnxruntime"]["states"]] == ["1", "all+load"] == [s.state for s in built.onnxruntime.states]
     # The preprocessing the model was trained with reaches the device: in the manifest and in the graph.

@@ -22,6 +22,7 @@ from hdap.settings import INPUT_SHAPE, MODEL, Choice
 from hdap.stages import RunSettings
 from hdap.stages.build import BuildSummary
 from hdap.stages.cluster import ClusterSummary
+from hdap.stages.drift import DriftDecision
 from hdap.stages.ingest import IngestSummary
 from hdap.stages.search import Front
 from hdap.stages.surrogate import SurrogateIndex
@@ -34,11 +35,16 @@ class LocalRun:
 
     run_uri: str
     ingest: IngestSummary
-    clusters: ClusterSummary
-    surrogates: SurrogateIndex
-    front: Front
-    build: BuildSummary | None  # None where the run stopped after the search (per-cluster mode)
+    drift: DriftDecision
+    clusters: ClusterSummary | None  # None, as every later stage, where the drift gate found nothing to do
+    surrogates: SurrogateIndex | None
+    front: Front | None
+    build: BuildSummary | None  # None also where the run stopped after the search (per-cluster mode)
     reports: dict[str, Path]  # "fleet", "surrogate", "search" and, once built, "run"
+
+    @property
+    def retrained(self) -> bool:
+        return self.drift.retrain
 
 
 def preflight(settings: RunSettings, store: ObjectStore) -> None:
@@ -72,7 +78,7 @@ def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None
     console = console or Console(quiet=True)
     console.print(f"running the pipeline with kfp.local; its full log: {escape(str(log_file))}")
     try:
-        clusters = run_locally(settings.to_parameters(), home_dir() / "local_outputs", log_file, StepLines(console))
+        run_name = run_locally(settings.to_parameters(), home_dir() / "local_outputs", log_file, StepLines(console))
     except PipelineFailed as err:
         reason = failure_file.read_text().strip()
         stopped = f"the pipeline stopped in step {reason}" if reason else f"the pipeline failed: {err}"
@@ -80,7 +86,7 @@ def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None
     finally:
         failure_file.unlink(missing_ok=True)
         os.environ.pop("HDAP_FAILURE_FILE", None)
-    return collect_run(store, join_uri(settings.output.output_uri, clusters.run_name, ""), clusters)
+    return collect_run(store, join_uri(settings.output.output_uri, run_name, ""), run_name)
 
 
 class StepLines:
@@ -101,9 +107,13 @@ class StepLines:
         self.console.print(f"  step {self.done}: {escape(task)} [{colour}]{escape(status.lower())}[/] in {seconds:.1f} s")
 
 
-def collect_run(store: ObjectStore, run_uri: str, clusters: ClusterSummary) -> LocalRun:
+def collect_run(store: ObjectStore, run_uri: str, run_name: str) -> LocalRun:
     """The run's contracts from the store, and its reports copied to .hdap/runs/<run name>/."""
-    folder = home_dir() / "runs" / clusters.run_name
+    ingest = IngestSummary.get(store, join_uri(run_uri, "ingest", "summary.json"))
+    drift = DriftDecision.get(store, join_uri(run_uri, "drift", "decision.json"))
+    if not drift.retrain:
+        return LocalRun(run_uri, ingest, drift, None, None, None, None, {})
+    folder = home_dir() / "runs" / run_name
     reports = {"fleet": "cluster/report.html", "surrogate": "surrogate/report.html", "search": "search/report.html"}
     build_uri = join_uri(run_uri, "build", "build.json")
     built = store.exists(build_uri)
@@ -111,7 +121,7 @@ def collect_run(store: ObjectStore, run_uri: str, clusters: ClusterSummary) -> L
         reports["run"] = "build/report.html"
     paths = {name: store.get_file(join_uri(run_uri, key), folder / ("report.html" if name == "run" else f"{name}-report.html"))
              for name, key in reports.items()}
-    return LocalRun(run_uri, IngestSummary.get(store, join_uri(run_uri, "ingest", "summary.json")), clusters,
+    return LocalRun(run_uri, ingest, drift, ClusterSummary.get(store, join_uri(run_uri, "cluster", "clusters.json")),
                     SurrogateIndex.get(store, join_uri(run_uri, "surrogate", "fleet.json")),
                     Front.get(store, join_uri(run_uri, "search", "front.json")),
                     BuildSummary.get(store, build_uri) if built else None, paths)
@@ -183,6 +193,11 @@ def print_summary(run: LocalRun, console: Console) -> None:
                   f"ingested, {ingest.rows_quarantined:,} rows quarantined" + (f" ({escape(reasons)})" if ingest.rows_quarantined else ""))
     if ingest.unreadable_objects:
         console.print(f"[yellow]unreadable objects:[/] {escape(', '.join(ingest.unreadable_objects))}")
+    if not run.retrained:
+        console.print(f"[bold]{escape(run.drift.summary)}[/]")
+        console.print("To retrain anyway: --drift-force true. Outputs in the store: " + escape(run.run_uri))
+        return
+    console.print(f"drift gate: {escape(run.drift.summary)}")
     console.print(f"clusters: {run.clusters.k} ({escape(run.clusters.selection)})")
     console.print(_cluster_table(run.clusters))
     surrogates = run.surrogates

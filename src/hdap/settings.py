@@ -308,6 +308,7 @@ class Settings:
     named <PREFIX>_<field>) and may add `validate()` for checks across fields."""
 
     PREFIX: ClassVar[str] = ""
+    PASSED: ClassVar[tuple[str, ...]] = ()  # internal fields the pipeline passes to the stage's component (not settings)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -352,8 +353,10 @@ class Settings:
 
     @classmethod
     def from_fields(cls: type[S], values: Mapping[str, Any]) -> S:
-        """The config from values keyed by field name (a component's parameters); other keys ignored."""
-        return cls(**{e.field: values[e.field] for e in cls.exposed() if e.field in values})
+        """The config from values keyed by field name (a component's parameters: its settings and the internal
+        fields the pipeline passes, `PASSED`); other keys ignored."""
+        return cls(**{e.field: values[e.field] for e in cls.exposed() if e.field in values},
+                   **{name: values[name] for name in cls.PASSED if name in values})
 
     def to_parameters(self) -> dict[str, ParameterValue]:
         """Every exposed setting as a pipeline parameter, keyed by its name."""

@@ -69,6 +69,26 @@ DAILY_TEMPERATURE_SD = 1.5
 DAILY_LOAD_SD = 0.03
 
 
+def parse_mode_mix(text: str) -> dict[str, float]:
+    """`20W=0.2,10W=0.6` -> {"20W": 0.2, "10W": 0.6}; empty: {} (the SKU's usual mix)."""
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        mode, _, share = part.partition("=")
+        try:
+            mix[mode.strip()] = float(share)
+        except ValueError:
+            raise HdapError(f"'{part}' in the mode mix is not mode=share, for example 20W=0.2,15W=0.3,10W=0.5.") from None
+    return mix
+
+
+def _mode_mix_check(text: str) -> str | None:
+    try:
+        parse_mode_mix(text)
+    except HdapError as err:
+        return str(err)
+    return None
+
+
 @dataclass(frozen=True)
 class SimulationConfig(Settings):
     sku: str = SKU()
@@ -79,6 +99,8 @@ class SimulationConfig(Settings):
     truth_uri: str = setting("", "Where to write the fleet's hidden ground truth; empty: s3://hdap/ground-truth/<sku>.",
                              check=s3_uri)
     end: datetime | None = setting(None, "Time of the newest report, ISO 8601; empty: now.")
+    mode_mix: str = setting("", "Share of each power mode, e.g. 20W=0.2,15W=0.3,10W=0.5 (a fleet whose mix shifted); "
+                                "empty: the SKU's usual mix.", check=_mode_mix_check)
     chunk_devices: int = internal(100_000)
 
     @property
@@ -107,12 +129,30 @@ class FleetChunk:
     truth: pa.Table
 
 
-def simulate_chunk(sku: Sku, first_device: int, devices: int, days: int, end: datetime, seed: int) -> FleetChunk:
+def regime_shares(sku: Sku, mode_mix: dict[str, float]) -> np.ndarray:
+    """Each regime's share: the SKU's usual mix, or `mode_mix` per power mode (regimes of a mode keep their ratio)."""
+    regimes = REGIMES[sku.name]
+    shares = np.array([r.share for r in regimes])
+    if not mode_mix:
+        return shares / shares.sum()
+    unknown = sorted(set(mode_mix) - {r.power_mode for r in regimes})
+    if unknown:
+        raise HdapError(f"{sku.name} has no power mode {unknown[0]}: its modes are {', '.join(sorted({r.power_mode for r in regimes}))}.")
+    per_mode = {mode: sum(r.share for r in regimes if r.power_mode == mode) for mode in mode_mix}
+    shares = np.array([mode_mix.get(r.power_mode, 0.0) * r.share / per_mode[r.power_mode] if r.power_mode in mode_mix else 0.0
+                       for r in regimes])
+    if shares.sum() <= 0:
+        raise HdapError("the mode mix gives every power mode a share of 0: give at least one a positive share.")
+    return shares / shares.sum()
+
+
+def simulate_chunk(sku: Sku, first_device: int, devices: int, days: int, end: datetime, seed: int,
+                   mode_mix: dict[str, float] | None = None) -> FleetChunk:
     """Day i's reports fall in the 24 hours ending (days-1-i) days before `end`: none lies ahead of it."""
     rng = np.random.default_rng([seed, first_device])
     regimes = REGIMES[sku.name]
-    shares = np.array([r.share for r in regimes])
-    group = rng.choice(len(regimes), size=devices, p=shares / shares.sum())
+    shares = regime_shares(sku, mode_mix or {})
+    group = rng.choice(len(regimes), size=devices, p=shares)
     ids = np.array([f"{sku.short}-{i:07d}" for i in range(first_device, first_device + devices)], dtype=object)
     power_mode = np.array([regimes[g].power_mode for g in group], dtype=object)
     temp_mean = np.array([r.temperature_c[0] for r in regimes])[group]
@@ -190,7 +230,7 @@ def simulate_fleet(store: ObjectStore, config: SimulationConfig) -> SimulationRe
     end = config.end or datetime.now(timezone.utc)  # one "now" for every chunk
     for chunk_index, first in enumerate(progress(starts, f"simulating {config.devices:,} {sku.name} devices")):
         size = min(config.chunk_devices, config.devices - first)
-        chunk = simulate_chunk(sku, first, size, config.days, end, config.seed)
+        chunk = simulate_chunk(sku, first, size, config.days, end, config.seed, parse_mode_mix(config.mode_mix))
         for day, table in chunk.days:
             uri = join_uri(config.telemetry_folder, f"date={day.isoformat()}", f"part-{chunk_index:05d}.parquet")
             store.put_table(uri, table)
@@ -211,12 +251,13 @@ def simulate_fleet(store: ObjectStore, config: SimulationConfig) -> SimulationRe
 
 
 def simulate_features(sku_name: str, devices: int, days: int = 7, seed: int = 0,
-                      end: datetime = datetime(2026, 11, 20, tzinfo=timezone.utc)) -> tuple[pa.Table, dict[str, dict]]:
+                      end: datetime = datetime(2026, 11, 20, tzinfo=timezone.utc),
+                      mode_mix: dict[str, float] | None = None) -> tuple[pa.Table, dict[str, dict]]:
     """A small simulated fleet in memory, without a store: the per-device feature table ingest
     would produce, and the hidden truth per device. For tests and benchmarks."""
     from hdap.fleet.ingest import aggregate_devices  # ingest is the consumer; import it only here
 
     sku = get_sku(sku_name)
-    chunk = simulate_chunk(sku, 0, devices, days, end, seed)
+    chunk = simulate_chunk(sku, 0, devices, days, end, seed, mode_mix)
     features = aggregate_devices(pa.concat_tables([table for _, table in chunk.days]), [probe_column(p) for p in probes_for(sku)])
     return features, {r["device_id"]: r for r in chunk.truth.to_pylist()}

@@ -1,4 +1,4 @@
-"""The pipeline's six stages, in the order data flows through them.
+"""The pipeline's stages, in the order data flows through them (the drift gate decides whether the rest run).
 
 Each stage is one module here: its config (the settings it reads, `hdap.settings`), the files it
 receives and writes (`Inputs`, `Outputs`: paths a Kubeflow component hands it), the typed
@@ -24,7 +24,7 @@ from hdap.settings import OUTPUT_URI, SHARED, Exposed, ParameterValue, Settings
 if TYPE_CHECKING:
     from hdap.store import ObjectStore
 
-NAMES = ("ingest", "cluster", "surrogate", "search", "finetune", "build")
+NAMES = ("ingest", "drift", "cluster", "surrogate", "search", "finetune", "build")
 # Parameters renamed when every stage's settings got their stage's prefix (issue 15): an old name
 # in a run file or a submission says what it is called now.
 RENAMED = {"as_of": "ingest_as_of", "k": "cluster_k", "k_min": "cluster_k_min", "k_max": "cluster_k_max",

@@ -241,6 +241,7 @@ class BuildInputs:
     clusters: Path  # ClusterSummary
     assignments: Path
     front: Path  # Front
+    drift: Path  # DriftDecision: its lineage goes into the entry, for the next run's drift gate
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
                            layer.weight_precision, layer.removed) for layer in built.spec.layers]
     run_ref = RunRef(context.run_name, context.run_uri)
     parts = {"preprocessing": built.preprocessing, "accuracy": built.accuracy, "size": built.size, "onnxruntime": built.onnxruntime, "tensorrt": built.tensorrt,
-             "clusters": clusters, "fleet": fleet, "run": run_ref}
+             "clusters": clusters, "fleet": fleet, "run": run_ref, **_drift_baseline(inputs, clusters)}
     entry, gate = _publish(config, built, front, outputs.engines, inputs.model, parts, context)
     summary = BuildSummary(built.spec.model, context.run_name, built.shape, built.preprocessing, entry is not None, entry or "", built.accuracy,
                            built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
@@ -284,6 +285,20 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     if not gate.passed:
         raise HdapError(f"the {gate.name} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
     return summary.metrics()
+
+
+def _drift_baseline(inputs: BuildInputs, clusters: list[ClusterLatency]) -> dict:
+    """What the next run's drift gate compares with: this run's lineage and the fleet the model was optimised for."""
+    import pyarrow.parquet as pq
+
+    from hdap.fleet.drift import fleet_picture
+    from hdap.stages.cluster import ClusterSummary
+    from hdap.stages.drift import DriftDecision
+
+    summary = ClusterSummary.load(inputs.clusters)
+    picture = fleet_picture(pq.read_table(inputs.features), summary.features, {c.id: c.centroid for c in summary.clusters},
+                            {c.id: c.weight for c in summary.clusters}, {c.cluster: c.predicted_after_ms for c in clusters})
+    return {"lineage": DriftDecision.load(inputs.drift).lineage, "fleet_picture": picture}
 
 
 def _layer_shapes(spec: ArchitectureSpec) -> list[LayerShape]:

@@ -1,0 +1,3 @@
+from components.drift.component import drift
+
+__all__ = ["drift"]

@@ -1,0 +1,3 @@
+from components.status.component import run_status
+
+__all__ = ["run_status"]
