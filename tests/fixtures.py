@@ -56,6 +56,47 @@ def store_env(store_config: StoreConfig, monkeypatch: pytest.MonkeyPatch, tmp_pa
     return store_config
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(store_config: StoreConfig, object_store: ObjectStore, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real MLflow tracking server (sqlite backend, artifacts in the test's SeaweedFS through the server): its URL."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    command = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if command is None:
+        pytest.skip("MLflow is not installed (pip install hdap[mlflow])")
+    folder = tmp_path_factory.mktemp("mlflow")
+    object_store.ensure_bucket("mlflow")
+    port = free_port()
+    scheme = "https" if store_config.secure else "http"
+    env = os.environ | {"MLFLOW_S3_ENDPOINT_URL": f"{scheme}://{store_config.endpoint}", "AWS_ACCESS_KEY_ID": store_config.access_key,
+                        "AWS_SECRET_ACCESS_KEY": store_config.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+    with open(folder / "server.log", "wb") as log:
+        server = subprocess.Popen([command, "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+                                   "--artifacts-destination", "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(port),
+                                   "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"the MLflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
 def simulate(store: ObjectStore, bucket: str, devices: int, seed: int = 0, days: int = 7, sku: str = "jetson-xavier-nx") -> SimulationConfig:
     config = SimulationConfig(
         sku=sku,

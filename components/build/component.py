@@ -17,6 +17,8 @@ def build(
     cpu_states: str,
     min_measured_speedup: float,
     registry_uri: str,
+    mlflow_uri: str,
+    mlflow_experiment: str,
     accuracy_tolerance: float,
     dataset: str,
     dataset_uri: str,

@@ -30,7 +30,7 @@ SHAPE = (1, 8, 8)
 MENU = ("fp16", "int8")
 
 
-def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_env, object_store, bucket, tmp_path):
+def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_env, object_store, bucket, tmp_path, mlflow_server):
     # A small simulated fleet, its clusters and each representative's surrogate.
     config = simulate(object_store, bucket, devices=300, days=3)
     features = ingest_telemetry(object_store, IngestConfig(config.telemetry_uri, config.sku, as_of=AS_OF)).features
@@ -76,6 +76,7 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
                      assignments=imported("assignments.parquet", dsl.Dataset), front=imported("front.json", dsl.Artifact),
                      drift=imported("drift.json", dsl.Artifact),
                      tensorrt="auto", cpu_states="1,all+load", min_measured_speedup=0.0, registry_uri=f"s3://{bucket}/registry",
+                     mlflow_uri=mlflow_server, mlflow_experiment=bucket,
                      accuracy_tolerance=100.0,
                      dataset="digits", dataset_uri="", truth_uri=config.truth_uri, seed=0, output_uri=f"s3://{bucket}/runs",
                      run_name="r1").outputs["engines"]
@@ -110,3 +111,19 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     with torch.no_grad():
         assert torch.equal(published(x).argmax(1), result.model.eval()(x).argmax(1))
     assert object_store.get_bytes(f"s3://{bucket}/runs/r1/build/report.html").count(b"<img") >= 5
+    # Through the gate, the model is registered in the real MLflow server too: its version, metrics and ONNX artifact.
+    import mlflow
+    import mlflow.onnx
+
+    client = mlflow.MlflowClient(mlflow_server)
+    version = max(client.search_model_versions("name='resnet20'"), key=lambda v: int(v.version))
+    assert version.tags["hdap.entry"] == f"{built.registry_uri}/manifest.json"
+    assert version.tags["hdap.sha256.model.onnx"] == manifest["files"]["model.onnx"]["sha256"]
+    run = client.get_run(version.run_id)
+    assert run.info.experiment_id == client.get_experiment_by_name(bucket).experiment_id
+    assert run.data.metrics["accuracy_onnxruntime"] == pytest.approx(built.accuracy.onnxruntime, abs=1e-4)
+    assert run.data.params["search_targets"] == "0.5" and run.data.tags["hdap.run"] == "r1"
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    logged = mlflow.onnx.load_model(f"models:/resnet20/{version.version}")
+    assert [n.op_type for n in logged.graph.node] == [n.op_type for n in graph.graph.node]

@@ -60,6 +60,9 @@ class BuildConfig(Settings):
                                           "as fast as the uncompressed one in any CPU state (0: off; e.g. 1.05).",
                                           check=at_least(0.0))
     registry_uri: str = REGISTRY_URI()
+    mlflow_uri: str = setting("", "An MLflow tracking server (http://host:5000) to register each published model in too: a run "
+                                  "with the ONNX model, metrics and lineage, and a registered model version; empty: off.")
+    mlflow_experiment: str = setting("hdap", "The MLflow experiment the runs go to.")
     accuracy_tolerance: float = ACCURACY_TOLERANCE()
     dataset: DatasetName = DATASET()
     dataset_uri: str = DATASET_URI()
@@ -282,9 +285,26 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     summary = BuildSummary(built.spec.model, context.run_name, built.shape, built.preprocessing, entry is not None, entry or "", built.accuracy,
                            built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
     _report(summary, front, inputs, outputs, context)
+    if entry and config.mlflow_uri:
+        _register_in_mlflow(config, summary, entry, outputs.engines / "model.onnx", inputs, context)
     if not gate.passed:
         raise HdapError(f"the {gate.name} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
     return summary.metrics()
+
+
+def _register_in_mlflow(config: BuildConfig, summary: BuildSummary, entry: str, onnx_path: Path, inputs: BuildInputs,
+                        context: StageContext) -> None:
+    """The published entry in MLflow too: its metrics, its lineage as params, tags leading back to the entry."""
+    from hdap.deploy.mlflow_registry import lineage_tags, register_in_mlflow
+    from hdap.deploy.registry import registry_name
+    from hdap.stages.drift import DriftDecision
+    from hdap.store import join_uri
+
+    manifest = context.store.get_json(join_uri(entry, "manifest.json")) | {"entry": join_uri(entry, "manifest.json")}
+    lineage = DriftDecision.load(inputs.drift).lineage
+    params = lineage.settings | ({"weights_sha256": lineage.weights_sha256} if lineage.weights_sha256 else {})
+    register_in_mlflow(config.mlflow_uri, config.mlflow_experiment, registry_name(summary.model), onnx_path, params,
+                       summary.metrics(), lineage_tags(manifest))
 
 
 def _drift_baseline(inputs: BuildInputs, clusters: list[ClusterLatency]) -> dict:
