@@ -162,6 +162,7 @@ def hdap_pipeline(
     build_min_measured_speedup: float = D["build_min_measured_speedup"],
     build_mlflow_uri: str = D["build_mlflow_uri"],
     build_mlflow_experiment: str = D["build_mlflow_experiment"],
+    build_model_registry_uri: str = D["build_model_registry_uri"],
 ) -> str:
     parameters = dict(locals())  # every parameter, by name: the drift gate compares the lineage ones with the published entry's
     status_task = status_step(run_status(output_uri=output_uri, run_name=RUN))
@@ -203,6 +204,7 @@ def hdap_pipeline(
                     front=search_task.outputs["front"], drift=drift_task.outputs["decision"], tensorrt=build_tensorrt,
                     cpu_states=cpu_states, min_measured_speedup=build_min_measured_speedup, registry_uri=registry_uri,
                     mlflow_uri=build_mlflow_uri, mlflow_experiment=build_mlflow_experiment,
+                    model_registry_uri=build_model_registry_uri,
                     accuracy_tolerance=accuracy_tolerance, dataset=dataset, dataset_uri=dataset_uri, truth_uri=truth_uri,
                     seed=seed, output_uri=output_uri, run_name=RUN), "build"))
     return status_task.output  # the run's name

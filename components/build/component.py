@@ -19,6 +19,7 @@ def build(
     registry_uri: str,
     mlflow_uri: str,
     mlflow_experiment: str,
+    model_registry_uri: str,
     accuracy_tolerance: float,
     dataset: str,
     dataset_uri: str,

@@ -25,6 +25,7 @@ from hdap.stages.search import Front, FrontPoint, Objective, SearchMode, SearchS
 from hdap.stages.surrogate import ClusterSurrogateEntry, SurrogateIndex
 from hdap.stages.drift import DriftDecision, Lineage
 from tests.fixtures import AS_OF, searched_resnet20, simulate
+from tests.model_registry_stub import ModelRegistryStub, serve
 
 SHAPE = (1, 8, 8)
 MENU = ("fp16", "int8")
@@ -64,6 +65,8 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     # The drift gate's decision, whose lineage the entry records for the next run's gate.
     lineage = Lineage({"model": "resnet20", "search_targets": "0.5"}, "")
     DriftDecision(True, ["nothing is published yet"], "retraining", "r1", lineage).save(tmp_path / "drift.json")
+    registry_stub = ModelRegistryStub()  # the Kubeflow Model Registry cannot run here: its REST endpoints, stubbed
+    stub_server, model_registry_uri = serve(registry_stub)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
     @dsl.pipeline
@@ -76,12 +79,13 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
                      assignments=imported("assignments.parquet", dsl.Dataset), front=imported("front.json", dsl.Artifact),
                      drift=imported("drift.json", dsl.Artifact),
                      tensorrt="auto", cpu_states="1,all+load", min_measured_speedup=0.0, registry_uri=f"s3://{bucket}/registry",
-                     mlflow_uri=mlflow_server, mlflow_experiment=bucket,
+                     mlflow_uri=mlflow_server, mlflow_experiment=bucket, model_registry_uri=model_registry_uri,
                      accuracy_tolerance=100.0,
                      dataset="digits", dataset_uri="", truth_uri=config.truth_uri, seed=0, output_uri=f"s3://{bucket}/runs",
                      run_name="r1").outputs["engines"]
 
     task = build_only()
+    stub_server.shutdown()
     built = BuildSummary.load(f"{task.output.path}/build.json")
     assert built.published and built.registry_uri == f"s3://{bucket}/registry/resnet20/r1"
     assert built.accuracy.onnxruntime_agreement >= 0.99
@@ -127,3 +131,10 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     mlflow.set_registry_uri(mlflow_server)
     logged = mlflow.onnx.load_model(f"models:/resnet20/{version.version}")
     assert [n.op_type for n in logged.graph.node] == [n.op_type for n in graph.graph.node]
+    # ... and in the Kubeflow Model Registry (its stub): the version, the entry's folder as the ONNX artifact, the figures.
+    (version,) = registry_stub.model_versions.values()
+    assert version["name"] == "r1" and [m["name"] for m in registry_stub.registered_models.values()] == ["resnet20"]
+    artifact = registry_stub.artifacts[version["id"]]
+    assert (artifact["uri"], artifact["modelFormatName"]) == (f"{built.registry_uri}/", "onnx")
+    assert version["customProperties"]["hdap.entry"]["string_value"] == f"{built.registry_uri}/manifest.json"
+    assert version["customProperties"]["accuracy_onnxruntime"]["double_value"] == pytest.approx(built.accuracy.onnxruntime, abs=1e-4)

@@ -63,6 +63,9 @@ class BuildConfig(Settings):
     mlflow_uri: str = setting("", "An MLflow tracking server (http://host:5000) to register each published model in too: a run "
                                   "with the ONNX model, metrics and lineage, and a registered model version; empty: off.")
     mlflow_experiment: str = setting("hdap", "The MLflow experiment the runs go to.")
+    model_registry_uri: str = setting("", "A Kubeflow Model Registry (http://model-registry-service.kubeflow:8080) to register "
+                                          "each published model in too: its version, with the entry's S3 URI as an ONNX "
+                                          "artifact; empty: off.")
     accuracy_tolerance: float = ACCURACY_TOLERANCE()
     dataset: DatasetName = DATASET()
     dataset_uri: str = DATASET_URI()
@@ -287,6 +290,8 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     _report(summary, front, inputs, outputs, context)
     if entry and config.mlflow_uri:
         _register_in_mlflow(config, summary, entry, outputs.engines / "model.onnx", inputs, context)
+    if entry and config.model_registry_uri:
+        _register_in_model_registry(config, summary, entry, context)
     if not gate.passed:
         raise HdapError(f"the {gate.name} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
     return summary.metrics()
@@ -305,6 +310,21 @@ def _register_in_mlflow(config: BuildConfig, summary: BuildSummary, entry: str, 
     params = lineage.settings | ({"weights_sha256": lineage.weights_sha256} if lineage.weights_sha256 else {})
     register_in_mlflow(config.mlflow_uri, config.mlflow_experiment, registry_name(summary.model), onnx_path, params,
                        summary.metrics(), lineage_tags(manifest))
+
+
+def _register_in_model_registry(config: BuildConfig, summary: BuildSummary, entry: str, context: StageContext) -> None:
+    """The published entry in the Kubeflow Model Registry too: the entry's folder as the ONNX artifact's URI."""
+    from hdap.deploy.kubeflow_model_registry import register_in_model_registry
+    from hdap.deploy.mlflow_registry import lineage_tags
+    from hdap.deploy.registry import registry_name
+    from hdap.store import join_uri
+
+    manifest = context.store.get_json(join_uri(entry, "manifest.json")) | {"entry": join_uri(entry, "manifest.json")}
+    metadata = {**summary.metrics(), **lineage_tags(manifest)}
+    description = (f"{summary.accuracy.onnxruntime:.2f}% accurate (ONNX Runtime), {summary.fleet.predicted_speedup:.2f}x lower "
+                   f"fleet-weighted latency predicted, {summary.onnxruntime.speedup:.2f}x measured on the build's CPU")
+    register_in_model_registry(config.model_registry_uri, registry_name(summary.model), summary.version, join_uri(entry, ""),
+                               description, metadata)
 
 
 def _drift_baseline(inputs: BuildInputs, clusters: list[ClusterLatency]) -> dict:

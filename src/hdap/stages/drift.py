@@ -28,7 +28,7 @@ log = logging.getLogger("hdap")
 # Settings that say where things are read and written, or how this run is gated: a change in them
 # alone does not change what the pipeline would publish.
 NOT_LINEAGE = frozenset({"telemetry_uri", "ingest_as_of", "output_uri", "registry_uri", "truth_uri", "profiles_uri", "device",
-                         "build_mlflow_uri", "build_mlflow_experiment"})
+                         "build_mlflow_uri", "build_mlflow_experiment", "build_model_registry_uri"})
 
 
 @dataclass(frozen=True)
