@@ -65,7 +65,7 @@ def _decide(store: ObjectStore, bucket: str, features_path: Path, tmp_path: Path
     return DriftDecision.load(tmp_path / f"{run_name}.json")
 
 
-def test_the_gate_retrains_on_a_first_run_a_changed_model_or_weights_or_dataset_and_when_forced(
+def test_the_gate_retrains_on_a_first_run_another_model_changed_weights_or_dataset_and_when_forced(
         published_fleet, object_store: ObjectStore, bucket: str, tmp_path: Path) -> None:
     features, picture = published_fleet
     features_path = tmp_path / "features.parquet"
@@ -82,6 +82,10 @@ def test_the_gate_retrains_on_a_first_run_a_changed_model_or_weights_or_dataset_
     assert forced.retrain and forced.reasons == ["drift_force is set"]
     other = _decide(object_store, bucket, features_path, tmp_path, "r4", settings=settings.replace("digits", "cifar10"))
     assert other.reasons == ["dataset changed from 'digits' to 'cifar10'"]
+
+    renamed = _decide(object_store, bucket, features_path, tmp_path, "r6", model="resnet56",
+                      settings=settings.replace("model=resnet20", "model=resnet56"))
+    assert renamed.retrain and renamed.reasons == [f"nothing is published yet for resnet56 under s3://{bucket}/registry"]
 
     object_store.put_bytes(f"s3://{bucket}/weights.pt", b"trained weights")
     weights = _decide(object_store, bucket, features_path, tmp_path, "r5", settings=settings, weights_uri=f"s3://{bucket}/weights.pt")
