@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--make-subset", type=int, metavar="IMAGES", help="write bench/data/ from --data and stop")
     parser.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
     parser.add_argument("--quick", action="store_true", help="one target, one epoch, 500 images (a smoke run)")
+    parser.add_argument("--targets", help="cost targets instead of the GPU configuration's, e.g. 0.6,0.45 (a shorter run)")
+    parser.add_argument("--learning-rate", type=float, help="the search's learning rate instead of the GPU configuration's")
     args = parser.parse_args()
     if args.make_subset:
         return make_subset(args.data, args.make_subset)
@@ -129,7 +131,11 @@ def main() -> None:
     data = dataset(500 if args.quick else 0)
     layers = prunable_layers(build_model(args.model, (3, 32, 32)), (3, 32, 32))
     fleet = FleetCost([simulated_surrogate(d, layers, MENU, 12) for d in CLUSTERS], WEIGHTS, MENU)
-    settings = QUICK if args.quick else GPU
+    settings = dict(QUICK if args.quick else GPU)
+    if args.targets:
+        settings["targets"] = tuple(float(t) for t in args.targets.split(","))
+    if args.learning_rate:
+        settings["learning_rate"] = args.learning_rate
     config = SearchConfig(model=args.model, input_shape=(3, 32, 32), weights_uri=f"s3://bench-data/{checkpoint}", device=args.device, **settings)
     result = run_search(config, data, fleet, weights=read_state_dict(SUBSET.parent / checkpoint))
     chosen = result.chosen[0]
