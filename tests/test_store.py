@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -131,3 +132,15 @@ def test_a_recorded_pid_that_is_not_our_server_is_not_taken_for_it(tmp_path) -> 
     embedded.state_file.write_text(json.dumps({"pid": os.getpid(), "s3_port": free_port()}))  # alive, but pytest
     assert embedded.running_config() is None
     assert not embedded.status().running
+
+
+def test_each_embedded_server_gets_its_own_port_even_when_the_os_hands_one_out_twice(tmp_path: Path, monkeypatch) -> None:
+    """The OS may give the same free port to two asks in a row (each is released at once): seaweed's s3 gRPC
+    listener then found the filer on its port, and `make run` stopped with 'address already in use'."""
+    import hdap.embedded_store as embedded
+
+    handed = iter([41001, 41001, 41002, 41002, 41003, 41004, 41004, 41005, 41006, 41007, 41008])
+    monkeypatch.setattr(embedded, "_free_port", lambda: next(handed))
+    monkeypatch.setattr(embedded, "_port_is_free", lambda port: True)
+    ports = embedded.EmbeddedStore(tmp_path)._ports(s3_port=41000)
+    assert len(set(ports.values())) == len(ports) == len(embedded._PORT_NAMES) + 1

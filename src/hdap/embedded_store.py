@@ -243,7 +243,9 @@ class EmbeddedStore:
         elif "s3" not in saved or not _port_is_free(saved["s3"]):
             saved["s3"] = DEFAULT_S3_PORT if _port_is_free(DEFAULT_S3_PORT) else _free_port()
         for name in _PORT_NAMES:
-            if name not in saved or not _port_is_free(saved[name]):
+            # A port the OS just handed out and took back can come again: each server needs its own.
+            taken = {port for other, port in saved.items() if other != name}
+            while name not in saved or saved[name] in taken or not _port_is_free(saved[name]):
                 saved[name] = _free_port()
         self.ports_file.write_text(json.dumps(saved))
         return saved
