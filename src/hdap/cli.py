@@ -399,13 +399,17 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet and the pipeline.")] = SimulationConfig.seed,
     fleet: Annotated[str, typer.Option(help="simulated: a simulated Jetson fleet; cpu: this machine's CPU states (1 thread, "
                                        "every core, every core beside a busy process), measured with ONNX Runtime.")] = "simulated",
+    drift_force: Annotated[str, typer.Option(help="true: retrain even when the fleet, the model and the settings are those of "
+                                             "the model published before (a second demo the same day finds nothing to do).")] = "false",
 ) -> None:
     """The whole demo: start the embedded store if no store is configured, simulate a fleet (or measure this CPU's states), run the pipeline."""
     from hdap.local_run import DemoFleet, print_summary, run_demo
     from hdap.settings import from_parameter
 
     _setup_logging()
-    print_summary(run_demo(devices, days, sku, seed, console, from_parameter(fleet, DemoFleet, "fleet")), console)
+    run = run_demo(devices, days, sku, seed, console, from_parameter(fleet, DemoFleet, "fleet"),
+                   from_parameter(drift_force, bool, "drift_force"))
+    print_summary(run, console)
 
 
 # Installed by `pip install 'hdap[pipeline]'`; a device agent has none of them (pyproject.toml).

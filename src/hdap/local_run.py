@@ -132,7 +132,8 @@ class DemoFleet(Choice):
     CPU = "cpu"  # this machine's CPU states, measured (hdap profile --cpu-states)
 
 
-def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fleet: DemoFleet = DemoFleet.SIMULATED) -> LocalRun:
+def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fleet: DemoFleet = DemoFleet.SIMULATED,
+             drift_force: bool = False) -> LocalRun:
     """`make run`: the embedded store (unless one is configured), a simulated fleet (reused the same day), the pipeline.
     With the CPU fleet, this machine is profiled in each CPU state instead (reused the same day)."""
     from hdap.embedded_store import EmbeddedStore, local_store_config
@@ -145,8 +146,10 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
         console.print(f"embedded object store at http://{config.endpoint} (data in {embedded.data_dir}; stop it with `hdap store down`)")
     store = ObjectStore(local_store_config())
     today = datetime.now(timezone.utc).date()
+    forced = {"drift_force": drift_force}
     if fleet is DemoFleet.CPU:
-        return run_pipeline_locally(RunSettings.from_parameters(profile_cpu_fleet(store, seed, today, console)), store, console)
+        return run_pipeline_locally(RunSettings.from_parameters(profile_cpu_fleet(store, seed, today, console) | forced), store,
+                                    console)
     # The prefix names the fleet and the day, so re-running the demo reuses it instead of rewriting.
     fleet_uri = f"s3://hdap/demo/{sku}/{devices}x{days}d-seed{seed}/{today.isoformat()}"
     simulation = SimulationConfig(sku=sku, devices=devices, days=days, seed=seed, telemetry_uri=f"{fleet_uri}/telemetry",
@@ -157,7 +160,7 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
         result = simulate_fleet(store, simulation)
         console.print(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {simulation.telemetry_uri}")
     settings = RunSettings.from_parameters({"telemetry_uri": simulation.telemetry_uri, "sku": sku, "seed": seed,
-                                            "truth_uri": simulation.truth_uri})
+                                            "truth_uri": simulation.truth_uri} | forced)
     return run_pipeline_locally(settings, store, console)
 
 
@@ -195,7 +198,8 @@ def print_summary(run: LocalRun, console: Console) -> None:
         console.print(f"[yellow]unreadable objects:[/] {escape(', '.join(ingest.unreadable_objects))}")
     if not run.retrained:
         console.print(f"[bold]{escape(run.drift.summary)}[/]")
-        console.print("To retrain anyway: --drift-force true. Outputs in the store: " + escape(run.run_uri))
+        console.print("To retrain anyway: the same command with --drift-force true (hdap run, hdap demo). Outputs in the store: "
+                      + escape(run.run_uri))
         return
     console.print(f"drift gate: {escape(run.drift.summary)}")
     console.print(f"clusters: {run.clusters.k} ({escape(run.clusters.selection)})")
