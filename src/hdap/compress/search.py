@@ -242,8 +242,8 @@ def smallest_cost(pretrained: nn.Module, space_of, cost: ArchitectureCost) -> fl
 def reachable_settings(settings: list[SearchSetting], floor: float) -> list[SearchSetting]:
     """Targets as given where the model can reach them. A target below what the smallest architecture
     costs would prune everything the search may drop, whatever it costs in accuracy (a small model on
-    a CPU is mostly fixed overhead: the demo's ResNet-20 on 8x8 digits cannot go below 0.85 of its
-    latency); such a target is placed as far into the reachable range instead: floor + (1 - floor) x target."""
+    a CPU is mostly fixed overhead: the demo's ResNet-20 on 8x8 digits cannot go below about 0.78 of
+    its latency on this machine's CPU states); such a target is placed as far into the reachable range instead: floor + (1 - floor) x target."""
     reachable = []
     for setting in settings:
         if setting.kind is SettingKind.TARGET and setting.value < floor:

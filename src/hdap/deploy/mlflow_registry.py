@@ -9,7 +9,6 @@ object-store registry stays what devices read; MLflow is the catalogue MLOps too
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +55,3 @@ def register_in_mlflow(tracking_uri: str, experiment: str, model_name: str, onnx
         raise HdapError(f"MLflow at {tracking_uri} could not be reached ({type(err).__name__}): check build_mlflow_uri.") from None
     log.info("registered %s version %s in MLflow at %s (run %s)", model_name, version, tracking_uri, run.info.run_id)
     return MlflowEntry(run.info.run_id, model_name, version)
-
-
-def lineage_tags(manifest: dict) -> dict[str, str]:
-    """What leads from an MLflow version back to hdap: the pipeline run, the entry, its files' sha256, the fleet."""
-    tags = {"hdap.run": manifest["version"], "hdap.entry": manifest["entry"],
-            "hdap.fleet_clusters": json.dumps([{"cluster": c["cluster"], "weight": round(c["weight"], 4),
-                                                "predicted_ms": c["predicted_after_ms"]} for c in manifest.get("clusters", [])])}
-    tags |= {f"hdap.sha256.{name}": entry["sha256"] for name, entry in manifest["files"].items()}
-    return tags

@@ -10,6 +10,7 @@ under a published version are refused. A quality gate runs before anything is wr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -136,3 +137,13 @@ def load_published_model(store: ObjectStore, uri: str, fake_quantized: bool = Tr
             store.get_file(join_uri(uri, name), Path(folder) / name)
         model, _, _ = load_finetuned(folder, fake_quantized=fake_quantized)
     return model, _decode_dataclass(Preprocessing, manifest["preprocessing"], f"{uri}/manifest.json: preprocessing")
+
+
+def entry_tags(manifest: dict, manifest_uri: str) -> dict[str, str]:
+    """What leads from a catalogue's version (MLflow, the Kubeflow Model Registry) back to the entry: the
+    pipeline run, the manifest's URI, each file's sha256, the fleet's clusters."""
+    tags = {"hdap.run": manifest["version"], "hdap.entry": manifest_uri,
+            "hdap.fleet_clusters": json.dumps([{"cluster": c["cluster"], "weight": round(c["weight"], 4),
+                                                "predicted_ms": c["predicted_after_ms"]} for c in manifest.get("clusters", [])])}
+    tags |= {f"hdap.sha256.{name}": entry["sha256"] for name, entry in manifest["files"].items()}
+    return tags

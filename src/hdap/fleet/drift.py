@@ -44,15 +44,19 @@ class FleetPicture:
     fleet_latency_ms: float | None = None  # share-weighted over the clusters
 
     def standardise(self, features: pa.Table) -> np.ndarray:
-        raw = np.column_stack([features.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in self.features])
-        return (np.log(raw) - np.array(self.log_mean)) / np.array(self.log_scale)
+        return (_log_features(features, self.features) - np.array(self.log_mean)) / np.array(self.log_scale)
+
+
+def _log_features(features: pa.Table, names: list[str]) -> np.ndarray:
+    """The named columns' logarithms, one row per device (as the cluster stage takes them)."""
+    return np.log(np.column_stack([features.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in names]))
 
 
 def fleet_picture(features: pa.Table, names: list[str], centroids: dict[int, dict[str, float]], weights: dict[int, float],
                   latency_ms: dict[int, float] | None = None) -> FleetPicture:
     """The picture of a clustered fleet: `centroids` per cluster id in the features' own units (the cluster
     stage's medians), `weights` their shares, `latency_ms` the model's predicted latency on each."""
-    logs = np.log(np.column_stack([features.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in names]))
+    logs = _log_features(features, names)
     mean, scale = logs.mean(axis=0), logs.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)  # as StandardScaler: a constant feature is left unscaled
     latency_ms = latency_ms or {}
@@ -77,7 +81,6 @@ class DriftFigures:
     centroid_shift: float  # the largest over the clusters that kept devices
     uncovered_share: float
     latency_change: float | None  # None where the picture has no per-cluster latency
-    shares_now: dict[int, float]
     devices: int
 
 
@@ -99,7 +102,7 @@ def measure_drift(picture: FleetPicture, features: pa.Table, uncovered_distance:
         latency_change = float(now / picture.fleet_latency_ms - 1)
     return DriftFigures(share_shift=float(0.5 * np.abs(shares_now - published).sum()), centroid_shift=max(shifts),
                         uncovered_share=float((distances.min(axis=1) > uncovered_distance).mean()), latency_change=latency_change,
-                        shares_now={c.id: float(s) for c, s in zip(picture.clusters, shares_now)}, devices=len(x))
+                        devices=len(x))
 
 
 def drift_reasons(figures: DriftFigures, thresholds: DriftThresholds) -> list[str]:

@@ -194,12 +194,6 @@ class LatencySurrogate:
         model = self.group(config, precision)
         return model.latency(config.op, config.kernel_size, config.stride, config.height, config.width, cin, cout)
 
-    def mixed_layer_latency(self, config: LayerConfig, in_channels: torch.Tensor, out_channels: torch.Tensor,
-                            precision_probs: torch.Tensor, precisions: tuple[str, ...]) -> torch.Tensor:
-        """Expected latency under a soft choice of precision (probabilities over `precisions`)."""
-        per_precision = torch.stack([self.layer_latency(config, in_channels, out_channels, p) for p in precisions])
-        return (precision_probs.to(per_precision.dtype) * per_precision).sum(0)
-
     def predict(self, config: LayerConfig) -> float:
         with torch.no_grad():
             return float(self.layer_latency(config))
@@ -358,9 +352,9 @@ def fit_surrogate(configs: list[LayerConfig], latencies: np.ndarray, device: dic
 
 
 def model_terms(surrogate: LatencySurrogate, configs: list[LayerConfig]) -> dict[str, float]:
-    """A chain's terms: per precision, its layers' predicted time above the floor (`above_floor:<p>`);
-    its layer count; per pair of precisions, the activation
-    elements (1e6) crossing between layers (fitted only where they differ; /3 surrogates priced all)."""
+    """A chain's terms: per precision, its layers' predicted time above the floor (`above_floor:<p>`); its
+    layer count; per pair of precisions, the activation elements (1e6) crossing between layers (fitted
+    only where they differ; /3 surrogates priced all)."""
     terms: dict[str, float] = {"count": float(len(configs))}
     for c in configs:
         terms[f"above_floor:{c.precision}"] = terms.get(f"above_floor:{c.precision}", 0.0) + surrogate.predict(c) - surrogate.layer_floor_ms

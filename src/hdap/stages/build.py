@@ -288,43 +288,36 @@ def run(config: BuildConfig, inputs: BuildInputs, outputs: BuildOutputs, context
     summary = BuildSummary(built.spec.model, context.run_name, built.shape, built.preprocessing, entry is not None, entry or "", built.accuracy,
                            built.size, built.onnxruntime, built.tensorrt, clusters, fleet, layers, run_ref, gate)
     _report(summary, front, inputs, outputs, context)
-    if entry and config.mlflow_uri:
-        _register_in_mlflow(config, summary, entry, outputs.engines / "model.onnx", inputs, context)
-    if entry and config.model_registry_uri:
-        _register_in_model_registry(config, summary, entry, context)
+    if entry and (config.mlflow_uri or config.model_registry_uri):
+        _register_in_catalogues(config, summary, entry, outputs.engines / "model.onnx", context)
     if not gate.passed:
         raise HdapError(f"the {gate.name} gate refused the model: {gate.message} (report: {context.uri('build', 'report.html')}).")
     return summary.metrics()
 
 
-def _register_in_mlflow(config: BuildConfig, summary: BuildSummary, entry: str, onnx_path: Path, inputs: BuildInputs,
-                        context: StageContext) -> None:
-    """The published entry in MLflow too: its metrics, its lineage as params, tags leading back to the entry."""
-    from hdap.deploy.mlflow_registry import lineage_tags, register_in_mlflow
-    from hdap.deploy.registry import registry_name
-    from hdap.stages.drift import DriftDecision
+def _register_in_catalogues(config: BuildConfig, summary: BuildSummary, entry: str, onnx_path: Path,
+                            context: StageContext) -> None:
+    """The published entry in MLflow and the Kubeflow Model Registry too, as configured: its metrics, its
+    lineage (MLflow's params), and tags that lead back to the entry."""
+    from hdap.deploy.registry import entry_tags, registry_name
     from hdap.store import join_uri
 
-    manifest = context.store.get_json(join_uri(entry, "manifest.json")) | {"entry": join_uri(entry, "manifest.json")}
-    lineage = DriftDecision.load(inputs.drift).lineage
-    params = lineage.settings | ({"weights_sha256": lineage.weights_sha256} if lineage.weights_sha256 else {})
-    register_in_mlflow(config.mlflow_uri, config.mlflow_experiment, registry_name(summary.model), onnx_path, params,
-                       summary.metrics(), lineage_tags(manifest))
+    manifest_uri = join_uri(entry, "manifest.json")
+    manifest = context.store.get_json(manifest_uri)
+    tags, name, metrics = entry_tags(manifest, manifest_uri), registry_name(summary.model), summary.metrics()
+    if config.mlflow_uri:
+        from hdap.deploy.mlflow_registry import register_in_mlflow
 
+        lineage = manifest["lineage"]
+        params = lineage["settings"] | ({"weights_sha256": lineage["weights_sha256"]} if lineage["weights_sha256"] else {})
+        register_in_mlflow(config.mlflow_uri, config.mlflow_experiment, name, onnx_path, params, metrics, tags)
+    if config.model_registry_uri:
+        from hdap.deploy.kubeflow_model_registry import register_in_model_registry
 
-def _register_in_model_registry(config: BuildConfig, summary: BuildSummary, entry: str, context: StageContext) -> None:
-    """The published entry in the Kubeflow Model Registry too: the entry's folder as the ONNX artifact's URI."""
-    from hdap.deploy.kubeflow_model_registry import register_in_model_registry
-    from hdap.deploy.mlflow_registry import lineage_tags
-    from hdap.deploy.registry import registry_name
-    from hdap.store import join_uri
-
-    manifest = context.store.get_json(join_uri(entry, "manifest.json")) | {"entry": join_uri(entry, "manifest.json")}
-    metadata = {**summary.metrics(), **lineage_tags(manifest)}
-    description = (f"{summary.accuracy.onnxruntime:.2f}% accurate (ONNX Runtime), {summary.fleet.predicted_speedup:.2f}x lower "
-                   f"fleet-weighted latency predicted, {summary.onnxruntime.speedup:.2f}x measured on the build's CPU")
-    register_in_model_registry(config.model_registry_uri, registry_name(summary.model), summary.version, join_uri(entry, ""),
-                               description, metadata)
+        description = (f"{summary.accuracy.onnxruntime:.2f}% accurate (ONNX Runtime), {summary.fleet.predicted_speedup:.2f}x lower "
+                       f"fleet-weighted latency predicted, {summary.onnxruntime.speedup:.2f}x measured on the build's CPU")
+        register_in_model_registry(config.model_registry_uri, name, summary.version, join_uri(entry, ""), description,
+                                   metrics | tags)
 
 
 def _drift_baseline(inputs: BuildInputs, clusters: list[ClusterLatency]) -> dict:

@@ -18,10 +18,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hdap.artifacts import Contract
 from hdap.settings import MODEL, REGISTRY_URI, Settings, at_least, internal, setting
 from hdap.stages import Stage, StageContext
+
+if TYPE_CHECKING:
+    from hdap.fleet.drift import DriftThresholds
 
 log = logging.getLogger("hdap")
 
@@ -49,7 +53,7 @@ class DriftConfig(Settings):
     weights_uri: str = internal("")  # the search's weights_uri (the pipeline passes it)
     settings: str = internal("")  # the run's lineage settings as name=value lines (the pipeline passes them)
 
-    def thresholds(self):
+    def thresholds(self) -> DriftThresholds:
         from hdap.fleet.drift import DriftThresholds
 
         return DriftThresholds(self.share_shift, self.centroid_shift, self.uncovered_distance, self.uncovered_share,
