@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -144,3 +145,108 @@ def test_each_embedded_server_gets_its_own_port_even_when_the_os_hands_one_out_t
     monkeypatch.setattr(embedded, "_port_is_free", lambda port: True)
     ports = embedded.EmbeddedStore(tmp_path)._ports(s3_port=41000)
     assert len(set(ports.values())) == len(ports) == len(embedded._PORT_NAMES) + 1
+
+
+def test_an_object_hdap_did_not_write_is_refused_where_a_checksum_is_required(object_store: ObjectStore, bucket: str) -> None:
+    object_store.client.put_object(bucket, "foreign.json", io.BytesIO(b"{}"), 2)  # no sha256 metadata
+    assert object_store.get_json(f"s3://{bucket}/foreign.json") == {}  # still read where none is required
+    with pytest.raises(HdapError, match="has no sha256 recorded with it.*publish it again with hdap"):
+        object_store.get_bytes(f"s3://{bucket}/foreign.json", require_checksum=True)
+    with pytest.raises(HdapError, match="has no sha256 recorded"):
+        object_store.get_json(f"s3://{bucket}/foreign.json", require_checksum=True)
+    object_store.put_json(f"s3://{bucket}/own.json", {"a": 1})
+    assert object_store.get_json(f"s3://{bucket}/own.json", require_checksum=True) == {"a": 1}
+
+
+@pytest.mark.parametrize("port", [70000, 0, -1])
+def test_an_invalid_port_is_refused_before_anything_starts(tmp_path: Path, port: int) -> None:
+    embedded = EmbeddedStore(tmp_path / "store")
+    with pytest.raises(HdapError, match=f"{port} is not a port: give a number from 1 to 65535"):
+        embedded.up(s3_port=port)
+    assert not embedded.state_file.exists()
+
+
+def test_a_taken_port_is_named_at_once(tmp_path: Path) -> None:
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(HdapError, match=f"port {port} on 127.0.0.1 is already in use"):
+            EmbeddedStore(tmp_path / "store").up(s3_port=port)
+        assert time.monotonic() - started < 2
+
+
+def test_a_port_weed_cannot_bind_fails_the_start_with_weeds_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port taken between hdap's check and weed's bind: weed's own failure is reported, not a long wait."""
+    import json
+    import time
+
+    import hdap.embedded_store as embedded_module
+
+    embedded = EmbeddedStore(tmp_path / "store")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        embedded.root.mkdir(parents=True)
+        embedded.ports_file.write_text(json.dumps({"filer.grpc": taken.getsockname()[1]}))
+        monkeypatch.setattr(embedded_module, "_port_is_free", lambda port: True)  # the race, made certain
+        started = time.monotonic()
+        with pytest.raises(HdapError, match="could not open its ports.*address already in use"):
+            embedded.up(s3_port=free_port())
+        assert time.monotonic() - started < 20
+    assert not embedded.status().running
+
+
+def test_an_http_server_that_is_not_s3_is_named(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = ObjectStore(StoreConfig(f"127.0.0.1:{server.server_address[1]}", "k", "s"))
+        with pytest.raises(HdapError, match="is not an S3 endpoint.*fix HDAP_S3_ENDPOINT"):
+            store.check()
+        with pytest.raises(HdapError, match="is not an S3 endpoint"):
+            store.exists("s3://bucket/x")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_store_that_accepts_connections_but_never_answers_fails_in_seconds() -> None:
+    import time
+
+    with socket.socket() as silent:  # the kernel completes connections to a listening socket; nobody replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        store = ObjectStore(StoreConfig(f"127.0.0.1:{silent.getsockname()[1]}", "k", "s"))
+        started = time.monotonic()
+        with pytest.raises(HdapError, match="accepts connections but is not answering"):
+            store.check()
+        assert time.monotonic() - started < ObjectStore.QUICK_READ_TIMEOUT_S + 5
+
+
+def test_a_frozen_embedded_store_is_reported_running_but_not_answering(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    embedded = EmbeddedStore(tmp_path / "store")
+    embedded.up(s3_port=free_port())
+    try:
+        assert embedded.status().answering
+        os.kill(embedded.status().pid, signal.SIGSTOP)
+        started = time.monotonic()
+        status = embedded.status()
+        assert status.running, status
+        assert not status.answering, status
+        with pytest.raises(HdapError, match="running but not answering.*hdap store down"):
+            embedded.up()
+        assert time.monotonic() - started < 2 * ObjectStore.QUICK_READ_TIMEOUT_S + 5
+    finally:
+        assert embedded.down()  # a stopped weed is still stopped
+    assert not embedded.status().running

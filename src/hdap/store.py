@@ -17,19 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from xml.etree.ElementTree import ParseError
 
 import certifi
 import pyarrow as pa
 import pyarrow.parquet as pq
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 
 from hdap.config import file_section
 from hdap.errors import HdapError
 from hdap.settings import from_parameter
 
 SHA256_METADATA_KEY = "sha256"
+
+
+class CorruptObject(HdapError):
+    """An object whose bytes do not match the sha256 recorded when it was written (a reader may set it aside)."""
 
 
 @dataclass(frozen=True)
@@ -143,22 +148,33 @@ class ObjectInfo:
 class ObjectStore:
     """A thin, checked layer over the minio client: URIs in, bytes/files/tables out."""
 
+    # Seconds a request may wait for the server's next bytes. Object transfers get long: the server
+    # answers a big upload only once it has stored it. Everything else (checks, listings, stats,
+    # buckets) is small, so a store that accepts connections but never answers fails in seconds.
+    TRANSFER_READ_TIMEOUT_S = 120.0
+    QUICK_READ_TIMEOUT_S = 5.0
+
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        # Few retries: a wrong endpoint should fail in seconds, not after minio's long backoff.
+        self.client = self._client(self.TRANSFER_READ_TIMEOUT_S)
+        self.quick_client = self._client(self.QUICK_READ_TIMEOUT_S)
+
+    def _client(self, read_timeout_s: float) -> Minio:
+        # Few retries, none after a read timeout: a wrong or frozen endpoint should fail in
+        # seconds, not after minio's long backoff.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5, read=300),
+            timeout=urllib3.Timeout(connect=5, read=read_timeout_s),
             maxsize=8,
-            cert_reqs="CERT_REQUIRED" if config.secure else "CERT_NONE",
-            ca_certs=certifi.where() if config.secure else None,
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            cert_reqs="CERT_REQUIRED" if self.config.secure else "CERT_NONE",
+            ca_certs=certifi.where() if self.config.secure else None,
+            retries=urllib3.Retry(total=2, read=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
-        self.client = Minio(
-            config.endpoint,
-            access_key=config.access_key,
-            secret_key=config.secret_key,
-            secure=config.secure,
-            region=config.region,
+        return Minio(
+            self.config.endpoint,
+            access_key=self.config.access_key,
+            secret_key=self.config.secret_key,
+            secure=self.config.secure,
+            region=self.config.region,
             http_client=http,
         )
 
@@ -197,16 +213,32 @@ class ObjectStore:
             if err.code in {"NoSuchKey", "NoSuchObject"}:
                 raise HdapError(f"{where} has no object {what.split(' ', 1)[-1]}: check the URI.") from None
             raise HdapError(f"{where} failed while {what}: {err.code}: {err.message}") from None
-        except urllib3.exceptions.MaxRetryError as err:
-            reason = err.reason or err
+        except (InvalidResponseError, ParseError) as err:  # an HTTP server, but not an S3 one
+            status = f"HTTP {getattr(err, '_code', '?')}" if isinstance(err, InvalidResponseError) else "a reply that is not S3's XML"
+            raise HdapError(
+                f"{where} is not an S3 endpoint (it answered {what} with {status}): "
+                "fix HDAP_S3_ENDPOINT to name an S3 store's host:port."
+            ) from None
+        except (urllib3.exceptions.MaxRetryError, urllib3.exceptions.ReadTimeoutError) as err:
+            reason = getattr(err, "reason", None) or err
             if isinstance(reason, urllib3.exceptions.ResponseError):
                 raise HdapError(
                     f"{where} answered with server errors while {what}: see its log (.hdap/store/weed.log "
                     "for the embedded one); it may be out of disk space."
                 ) from None
+            if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+                raise HdapError(
+                    f"{where} accepts connections but is not answering ({what}): restart it "
+                    "(`hdap store down` then `hdap store up` for the embedded one)."
+                ) from None
             raise HdapError(
                 f"cannot reach {where} ({type(reason).__name__}): start it (`hdap store up` for the "
                 "embedded one) or fix HDAP_S3_ENDPOINT."
+            ) from None
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as err:
+            raise HdapError(
+                f"{where} broke off while {what} ({type(err).__name__}): is HDAP_S3_ENDPOINT an S3 store? "
+                "If it is, see its log."
             ) from None
         except ValueError as err:  # the SDK validates bucket names and URLs this way
             raise HdapError(f"{what} is not possible: {err}; fix the s3:// URI.") from None
@@ -214,16 +246,16 @@ class ObjectStore:
     def check(self) -> None:
         """Fail with a clear message unless the store answers and accepts our credentials."""
         with self._explained("listing buckets"):
-            self.client.list_buckets()
+            self.quick_client.list_buckets()
 
     def ensure_bucket(self, bucket: str) -> None:
         with self._explained(f"creating bucket {bucket}"):
-            if not self.client.bucket_exists(bucket):
-                self.client.make_bucket(bucket)
+            if not self.quick_client.bucket_exists(bucket):
+                self.quick_client.make_bucket(bucket)
 
     def require_bucket(self, bucket: str) -> None:
         with self._explained(f"looking for bucket {bucket}"):
-            exists = self.client.bucket_exists(bucket)
+            exists = self.quick_client.bucket_exists(bucket)
         if not exists:
             raise HdapError(
                 f"the object store at {self.config.endpoint} has no bucket '{bucket}': "
@@ -258,7 +290,10 @@ class ObjectStore:
         return self.put_bytes(uri, sink.getvalue(), "application/vnd.apache.parquet")
 
     # -- reading ----------------------------------------------------------------------------
-    def get_bytes(self, uri: str, verify: bool = True) -> bytes:
+    def get_bytes(self, uri: str, verify: bool = True, require_checksum: bool = False) -> bytes:
+        """The object's bytes, checked against the sha256 hdap wrote with them. With
+        require_checksum an object without one (not written by hdap) is refused: for what must not
+        be swapped behind hdap's back, such as published models."""
         source = S3Uri.parse(uri)
         with self._explained(f"reading {uri}"):
             response = self.client.get_object(source.bucket, source.key)
@@ -268,27 +303,30 @@ class ObjectStore:
             finally:
                 response.close()
                 response.release_conn()
+        if require_checksum and expected is None:
+            raise HdapError(f"{uri} has no sha256 recorded with it, so it cannot be checked: it was not written "
+                            "by hdap; publish it again with hdap.")
         if verify and expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            raise HdapError(f"{uri} does not match the sha256 it was written with: it is corrupt; write it again.")
+            raise CorruptObject(f"{uri} does not match the sha256 it was written with: it is corrupt; write it again.")
         return data
 
-    def get_json(self, uri: str) -> Any:
-        return json.loads(self.get_bytes(uri))
+    def get_json(self, uri: str, *, require_checksum: bool = False) -> Any:
+        return json.loads(self.get_bytes(uri, require_checksum=require_checksum))
 
-    def get_table(self, uri: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.get_bytes(uri)))
+    def get_table(self, uri: str, *, require_checksum: bool = False) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.get_bytes(uri, require_checksum=require_checksum)))
 
-    def get_file(self, uri: str, path: str | Path) -> Path:
+    def get_file(self, uri: str, path: str | Path, *, require_checksum: bool = False) -> Path:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(self.get_bytes(uri))
+        target.write_bytes(self.get_bytes(uri, require_checksum=require_checksum))
         return target
 
     def exists(self, uri: str) -> bool:
         target = S3Uri.parse(uri)
         with self._explained(f"looking for {uri}"):
             try:
-                self.client.stat_object(target.bucket, target.key)
+                self.quick_client.stat_object(target.bucket, target.key)
                 return True
             except S3Error as err:
                 if err.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
@@ -305,7 +343,7 @@ class ObjectStore:
         with self._explained(f"listing {prefix_uri}"):
             objects = [
                 ObjectInfo(uri=f"s3://{prefix.bucket}/{obj.object_name}", size=obj.size or 0)
-                for obj in self.client.list_objects(prefix.bucket, prefix=prefix.key, recursive=True)
+                for obj in self.quick_client.list_objects(prefix.bucket, prefix=prefix.key, recursive=True)
                 if not obj.is_dir
             ]
         return sorted(objects, key=lambda o: o.uri)
