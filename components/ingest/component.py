@@ -15,7 +15,8 @@ def ingest(
     quarantine: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Validate every telemetry object under telemetry_uri; per-device features, bad rows quarantined with reasons."""
+    """Validate every telemetry object under telemetry_uri; per-device features, bad rows quarantined with reasons,
+    objects not read (corrupt, unparseable, another format) listed in the summary and counted in the metrics."""
     arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 

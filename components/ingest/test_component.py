@@ -15,6 +15,7 @@ def test_ingest_component_runs_locally_and_writes_artifacts_and_store_objects(st
 
     metrics = task.outputs["metrics"].metadata
     assert (metrics["devices"], metrics["rows_read"], metrics["rows_quarantined"]) == (60, 180, 0)
+    assert metrics["objects_listed"] == metrics["objects_read"] > 0 and metrics["objects_skipped"] == metrics["objects_unreadable"] == 0
     assert pq.read_table(task.outputs["features"].path).num_rows == 60
     assert object_store.exists(f"s3://{bucket}/runs/r1/ingest/features.parquet")
     assert object_store.exists(f"s3://{bucket}/runs/r1/ingest/quarantine.parquet")

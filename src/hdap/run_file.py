@@ -31,11 +31,15 @@ from hdap.stages import NAMES, RENAMED, pipeline_settings
 def read_run_file(path: Path) -> dict[str, Any]:
     """The file's settings as pipeline parameters, keyed by parameter name (each value checked for its type)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_bytes().decode("utf-8"))  # TOML is UTF-8, whatever the locale says
     except OSError as err:
         raise HdapError(f"cannot read the run configuration {path}: {err.strerror}; fix the path.") from None
+    except UnicodeDecodeError as err:
+        raise HdapError(f"the run configuration {path} is not UTF-8 text (byte {err.start}): save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as err:
         raise HdapError(f"the run configuration {path} is not valid TOML ({err}): fix it.") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise HdapError(f"the run configuration {path} nests arrays or tables too deeply for a TOML reader: flatten it.") from None
     settings = {e.section_key: e for e in pipeline_settings()}
     parameters: dict[str, Any] = {}
     for key, value in data.items():

@@ -3,8 +3,12 @@
 Each object (Parquet or JSON lines, any layout under the prefix) is read, conformed to the
 schema and validated row by row. A row that fails goes to the quarantine table with the
 reason and where it came from (object URI and row number); nothing is dropped silently, and
-`rows_read == rows_valid + rows_quarantined` always holds. An object written with a schema
-version this hdap does not know stops the stage: guessing at its meaning would be worse.
+`rows_read == rows_valid + rows_quarantined` always holds. An object that cannot be used as a
+whole (its bytes do not match their sha256, it does not parse, its format is not one ingest
+reads: `.PARQUET` is read, `.parquet.gz` and `.csv` are not) is listed with its reason and the
+rest is ingested, so `objects_read + objects_unreadable + objects_skipped == objects_listed`
+always holds too. An object written with a schema version this hdap does not know stops the
+stage: guessing at its meaning would be worse.
 
 Valid rows are aggregated per device over every report under the prefix with robust
 statistics: the median and inter-quartile range of every probe latency, medians of the device
@@ -25,8 +29,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hdap.errors import HdapError
-from hdap.fleet.quarantine import QUARANTINE_SCHEMA, QuarantineReason, ReasonKind, RowReasons, quarantine_rows, reason_counts
+from hdap.fleet.quarantine import (
+    QUARANTINE_SCHEMA,
+    ObjectProblem,
+    ObjectReason,
+    QuarantineReason,
+    ReasonKind,
+    RowReasons,
+    quarantine_rows,
+    reason_counts,
+    shown,
+)
 from hdap.fleet.schema import (
+    DEVICE_ID_PATTERN,
+    EARLIEST_TIMESTAMP,
     MAX_PROBE_LATENCY_MS,
     PROBE_COLUMNS,
     SCHEMA_VERSION,
@@ -35,14 +51,14 @@ from hdap.fleet.schema import (
     probe_column,
     probes_for,
 )
-from hdap.fleet.sku import SKUS, get_sku
+from hdap.fleet.sku import SKUS, Sku, get_sku
 from hdap.progress import progress
 from hdap.stages.ingest import IngestConfig
-from hdap.store import ObjectStore
+from hdap.store import CorruptObject, ObjectStore
 
 log = logging.getLogger("hdap")
 
-READABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+READABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")  # compared in lower case: .PARQUET is Parquet
 CLOCK_SKEW = timedelta(minutes=10)  # device clocks drift; a report this far ahead is still "now"
 STATE_COLUMNS = ["temperature_c", "gpu_clock_mhz", "cpu_clock_mhz", "emc_clock_mhz", "mem_bandwidth_gbps", "background_load"]
 
@@ -55,38 +71,111 @@ class IngestResult:
     rows_read: int
     rows_valid: int
     reasons: dict[str, int] = field(default_factory=dict)  # quarantined rows per reason key (`QuarantineReason.key`)
-    unreadable_objects: dict[str, str] = field(default_factory=dict)  # uri -> why it could not be parsed
+    problems: dict[str, ObjectProblem] = field(default_factory=dict)  # uri -> why the object was not read
+    objects_listed: int = 0
 
     @property
     def rows_quarantined(self) -> int:
         return self.quarantine.num_rows
 
+    @property
+    def unreadable_objects(self) -> dict[str, str]:
+        """uri -> why it could not be read: corrupt or unparseable."""
+        return {uri: p.text for uri, p in self.problems.items() if p.reason is not ObjectReason.UNSUPPORTED_FORMAT}
+
+    @property
+    def skipped_objects(self) -> dict[str, str]:
+        """uri -> why it was not read: a format ingest does not read."""
+        return {uri: p.text for uri, p in self.problems.items() if p.reason is ObjectReason.UNSUPPORTED_FORMAT}
+
+    @property
+    def object_reasons(self) -> dict[str, int]:
+        """Objects not read per reason, every reason present (a metric's key is there even at zero)."""
+        counts = {reason.value: 0 for reason in ObjectReason}
+        for problem in self.problems.values():
+            counts[problem.reason.value] += 1
+        return counts
+
+    def check_counts(self) -> None:
+        """Every object is read or listed, every row valid or quarantined: anything else is a bug in ingest."""
+        objects = (self.objects_read, len(self.unreadable_objects), len(self.skipped_objects), self.objects_listed)
+        if objects[0] + objects[1] + objects[2] != objects[3]:
+            raise AssertionError(f"objects read + unreadable + skipped != listed: {objects}")
+        if self.rows_read != self.rows_valid + self.rows_quarantined:
+            raise AssertionError(f"rows read != valid + quarantined: {self.rows_read, self.rows_valid, self.rows_quarantined}")
+
+
+class UnreadableObject(HdapError):
+    """An object whose bytes are not telemetry at all: listed with its problem, not quarantined row by row."""
+
+    def __init__(self, uri: str, problem: ObjectProblem) -> None:
+        super().__init__(f"{uri} was not read: {problem.text}.")
+        self.problem = problem
+
 
 # -- reading ---------------------------------------------------------------------------------
+def object_suffix(uri: str) -> str:
+    """The object name's last suffix in lower case ('.parquet'; '.gz' for x.parquet.gz; '' for none)."""
+    name = uri.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name.lstrip(".") else ""
+
+
+# Whatever a Parquet reader throws at bytes that are not Parquet (or are Parquet of a kind it cannot read).
+_PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
 def read_object(data: bytes, uri: str) -> tuple[pa.Table, np.ndarray]:
     """The object's rows, and per row its parse error (a QuarantineReason; None where none).
 
-    JSON lines are parsed line by line with every value kept as text, so one bad line or value
-    costs that row, not the object; `conform` then casts the text to the schema's types.
-    Timestamps in JSON are ISO-8601 strings with a zone offset.
+    Parquet is read whole; bytes that are not Parquet raise `UnreadableObject`. JSON lines are
+    parsed line by line with every value kept as text, so one bad line or value costs that row,
+    not the object; `conform` then casts the text to the schema's types. Timestamps in JSON are
+    ISO-8601 strings with a zone offset.
     """
-    if uri.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data))
-        return table, np.full(table.num_rows, None, dtype=object)
+    if object_suffix(uri) == ".parquet":
+        try:
+            table = pq.read_table(io.BytesIO(data))
+            names = table.column_names  # decoded here: a damaged footer can hold a name that is not UTF-8
+        except _PARQUET_ERRORS as err:
+            raise UnreadableObject(uri, ObjectProblem(ObjectReason.UNPARSEABLE, f"{type(err).__name__}: {err}")) from None
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # which of the two is the device's? Neither can be trusted.
+            raise UnreadableObject(uri, ObjectProblem(ObjectReason.UNPARSEABLE, f"columns {repeated} appear more than once"))
+        return _valid_text(table, uri), np.full(table.num_rows, None, dtype=object)
+    return _read_json_lines(data)
+
+
+def _valid_text(table: pa.Table, uri: str) -> pa.Table:
+    """The table with every text column that is not all UTF-8 as binary: the Parquet reader does not check
+    (a damaged or hostile writer), and a bad string would fail wherever it is first used as text. As binary,
+    `conform` refuses its bad values row by row. Anything else invalid makes the object unreadable."""
+    for index, column in enumerate(table.columns):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as err:
+            value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+            if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+                raise UnreadableObject(uri, ObjectProblem(ObjectReason.UNPARSEABLE, f"column {table.field(index).name}: {err}")) from None
+            table = table.set_column(index, table.field(index).name, column.cast(pa.large_binary()))
+    return table
+
+
+def _read_json_lines(data: bytes) -> tuple[pa.Table, np.ndarray]:
     records: list[dict] = []
     errors: list[QuarantineReason | None] = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    # Lines end at b"\n" only: str.splitlines would also split at U+2028 and friends, which JSON allows in strings.
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))  # strict: a line that is not UTF-8 is not a report
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
             records.append({k: None if v is None else str(v) for k, v in record.items()})
             errors.append(None)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser's stack
             records.append({})
-            errors.append(QuarantineReason(ReasonKind.UNPARSEABLE_JSON, detail=f"{err} (line {number})"))
+            errors.append(QuarantineReason(ReasonKind.UNPARSEABLE_JSON, detail=f"{shown(str(err), 200)} (line {number})"))
     names = sorted({k for r in records for k in r})
     table = pa.table({n: pa.array([r.get(n) for r in records], pa.string()) for n in names})
     if not names:
@@ -146,7 +235,7 @@ def conform(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
                 if pa.types.is_timestamp(f.type):
                     scalar = scalar.cast(pa.timestamp("ns", tz="UTC"))
                 converted.append(scalar.cast(f.type, safe=not pa.types.is_timestamp(f.type)).as_py() if value is not None else None)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError):
+            except (pa.ArrowException, ValueError, TypeError, OverflowError):  # whatever a value of any type can throw
                 converted.append(None)
                 if not bad_type[index]:
                     bad_type[index] = f.name
@@ -170,6 +259,10 @@ def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sk
     for name in required:
         reasons.first(_mask(pc.is_null(table.column(name))), QuarantineReason(ReasonKind.MISSING, name))
 
+    ids = table.column("device_id")
+    good_id = pc.match_substring_regex(ids, f"^(?:{DEVICE_ID_PATTERN.pattern})$")  # RE2's $: the very end, no newline
+    reasons.first(~_mask(pc.fill_null(good_id, True)), QuarantineReason(ReasonKind.BAD_DEVICE_ID, "device_id"))
+
     sku_column = table.column("sku")
     known = _mask(pc.fill_null(pc.is_in(sku_column, value_set=pa.array(list(SKUS))), True))
     reasons.first_each(~known, lambda row: QuarantineReason(ReasonKind.UNKNOWN_SKU, "sku", sku_column[row].as_py()))
@@ -192,6 +285,9 @@ def validate(table: pa.Table, parse_errors: np.ndarray, bad_type: np.ndarray, sk
     limit = pa.scalar(as_of + CLOCK_SKEW, type=pa.timestamp("ms", tz="UTC"))
     future = _mask(pc.fill_null(pc.greater(table.column("timestamp"), limit), False))
     reasons.first(future, QuarantineReason(ReasonKind.FUTURE_TIMESTAMP, "timestamp"))
+    earliest = pa.scalar(EARLIEST_TIMESTAMP, type=pa.timestamp("ms", tz="UTC"))
+    old = _mask(pc.fill_null(pc.less(table.column("timestamp"), earliest), False))
+    reasons.first(old, QuarantineReason(ReasonKind.OLD_TIMESTAMP, "timestamp"))
     return reasons
 
 
@@ -297,6 +393,73 @@ def feature_columns(features: pa.Table) -> list[str]:
 
 
 # -- the stage -------------------------------------------------------------------------------
+@dataclass
+class ObjectRows:
+    """One object's rows: those that passed every per-object check, and those quarantined."""
+
+    valid: pa.Table  # the telemetry columns, and where each row came from (`source`, `row`)
+    quarantine: pa.Table  # QUARANTINE_SCHEMA
+
+    @property
+    def rows(self) -> int:
+        return self.valid.num_rows + self.quarantine.num_rows
+
+
+def read_rows(data: bytes, uri: str, sku_name: str, as_of: datetime) -> ObjectRows:
+    """One object's bytes, read, conformed and validated. Raises `UnreadableObject` where the bytes
+    are not telemetry at all, HdapError where they are written in a schema version hdap does not read."""
+    raw, parse_errors = read_object(data, uri)
+    table, bad_type = conform(raw)
+    check_schema_version(raw, table, uri)
+    reasons = validate(table, parse_errors, bad_type, sku_name, as_of)
+    table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+    table = table.append_column("source", pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([uri])))
+    bad = reasons.refused
+    quarantine = (quarantine_rows(table.filter(pa.array(bad)), list(reasons.items[bad])) if bad.any()
+                  else QUARANTINE_SCHEMA.empty_table())
+    return ObjectRows(table.filter(pa.array(~bad)), quarantine)
+
+
+def fetch(store: ObjectStore, uri: str) -> bytes | ObjectProblem:
+    """The object's bytes, checked against the sha256 they were written with; or why it is not read."""
+    suffix = object_suffix(uri)
+    if suffix not in READABLE_SUFFIXES:
+        return ObjectProblem(ObjectReason.UNSUPPORTED_FORMAT, suffix)
+    try:
+        return store.get_bytes(uri)
+    except CorruptObject:  # only this object: a store that stopped answering still stops the stage
+        return ObjectProblem(ObjectReason.CORRUPT)
+
+
+def _ingest_object(store: ObjectStore, uri: str, sku_name: str, as_of: datetime) -> ObjectRows | ObjectProblem:
+    data = fetch(store, uri)
+    if isinstance(data, ObjectProblem):
+        return data
+    try:
+        return read_rows(data, uri, sku_name, as_of)
+    except UnreadableObject as err:
+        return err.problem
+
+
+def combine(parts: list[ObjectRows], sku: Sku) -> tuple[pa.Table, pa.Table, int]:
+    """Every object's rows together: duplicates across objects quarantined (the first copy, in object
+    order, kept), then the per-device features. Returns the features, the quarantine and the valid rows."""
+    valid_parts = [part.valid for part in parts]
+    quarantine_parts = [part.quarantine for part in parts if part.quarantine.num_rows]
+    valid = pa.concat_tables(valid_parts).combine_chunks() if valid_parts else _EMPTY_VALID
+    grouped = DeviceOrder.of(valid)  # one sort of every row serves duplicates and aggregation
+    duplicates = mark_duplicates(valid, grouped)
+    if duplicates.any():
+        quarantine_parts.append(quarantine_rows(valid.filter(pa.array(duplicates)),
+                                                [QuarantineReason(ReasonKind.DUPLICATE)] * int(duplicates.sum())))
+        valid = valid.filter(pa.array(~duplicates))
+        grouped = DeviceOrder.of(valid)
+    quarantine = pa.concat_tables(quarantine_parts) if quarantine_parts else QUARANTINE_SCHEMA.empty_table()
+    features = aggregate_devices(valid, [probe_column(p) for p in probes_for(sku)], grouped)
+    return features, quarantine, valid.num_rows
+
+
 def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
     sku = get_sku(config.sku)
     as_of = config.as_of or datetime.now(timezone.utc)
@@ -306,60 +469,22 @@ def ingest_telemetry(store: ObjectStore, config: IngestConfig) -> IngestResult:
             f"there is no telemetry under {config.folder}: upload device reports there "
             "(or simulate a fleet with `hdap fleet simulate`), or fix the prefix."
         )
-    valid_parts: list[pa.Table] = []
-    quarantine_parts: list[pa.Table] = []
-    unreadable: dict[str, str] = {}
-    rows_read = 0
-    objects_read = 0
+    parts: list[ObjectRows] = []
+    problems: dict[str, ObjectProblem] = {}
     for obj in progress(objects, f"ingesting {len(objects)} telemetry objects"):
-        if not obj.uri.endswith(READABLE_SUFFIXES):
-            log.warning("skipping %s: not a telemetry file (%s)", obj.uri, ", ".join(READABLE_SUFFIXES))
-            continue
-        data = store.get_bytes(obj.uri)
-        objects_read += 1
-        try:
-            raw, parse_errors = read_object(data, obj.uri)
-        except (pa.ArrowInvalid, OSError) as err:
-            # Not a row to quarantine: the whole object is listed, and stays in the store untouched.
-            log.warning("cannot read %s: %s", obj.uri, err)
-            unreadable[obj.uri] = str(err)
-            continue
-        table, bad_type = conform(raw)
-        check_schema_version(raw, table, obj.uri)
-        rows_read += table.num_rows
-        reasons = validate(table, parse_errors, bad_type, sku.name, as_of)
-        table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-        table = table.append_column("source", pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([obj.uri])))
-        bad = reasons.refused
-        if bad.any():
-            quarantine_parts.append(quarantine_rows(table.filter(pa.array(bad)), list(reasons.items[bad])))
-        valid_parts.append(table.filter(pa.array(~bad)))
-
-    valid = pa.concat_tables(valid_parts).combine_chunks() if valid_parts else _EMPTY_VALID
-    grouped = DeviceOrder.of(valid)  # one sort of every row serves duplicates and aggregation
-    duplicates = mark_duplicates(valid, grouped)
-    if duplicates.any():  # the first copy (in object order) is kept
-        quarantine_parts.append(quarantine_rows(valid.filter(pa.array(duplicates)),
-                                                [QuarantineReason(ReasonKind.DUPLICATE)] * int(duplicates.sum())))
-        valid = valid.filter(pa.array(~duplicates))
-        grouped = DeviceOrder.of(valid)
-
-    quarantine = pa.concat_tables(quarantine_parts) if quarantine_parts else QUARANTINE_SCHEMA.empty_table()
-    features = aggregate_devices(valid, [probe_column(p) for p in probes_for(sku)], grouped)
-    result = IngestResult(
-        features=features,
-        quarantine=quarantine,
-        objects_read=objects_read,
-        rows_read=rows_read,
-        rows_valid=valid.num_rows,
-        reasons=reason_counts(quarantine),
-        unreadable_objects=unreadable,
-    )
-    log.info(
-        "ingested %d rows from %d objects: %d valid, %d quarantined, %d devices",
-        rows_read, objects_read, result.rows_valid, result.rows_quarantined, features.num_rows,
-    )
+        outcome = _ingest_object(store, obj.uri, sku.name, as_of)
+        if isinstance(outcome, ObjectProblem):  # listed, and left in the store untouched
+            log.warning("%r was not read: %s.", obj.uri, outcome.text)  # %r: a key may hold a newline
+            problems[obj.uri] = outcome
+        else:
+            parts.append(outcome)
+    features, quarantine, rows_valid = combine(parts, sku)
+    result = IngestResult(features=features, quarantine=quarantine, objects_read=len(parts),
+                          rows_read=sum(part.rows for part in parts), rows_valid=rows_valid,
+                          reasons=reason_counts(quarantine), problems=problems, objects_listed=len(objects))
+    result.check_counts()
+    log.info("ingested %d rows from %d of %d objects: %d valid, %d quarantined, %d devices", result.rows_read,
+             result.objects_read, result.objects_listed, result.rows_valid, result.rows_quarantined, features.num_rows)
     return result
 
 

@@ -5,6 +5,10 @@ the ingest summary and the step's metrics (`quarantined_<key>`): the kind, and f
 one column (missing, wrong type, NaN, out of range) the full column name, so a missing
 `probe_conv3x3_int8_ms` and a missing `probe_conv1x1_fp16_ms` are counted apart. `text` is the
 sentence a person reads in `quarantine.parquet`.
+
+A whole object that cannot be used is not quarantined row by row but listed with an
+`ObjectReason`: its bytes do not match the sha256 it was written with, it cannot be parsed, or
+its format is not one ingest reads. Every object under the prefix is read or listed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from hdap.fleet.schema import PROBE_COLUMNS, TELEMETRY_SCHEMA
+from hdap.fleet.schema import DEVICE_ID_RULE, EARLIEST_TIMESTAMP, PROBE_COLUMNS, TELEMETRY_SCHEMA
 from hdap.settings import Choice
 
 
@@ -28,6 +32,8 @@ class ReasonKind(Choice):
     NAN = "nan"
     OUT_OF_RANGE = "out_of_range"
     FUTURE_TIMESTAMP = "future_timestamp"
+    OLD_TIMESTAMP = "old_timestamp"
+    BAD_DEVICE_ID = "bad_device_id"
     DUPLICATE = "duplicate_record"
 
 
@@ -53,13 +59,43 @@ class QuarantineReason:
             ReasonKind.UNPARSEABLE_JSON: f"unparseable JSON: {detail}",
             ReasonKind.WRONG_TYPE: f"wrong type in {column}",
             ReasonKind.MISSING: f"missing {column}",
-            ReasonKind.UNKNOWN_SKU: f"unknown sku '{detail}'",
+            ReasonKind.UNKNOWN_SKU: f"unknown sku '{shown(detail)}'",
             ReasonKind.WRONG_SKU: f"sku is not {detail}",
             ReasonKind.UNKNOWN_POWER_MODE: f"unknown power mode for {detail}",
             ReasonKind.NAN: f"NaN in {column}",
             ReasonKind.FUTURE_TIMESTAMP: "timestamp in the future",
+            ReasonKind.OLD_TIMESTAMP: f"timestamp before {EARLIEST_TIMESTAMP.date().isoformat()}",
+            ReasonKind.BAD_DEVICE_ID: f"device id is not {DEVICE_ID_RULE}",
             ReasonKind.DUPLICATE: "duplicate record",
         }[kind]
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A reported value as a reason quotes it: cut short, so a megabyte of junk does not become a megabyte of reason."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+class ObjectReason(Choice):
+    """Why a whole object under the prefix was not read (listed in the summary, left in the store untouched)."""
+
+    CORRUPT = "corrupt"
+    UNPARSEABLE = "unparseable"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+
+
+@dataclass(frozen=True)
+class ObjectProblem:
+    reason: ObjectReason
+    detail: str = ""  # the parser's message, or the suffix
+
+    @property
+    def text(self) -> str:
+        return {
+            ObjectReason.CORRUPT: "its bytes do not match the sha256 it was written with: write it again",
+            ObjectReason.UNPARSEABLE: f"it cannot be parsed: {shown(self.detail, 200)}",
+            ObjectReason.UNSUPPORTED_FORMAT: f"its format ({self.detail or 'no suffix'}) is not one ingest reads "
+                                             "(.parquet, .jsonl, .json or .ndjson, uncompressed)",
+        }[self.reason]
 
 
 class RowReasons:

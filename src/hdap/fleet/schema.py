@@ -24,9 +24,21 @@ A probe the SKU cannot run (int8 on a Jetson Nano) is null in that SKU's reports
 columns a SKU has no such thing for are null too: a CPU device (`cpu-onnxruntime`, written by
 `hdap profile --states`) reports its state's name as the power mode, its memory bandwidth and
 load, and its own probes (`cpu_*`, timed with ONNX Runtime); Jetsons report every column.
+
+A device id is 1 to 128 characters of letters, digits and `. _ : -`, beginning with a letter
+or a digit (`DEVICE_ID_RULE`): hostnames, serial numbers, MAC addresses and UUIDs fit, while
+an id that could act as a path (`a/../../evil`, `.`, `..`), markup, whitespace or a newline
+cannot. Later stages use the id in object keys (`<profiles_uri>/<device id>/profile.parquet`)
+and in reports, so a row with any other id is quarantined (`bad_device_id`), never used.
+
+A timestamp must lie between `EARLIEST_TIMESTAMP` (2000-01-01 UTC: a clock that says 1970,
+1900 or year 1 was never set) and the ingest's as-of time plus a few minutes of clock skew.
 """
 
 from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
 
 import pyarrow as pa
 
@@ -97,3 +109,13 @@ VALUE_RANGES: dict[str, tuple[float, float]] = {
     "background_load": (0.0, 1.0),
 }
 MAX_PROBE_LATENCY_MS = 10_000.0  # a probe kernel that takes 10 s is a hung device, not data
+
+# Why not wider: the id becomes part of object keys and report text, so it must be safe in both raw.
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+DEVICE_ID_RULE = "1 to 128 letters, digits, '.', '_', ':' or '-', beginning with a letter or a digit"
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)  # before it, a device's clock was never set
+
+
+def is_device_id(value: object) -> bool:
+    """Whether `value` is a device id by `DEVICE_ID_RULE`, and so safe as a key segment and in text."""
+    return isinstance(value, str) and DEVICE_ID_PATTERN.fullmatch(value) is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hdap.fleet.schema import DEVICE_ID_RULE, is_device_id
 from hdap.fleet.sku import CPU_SKU, QdqPlacement
 from hdap.latency.backends import ProfilingBackend
 from hdap.latency.cpu_telemetry import cpu_telemetry_row
@@ -41,6 +42,11 @@ class DeviceBackend(Choice):
     TENSORRT = ProfilingBackend.TENSORRT.value  # this machine's GPU
 
 
+def _device_id_check(value: str) -> str | None:
+    """The id becomes a key segment (<profiles_uri>/<id>/) and a telemetry value: ingest's rule, checked here."""
+    return None if not value or is_device_id(value) else f"is not a device id: use {DEVICE_ID_RULE}"
+
+
 @dataclass(frozen=True)
 class ProfileConfig(Settings):
     backend: DeviceBackend = setting(DeviceBackend.ONNXRUNTIME, "onnxruntime (this machine's CPU) or tensorrt (this machine's GPU).")
@@ -55,7 +61,7 @@ class ProfileConfig(Settings):
     samples_per_layer: int = setting(30, "Configurations per layer and precision.", check=at_least(1))
     rounds: int = setting(3, "Shuffled rounds; each configuration keeps its quietest round.", check=at_least(1))
     device_id: str = setting("", "The id this device reports in its telemetry; empty: the host name. With onnxruntime, each "
-                             "CPU state reports as <id>-<state> (host-1, host-all, host-all_load).")
+                             "CPU state reports as <id>-<state> (host-1, host-all, host-all_load).", check=_device_id_check)
     profiles_uri: str = PROFILES_URI()
     telemetry_uri: str = TELEMETRY_URI()  # onnxruntime: each state's telemetry row goes to <telemetry>/<device id>/
 

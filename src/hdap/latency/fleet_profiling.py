@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute is only there once imported)
 
 from hdap.errors import HdapError
+from hdap.fleet.schema import DEVICE_ID_RULE, is_device_id
 from hdap.fleet.sku import Sku, get_sku
 from hdap.latency.backends import BackendUnavailable, ProfilingBackend, get_backend
 from hdap.latency.backends.simulated import SimulatedBackend, SimulatedDevice, layer_kernel
@@ -137,10 +138,19 @@ def _backend_precisions(config: SurrogateConfig, sku: str) -> tuple[str, ...]:
         raise HdapError(str(err)) from None
 
 
+def device_uri(profiles_uri: str, device_id: str, name: str) -> str:
+    """`<profiles_uri>/<device id>/<name>`, for an id by the telemetry schema's rule only: ingest quarantines
+    any other, and one used raw (`a/../../evil`) would name another device's object, or none."""
+    if not is_device_id(device_id):
+        raise HdapError(f"the representative device id {str(device_id)[:64]!r} is not {DEVICE_ID_RULE}: run ingest and "
+                        "cluster again with this hdap, which quarantines such ids.")
+    return join_uri(profiles_uri, device_id, name)
+
+
 def _uploaded_profile(store: ObjectStore | None, config: SurrogateConfig, device_id: str,
                       precisions: tuple[str, ...]) -> pa.Table | None:
     """The profile the device uploaded itself (`hdap profile`), kept to the target's precisions; None if none."""
-    uploaded = join_uri(config.profiles_uri, device_id, "profile.parquet") if config.profiles_uri else ""
+    uploaded = device_uri(config.profiles_uri, device_id, "profile.parquet") if config.profiles_uri else ""
     if not uploaded or store is None or not store.exists(uploaded):
         return None
     profile = store.get_table(uploaded)
@@ -158,7 +168,7 @@ def _uploaded_models(store: ObjectStore | None, config: SurrogateConfig, device_
     """The whole models the device timed beside its profile (`hdap profile`), those within the menu; [] if none."""
     from hdap.latency.profiling import timed_models
 
-    uri = join_uri(config.profiles_uri, device_id, "models.parquet")
+    uri = device_uri(config.profiles_uri, device_id, "models.parquet")
     if store is None or not store.exists(uri):
         return []
     return [(chain, latency) for chain, latency in timed_models(store.get_table(uri)) if all(c.precision in precisions for c in chain)]
