@@ -2,7 +2,9 @@
 
 Prints and saves (bench/results/fleet_scale.json) the wall time and peak memory of the two
 stages. The fleet is simulated and uploaded first (not timed); the stages then run in a fresh
-child process, so its peak RSS is theirs alone. Goal on a 2-core machine: <= 60 s, <= 4 GiB.
+child process, so its peak RSS is theirs alone. Goal on a 2-core machine: <= 60 s, <= 4 GiB, and
+the clusters recovering the hidden groups (adjusted Rand index ~0.99) with no device of the
+clean simulated fleet set aside as an outlier (`devices_set_aside`, per reason in `set_aside`).
 
     python bench/fleet_scale.py [--devices 1000000] [--days 7]
 
@@ -58,6 +60,8 @@ def measure(telemetry_uri: str, truth_uri: str, sku: str, as_of: str) -> None:
         "k": clustering.k,
         "algorithm": clustering.algorithm,
         "adjusted_rand_index": round(float(ari), 4),
+        "devices_set_aside": sum(clustering.set_aside.values()),
+        "set_aside": clustering.set_aside,
     }))
 
 

@@ -19,7 +19,8 @@ def cluster(
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
-    """k-means over the devices' performance features (k=0: chosen by silhouette), or a CPU fleet's declared states; a representative per cluster."""
+    """k-means over the devices' performance features (k=0: chosen by silhouette), or a CPU fleet's declared states; a representative per cluster.
+    Outlying devices are set aside (counted in the metrics, a reason per device in the assignments) and never define a cluster."""
     arguments = dict(locals())  # every parameter above, by name
     from hdap.stages.step import run_step
 
