@@ -39,6 +39,11 @@ STORE_SECRET_KEYS = {
     "secure": "HDAP_S3_SECURE",
 }
 
+# The registry manifests' signing key (hdap registry keygen), for the build step only; optional: without it
+# entries are published unsigned (and verify as "unsigned", never as valid).
+SIGNING_SECRET = "hdap-signing"
+SIGNING_SECRET_KEYS = {"private-key": "HDAP_SIGNING_KEY"}
+
 # Where the build step runs on a cluster, read at compile time (`hdap compile --build-accelerator ...`):
 # engines are not portable between GPUs or TensorRT versions, so the step asks for a GPU and can
 # be pinned to nodes of the target SKU (a node label key=value).
@@ -96,6 +101,7 @@ def _twice(quantity: str) -> str:
 
 
 def on_build_nodes(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    kubernetes.use_secret_as_env(task, secret_name=SIGNING_SECRET, secret_key_to_env=SIGNING_SECRET_KEYS, optional=True)
     if BUILD_ACCELERATOR:
         task.set_accelerator_type(BUILD_ACCELERATOR).set_accelerator_limit(1)
     if BUILD_NODE_LABEL:

@@ -51,3 +51,24 @@ def test_the_standalone_store_is_reachable_only_on_its_s3_port_and_runs_as_a_non
     environment = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod["containers"][0]["env"]}
     assert environment["AWS_SECRET_ACCESS_KEY"] == {"name": "hdap-s3", "key": "secretkey"}
     assert all(m["metadata"].get("namespace") == "hdap" for m in objects.values())
+
+
+def test_the_kserve_example_serves_an_entry_s_triton_layout_with_no_secret_in_it() -> None:
+    """The InferenceService reads <entry>/kserve, where the registry writes <model>/1/model.onnx (test_deploy
+    checks the registry side); the ServiceAccount validates against the Kubernetes schemas."""
+    import kubernetes_validate
+
+    from hdap.deploy.registry import kserve_name
+
+    objects = {m["kind"]: m for m in render("kserve")}
+    assert set(objects) == {"ServiceAccount", "InferenceService"}
+    kubernetes_validate.validate(objects["ServiceAccount"], KUBERNETES_VERSION, strict=True)
+    service = objects["InferenceService"]
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    model = service["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "onnx"} and model["protocolVersion"] == "v2"
+    storage = model["storageUri"]
+    assert storage.startswith("s3://hdap/registry/resnet20/") and storage.endswith("/kserve")
+    assert kserve_name("resnet20") == "kserve/resnet20/1/model.onnx"  # Triton: <repository>/<model>/<numeric version>/
+    assert service["spec"]["predictor"]["serviceAccountName"] == objects["ServiceAccount"]["metadata"]["name"]
+    assert objects["ServiceAccount"]["secrets"] == [{"name": "hdap-kserve-s3"}]

@@ -46,8 +46,10 @@ app = typer.Typer(
 )
 store_app = typer.Typer(help="The embedded object store (SeaweedFS on 127.0.0.1, data in .hdap/store).", no_args_is_help=True)
 fleet_app = typer.Typer(help="Fleet telemetry: simulate a fleet of devices.", no_args_is_help=True)
+registry_app = typer.Typer(help="The model registry devices download from: check an entry, make a signing key.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(registry_app, name="registry")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -100,8 +102,8 @@ def store_up(port: Annotated[Optional[int], typer.Option(help="S3 port; default 
 
     store = EmbeddedStore.default()
     config = store.up(s3_port=port)
-    console.print(f"object store: [bold]http://{config.endpoint}[/] (data in {store.data_dir})")
-    console.print(f"  access key {config.access_key}; the secret is in {store.credentials_file}")
+    console.print(f"object store: [bold]http://{escape(config.endpoint)}[/] (data in {escape(str(store.data_dir))})")
+    console.print(f"  access key {escape(config.access_key)}; the secret is in {escape(str(store.credentials_file))}")
 
 
 @store_app.command("down")
@@ -119,10 +121,18 @@ def store_status() -> None:
     from hdap.embedded_store import EmbeddedStore
 
     status = EmbeddedStore.default().status()
-    state = f"[green]running[/] at http://{status.endpoint} (pid {status.pid})" if status.running else "[yellow]stopped[/]"
-    console.print(f"embedded object store: {state}; data {status.data_bytes / 1e6:.1f} MB in {status.data_dir}")
+    where = f"at http://{escape(str(status.endpoint))} (pid {status.pid})"
+    if status.answering:
+        state = f"[green]running[/] {where}"
+    elif status.running:
+        state = f"[red]running but not answering[/] {where}: restart it with `hdap store down` then `hdap store up`"
+    else:
+        state = "[yellow]stopped[/]"
+    console.print(f"embedded object store: {state}; data {status.data_bytes / 1e6:.1f} MB in {escape(str(status.data_dir))}")
     if os.environ.get("HDAP_S3_ENDPOINT"):
-        console.print(f"note: HDAP_S3_ENDPOINT={os.environ['HDAP_S3_ENDPOINT']} is set, so hdap uses that store instead")
+        console.print(f"note: HDAP_S3_ENDPOINT={escape(os.environ['HDAP_S3_ENDPOINT'])} is set, so hdap uses that store instead")
+    if status.running and not status.answering:
+        raise typer.Exit(1)
 
 
 @store_app.command("put")
@@ -138,7 +148,7 @@ def store_put(path: Annotated[Path, typer.Argument(help="A file, or a folder (up
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         store.put_file(join_uri(uri, file.relative_to(path).as_posix()) if path.is_dir() else uri, file)
-    console.print(f"uploaded {len(files)} file(s), {sum(f.stat().st_size for f in files) / 1e6:.1f} MB, to {uri}")
+    console.print(f"uploaded {len(files)} file(s), {sum(f.stat().st_size for f in files) / 1e6:.1f} MB, to {escape(uri)}")
 
 
 def _local_store():
@@ -146,6 +156,67 @@ def _local_store():
     from hdap.store import ObjectStore
 
     return ObjectStore(local_store_config())
+
+
+# -- registry ----------------------------------------------------------------------------------
+class VerifyExit(int, Enum):
+    VALID = 0
+    INVALID = 1
+    UNSIGNED = 2
+
+
+@registry_app.command("verify")
+def registry_verify(
+    entry: Annotated[str, typer.Argument(help="The entry: s3://REGISTRY/MODEL/VERSION, or s3://REGISTRY/MODEL for its latest.")],
+    public_key: Annotated[Optional[list[Path]], typer.Option(help="A trusted public key (.pem from `hdap registry keygen`); "
+                                                             "repeatable. Default: HDAP_SIGNING_PUBLIC_KEY, else this machine's own key.")] = None,
+) -> None:
+    """Check a registry entry as a device should before it runs the model: every file against the manifest's
+    sha256 and the sha256 it was stored with, the manifest against its signature.
+
+    Exit code 0: valid (signed by a trusted key); 1: invalid (a file, the manifest or the signature does not
+    match, or an untrusted signer); 2: unsigned (the files match, but nothing proves who wrote the manifest:
+    an entry published before signing, or without a key). Unsigned is never reported as valid.
+    """
+    from hdap.deploy.registry import check_entry
+    from hdap.deploy.signing import EntryState, trusted_keys
+    from hdap.store import join_uri
+
+    store = _local_store()
+    latest = join_uri(entry, "latest.json")
+    if not store.exists(join_uri(entry, "manifest.json")) and store.exists(latest):
+        entry = store.get_json(latest, require_checksum=True)["manifest"].removesuffix("/manifest.json")
+    check, manifest = check_entry(store, entry, trusted_keys(public_key or []))
+    colour = {EntryState.VALID: "green", EntryState.UNSIGNED: "yellow", EntryState.INVALID: "red"}[check.state]
+    files = f" ({len(manifest['files'])} files)" if manifest and check.state is not EntryState.INVALID else ""
+    console.print(f"[{colour}]{check.state.value}[/]: {escape(entry)}{files}: {escape(check.reason)}")
+    raise typer.Exit(VerifyExit[check.state.name].value)
+
+
+@registry_app.command("keygen")
+def registry_keygen(
+    output: Annotated[Path, typer.Option(help="Where to write the private key (PEM); its public key goes beside it as .pub.pem.")] =
+    Path("hdap-signing.pem"),
+) -> None:
+    """Make an Ed25519 key pair that signs the registry's manifests: the private key for the build step (a
+    Kubernetes secret), the public key for devices (they verify, they cannot sign)."""
+    from hdap.deploy.signing import key_id, new_private_key_pem, private_key_from_pem, public_key_pem
+
+    public = output.with_suffix(".pub.pem")
+    for path in (output, public):
+        if path.exists():
+            raise HdapError(f"{path} exists: hdap registry keygen does not overwrite a key; choose another --output.")
+    if not output.parent.is_dir():
+        raise HdapError(f"--output {output}: the folder {output.parent} does not exist; create it or write elsewhere.")
+    pem = new_private_key_pem()
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    key = private_key_from_pem(pem, str(output))
+    public.write_bytes(public_key_pem(key))
+    console.print(escape(f"signing key {key_id(key.public_key())}: private {output} (owner-only; keep it secret), public {public}."))
+    console.print(escape(f"On Kubeflow: kubectl -n <namespace> create secret generic hdap-signing --from-file=private-key={output}; "
+                         f"on devices: hdap registry verify <entry> --public-key {public.name}"))
 
 
 # -- fleet -------------------------------------------------------------------------------------
@@ -159,7 +230,7 @@ def fleet_simulate(values: dict[str, Any]) -> None:
     result = simulate_fleet(_local_store(), config)
     console.print(
         f"wrote {result.reports:,} reports from {result.devices:,} devices in {len(result.telemetry_objects)} objects "
-        f"under [bold]{config.telemetry_folder}[/]; ground truth under {config.truth_folder}"
+        f"under [bold]{escape(config.telemetry_folder)}[/]; ground truth under {escape(config.truth_folder)}"
     )
 
 
@@ -179,8 +250,8 @@ def profile_command(values: dict[str, Any]) -> None:
     config = ProfileConfig.from_parameters(_given(values))
     for profile in profile_device(config, _local_store()):
         telemetry = f"; telemetry row {profile.telemetry_uri}" if profile.telemetry_uri else ""
-        console.print(f"profiled {profile.timed} of {profile.planned} layer configurations of {profile.model} on {profile.device_id}; "
-                      f"uploaded to [bold]{profile.uri}[/]{telemetry}")
+        console.print(f"profiled {profile.timed} of {profile.planned} layer configurations of {escape(profile.model)} on "
+                      f"{escape(profile.device_id)}; uploaded to [bold]{escape(profile.uri)}[/]{escape(telemetry)}")
 
 
 @settings_command(app, "profile-kit", KitConfig.exposed())
@@ -213,6 +284,8 @@ def compile_command(
                                                    "(they train on it: device=auto); empty: none.")] = "",
 ) -> None:
     """Compile the pipeline to Kubeflow IR YAML, to upload in the Kubeflow UI or submit with the kfp client."""
+    if not output.parent.is_dir():
+        raise HdapError(f"--output {output}: the folder {output.parent} does not exist; create it or write elsewhere.")
     if build_node_label and "=" not in build_node_label:
         raise HdapError(f"--build-node-label {build_node_label!r} is not a node label: write it as key=value.")
     if build_toleration and not re.fullmatch(r"[\w./-]+(=[\w./-]*)?(:(NoSchedule|PreferNoSchedule|NoExecute))?", build_toleration):
@@ -227,7 +300,7 @@ def compile_command(
     from pipelines.compile import compile_pipeline
 
     compile_pipeline(output)
-    console.print(f"pipeline written to [bold]{output}[/] (step image {os.environ.get('HDAP_STEP_IMAGE', 'hdap-step:0.1.0')})")
+    console.print(f"pipeline written to [bold]{escape(str(output))}[/] (step image {escape(os.environ.get('HDAP_STEP_IMAGE', 'hdap-step:0.1.0'))})")
 
 
 CONFIG_OPTION = inspect.Parameter(
@@ -245,7 +318,7 @@ def run_command(values: dict[str, Any]) -> None:
 
     _setup_logging()
     for name in MEANING_CHANGED.keys() & _given(values).keys():
-        console.print(f"[yellow]note:[/] {MEANING_CHANGED[name]}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(MEANING_CHANGED[name])}", highlight=False)
     config_file = values.pop("config")
     parameters = read_run_file(config_file) if config_file else {}
     settings = RunSettings.from_parameters(parameters | _given(values))
@@ -388,7 +461,7 @@ def config_command(
     if output.exists():
         raise HdapError(f"{output} exists: hdap config does not overwrite it; choose another --output or delete it.")
     output.write_text(text)
-    console.print(f"run configuration written to [bold]{output}[/]")
+    console.print(f"run configuration written to [bold]{escape(str(output))}[/]")
 
 
 @app.command("demo")
@@ -420,7 +493,8 @@ def main() -> None:
     try:
         app()
     except HdapError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        # Text from data (a URI, a device id) is printed as text, never read as markup.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(1)
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in PIPELINE_PACKAGES:

@@ -48,29 +48,36 @@ class LocalRun:
 
 
 def preflight(settings: RunSettings, store: ObjectStore) -> None:
-    """What can be checked before any step runs: the model builds for its input, the store answers,
-    the telemetry is there. (Each setting was checked when `settings` was made.)"""
-    from hdap.models import build_model
-
-    search = settings["search"]
-    build_model(search.model, search.input_shape)
+    """What can be checked before any step runs: the store answers and the telemetry is there. (Each
+    setting was checked when `settings` was made; the model against its input shape, just before.)"""
     store.check()
     telemetry_uri = settings["ingest"].folder
     if not store.list(telemetry_uri):
         raise HdapError(f"there is no telemetry under {telemetry_uri}: upload device reports there (or `hdap fleet simulate`), "
                         "or fix --telemetry-uri.")
+    search = settings["search"]
+    if search.weights_uri and not store.exists(search.weights_uri):
+        raise HdapError(f"there are no weights at {search.weights_uri}: upload them (`hdap store put`) or fix --search-weights-uri.")
+    if search.dataset_uri and not store.exists(search.dataset_uri) and not store.list(search.dataset_uri):
+        raise HdapError(f"there is no dataset at {search.dataset_uri}: upload it (`hdap store put`) or fix --dataset-uri.")
 
 
 def run_pipeline_locally(settings: RunSettings, store: ObjectStore | None = None, console: Console | None = None) -> LocalRun:
     """Check, then run every step with kfp.local in this machine's store; the run's outputs. kfp.local's
     output goes to a log file under .hdap/logs/; `console` gets its path and a line per step."""
+    from hdap.deploy.signing import SIGNING_KEY_ENV, local_key_folder, local_signing_key_pem
     from hdap.embedded_store import local_store_config
+    from hdap.models import check_input_shape
     from pipelines.local import PipelineFailed, run_locally
 
+    search = settings["search"]
+    check_input_shape(search.model, search.input_shape)  # before the store: a wrong shape is the first thing to fix
     config = store.config if store is not None else local_store_config()
     store = store or ObjectStore(config)
     preflight(settings, store)
     os.environ.update(config.as_environment())  # the steps are subprocesses: they inherit these
+    if not os.environ.get(SIGNING_KEY_ENV):  # this machine's own key signs what the build step publishes
+        os.environ[SIGNING_KEY_ENV] = local_signing_key_pem(local_key_folder())
     with tempfile.NamedTemporaryFile(prefix="hdap-failure-", delete=False) as handle:
         failure_file = Path(handle.name)
     os.environ["HDAP_FAILURE_FILE"] = str(failure_file)
@@ -143,7 +150,7 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
     if StoreConfig.configured() is None:
         embedded = EmbeddedStore.default()
         config = embedded.up()
-        console.print(f"embedded object store at http://{config.endpoint} (data in {embedded.data_dir}; stop it with `hdap store down`)")
+        console.print(escape(f"embedded object store at http://{config.endpoint} (data in {embedded.data_dir}; stop it with `hdap store down`)"))
     store = ObjectStore(local_store_config())
     today = datetime.now(timezone.utc).date()
     forced = {"drift_force": drift_force}
@@ -155,10 +162,10 @@ def run_demo(devices: int, days: int, sku: str, seed: int, console: Console, fle
     simulation = SimulationConfig(sku=sku, devices=devices, days=days, seed=seed, telemetry_uri=f"{fleet_uri}/telemetry",
                                   truth_uri=f"{fleet_uri}/ground-truth")
     if store.exists(f"{simulation.telemetry_uri}/date={today.isoformat()}/part-00000.parquet"):
-        console.print(f"reusing today's simulated fleet under {simulation.telemetry_uri}")
+        console.print(f"reusing today's simulated fleet under {escape(simulation.telemetry_uri)}")
     else:
         result = simulate_fleet(store, simulation)
-        console.print(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {simulation.telemetry_uri}")
+        console.print(escape(f"simulated {result.devices:,} {sku} devices x {days} days of telemetry -> {simulation.telemetry_uri}"))
     settings = RunSettings.from_parameters({"telemetry_uri": simulation.telemetry_uri, "sku": sku, "seed": seed,
                                             "truth_uri": simulation.truth_uri} | forced)
     return run_pipeline_locally(settings, store, console)
@@ -178,11 +185,11 @@ def profile_cpu_fleet(store: ObjectStore, seed: int, today: date, console: Conso
                           telemetry_uri=f"{fleet_uri}/telemetry")
     store.ensure_bucket(S3Uri.parse(fleet_uri).bucket)
     if store.list(agent.telemetry_uri + "/"):
-        console.print(f"reusing today's CPU-state profiles and telemetry under {fleet_uri}")
+        console.print(f"reusing today's CPU-state profiles and telemetry under {escape(fleet_uri)}")
     else:
         for profile in profile_device(agent, store):
-            console.print(f"profiled this machine as {profile.device_id}: {profile.timed} layer configurations, telemetry row -> "
-                          f"{profile.telemetry_uri}")
+            console.print(f"profiled this machine as {escape(profile.device_id)}: {profile.timed} layer configurations, telemetry row -> "
+                          f"{escape(profile.telemetry_uri)}")
     return {"telemetry_uri": agent.telemetry_uri, "profiles_uri": agent.profiles_uri, "sku": CPU_SKU, "seed": seed}
 
 
@@ -192,10 +199,13 @@ def print_summary(run: LocalRun, console: Console) -> None:
     ingest = run.ingest
     console.rule("[bold]hdap run summary")
     reasons = ", ".join(f"{k}: {v}" for k, v in ingest.quarantine_reasons.items())
-    console.print(f"telemetry: {ingest.rows_read:,} reports from {ingest.objects_read} objects -> [bold]{ingest.devices:,} devices[/] "
-                  f"ingested, {ingest.rows_quarantined:,} rows quarantined" + (f" ({escape(reasons)})" if ingest.rows_quarantined else ""))
-    if ingest.unreadable_objects:
-        console.print(f"[yellow]unreadable objects:[/] {escape(', '.join(ingest.unreadable_objects))}")
+    console.print(f"telemetry: {ingest.rows_read:,} reports from {ingest.objects_read} of {ingest.objects_listed} objects -> "
+                  f"[bold]{ingest.devices:,} devices[/] ingested, {ingest.rows_quarantined:,} rows quarantined"
+                  + (f" ({escape(reasons)})" if ingest.rows_quarantined else ""))
+    for kind, objects in (("unreadable", ingest.unreadable_objects), ("skipped", ingest.skipped_objects)):
+        if objects:  # every object listed is read, unreadable or skipped: the counts add up
+            shown = "; ".join(f"{uri} ({why})" for uri, why in list(objects.items())[:5]) + ("; ..." if len(objects) > 5 else "")
+            console.print(f"[yellow]{len(objects)} {kind} objects:[/] {escape(shown)}")
     if not run.retrained:
         console.print(f"[bold]{escape(run.drift.summary)}[/]")
         console.print("To retrain anyway: the same command with --drift-force true (hdap run, hdap demo). Outputs in the store: "
@@ -215,8 +225,8 @@ def print_summary(run: LocalRun, console: Console) -> None:
         _print_build(run.build, console)
     console.print(f"outputs in the store: [bold]{escape(run.run_uri)}[/]")
     if "run" in run.reports:
-        console.print(f"report: [bold]{run.reports['run']}[/]")
-    console.print(f"stage reports: {run.reports['search']}, {run.reports['fleet']} and {run.reports['surrogate']}")
+        console.print(f"report: [bold]{escape(str(run.reports['run']))}[/]")
+    console.print(escape(f"stage reports: {run.reports['search']}, {run.reports['fleet']} and {run.reports['surrogate']}"))
 
 
 def _cluster_table(clusters: ClusterSummary) -> Table:

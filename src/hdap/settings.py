@@ -83,6 +83,11 @@ def at_least(low: float) -> Check:
     return lambda value: None if value >= low else f"must be {low:g} or more"
 
 
+def between(low: float, high: float, why: str = "") -> Check:
+    """A bounded setting; `why` says where the upper bound comes from."""
+    return lambda value: None if low <= value <= high else f"must be between {low:g} and {high:g}" + (f" ({why})" if why else "")
+
+
 def positive(value: float) -> str | None:
     return None if value > 0 else "must be positive"
 
@@ -139,7 +144,8 @@ MODEL = Shared("model", "resnet20", "Model to compress: a zoo name (small-cnn, r
 DEVICE = Shared("device", Device.AUTO, f"Where training and evaluation run: {Device.choices()} (auto: a GPU when one is "
                 "visible, else the CPU).")
 INPUT_SHAPE = Shared("input_shape", (1, 8, 8), "Model input, channels,height,width (digits are 1,8,8; CIFAR-10 3,32,32).",
-                     check=lambda shape: None if min(shape) >= 1 else "is not an input shape: write channels,height,width, like 3,32,32")
+                     check=lambda shape: None if min(shape) >= 1 and shape[0] <= 64 and max(shape[1:]) <= 4096 else
+                     "is not an input shape: write channels,height,width, like 3,32,32 (at most 64 channels and 4096 pixels a side)")
 DATASET = Shared("dataset", DatasetName.DIGITS, f"Training data: {DatasetName.choices()} (digits ship with scikit-learn; "
                  "the others are read from dataset_uri).")
 DATASET_URI = Shared("dataset_uri", "", "The dataset in the store: CIFAR-10's python tarball, or an ImageFolder tree.",

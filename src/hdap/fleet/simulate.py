@@ -24,7 +24,7 @@ from hdap.fleet.schema import CPU_PROBES, PROBES, SCHEMA_VERSION, TELEMETRY_SCHE
 from hdap.fleet.sku import Sku, get_sku
 from hdap.latency.device_model import device_state, kernel_latency_ms, memory_bandwidth_gbps
 from hdap.progress import progress
-from hdap.settings import SKU, TELEMETRY_URI, Settings, at_least, internal, s3_uri, setting, telemetry_folder
+from hdap.settings import SKU, TELEMETRY_URI, Settings, at_least, between, internal, s3_uri, setting, telemetry_folder
 from hdap.store import ObjectStore, join_uri
 
 log = logging.getLogger("hdap")
@@ -64,6 +64,7 @@ REGIMES: dict[str, tuple[Regime, ...]] = {
     ),
 }
 
+MAX_DAYS = 366
 MEASUREMENT_NOISE = 0.03  # lognormal sigma of one report's probe medians
 DAILY_TEMPERATURE_SD = 1.5
 DAILY_LOAD_SD = 0.03
@@ -93,7 +94,8 @@ def _mode_mix_check(text: str) -> str | None:
 class SimulationConfig(Settings):
     sku: str = SKU()
     devices: int = setting(1000, "Number of devices in the fleet.", check=at_least(1))
-    days: int = setting(7, "Days of daily reports per device.", check=at_least(1))
+    days: int = setting(7, "Days of daily reports per device (at most a year).",
+                        check=between(1, MAX_DAYS, "a year of daily reports"))
     seed: int = setting(0, "Random seed: the same seed gives the same fleet.")
     telemetry_uri: str = TELEMETRY_URI()
     truth_uri: str = setting("", "Where to write the fleet's hidden ground truth; empty: s3://hdap/ground-truth/<sku>.",

@@ -162,3 +162,16 @@ def build_model(name: str, input_shape: tuple[int, ...] | None = None, classes: 
         if name in SIZE_AWARE:
             options.setdefault("input_size", min(input_shape[1:]))
     return factory(classes=classes, **options)
+
+
+def check_input_shape(name: str, input_shape: tuple[int, int, int]) -> None:
+    """Refuse, in one sentence and before any stage runs, an input shape the model cannot compute on
+    (one image through the freshly built model: the search would otherwise fail in its first step)."""
+    model = build_model(name, input_shape).eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HdapError(f"model '{name}' cannot take inputs of shape {','.join(map(str, input_shape))} ({first_line}): "
+                        "set --input-shape to the channels,height,width it was built for.") from None

@@ -303,7 +303,7 @@ def _register_in_catalogues(config: BuildConfig, summary: BuildSummary, entry: s
     from hdap.store import join_uri
 
     manifest_uri = join_uri(entry, "manifest.json")
-    manifest = context.store.get_json(manifest_uri)
+    manifest = context.store.get_json(manifest_uri, require_checksum=True)
     tags, name, metrics = entry_tags(manifest, manifest_uri), registry_name(summary.model), summary.metrics()
     if config.mlflow_uri:
         from hdap.deploy.mlflow_registry import register_in_mlflow
@@ -316,7 +316,8 @@ def _register_in_catalogues(config: BuildConfig, summary: BuildSummary, entry: s
 
         description = (f"{summary.accuracy.onnxruntime:.2f}% accurate (ONNX Runtime), {summary.fleet.predicted_speedup:.2f}x lower "
                        f"fleet-weighted latency predicted, {summary.onnxruntime.speedup:.2f}x measured on the build's CPU")
-        register_in_model_registry(config.model_registry_uri, name, summary.version, join_uri(entry, ""), description,
+        # KServe's storageUri: the entry's Triton layout (manifests/kserve/inferenceservice.yaml serves it)
+        register_in_model_registry(config.model_registry_uri, name, summary.version, join_uri(entry, "kserve", ""), description,
                                    metrics | tags)
 
 
@@ -497,6 +498,7 @@ def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, mo
              context: StageContext) -> tuple[str | None, GateResult]:
     """The registry entry if the exported model passes the gate (the engine too, if it passes on its own)."""
     from hdap.deploy.registry import QualityGate, publish_if_accepted
+    from hdap.deploy.signing import SIGNING_KEY_ENV, signing_key_from_environment
 
     gate = QualityGate(config.accuracy_tolerance)
     files = {"model.onnx": engines / "model.onnx", "architecture.json": model_dir / "architecture.json",
@@ -516,8 +518,11 @@ def _publish(config: BuildConfig, built: _Built, front: Front, engines: Path, mo
         return None, GateResult(False, config.accuracy_tolerance, too_slow, config.min_measured_speedup, refused_by_latency=True)
     metadata = {key: plain(value) for key, value in parts.items()}
     # The gate reads the validation split: the test split only reports.
+    signing_key = signing_key_from_environment()
+    if signing_key is None:
+        log.warning("no signing key (%s, the hdap-signing secret on Kubeflow): a published entry will be unsigned", SIGNING_KEY_ENV)
     entry, message = publish_if_accepted(context.store, gate, built.accuracy.validation_onnxruntime, front.baseline_validation_accuracy,
-                                         config.registry_uri, built.spec.model, context.run_name, files, metadata)
+                                         config.registry_uri, built.spec.model, context.run_name, files, metadata, signing_key)
     built.tensorrt.published = engine_ok and entry is not None
     return entry, GateResult(entry is not None, config.accuracy_tolerance, message, config.min_measured_speedup)
 

@@ -173,7 +173,7 @@ def _published_manifest(context: StageContext, config: DriftConfig) -> dict | No
     latest = join_uri(config.registry_uri, registry_name(config.model), "latest.json")
     if not context.store.exists(latest):
         return None
-    return context.store.get_json(context.store.get_json(latest)["manifest"])
+    return context.store.get_json(context.store.get_json(latest, require_checksum=True)["manifest"], require_checksum=True)
 
 
 STAGE = Stage("drift", "drift gate", DriftConfig, DriftInputs, DriftOutputs, run)
