@@ -135,6 +135,6 @@ def test_build_component_publishes_a_verified_registry_entry_and_a_report(store_
     (version,) = registry_stub.model_versions.values()
     assert version["name"] == "r1" and [m["name"] for m in registry_stub.registered_models.values()] == ["resnet20"]
     artifact = registry_stub.artifacts[version["id"]]
-    assert (artifact["uri"], artifact["modelFormatName"]) == (f"{built.registry_uri}/", "onnx")
+    assert (artifact["uri"], artifact["modelFormatName"]) == (f"{built.registry_uri}/kserve/", "onnx")  # what KServe serves
     assert version["customProperties"]["hdap.entry"]["string_value"] == f"{built.registry_uri}/manifest.json"
     assert version["customProperties"]["accuracy_onnxruntime"]["double_value"] == pytest.approx(built.accuracy.onnxruntime, abs=1e-4)
