@@ -20,17 +20,24 @@ def free_port() -> int:
 
 
 @contextmanager
-def bench_store() -> Iterator[ObjectStore]:
+def bench_store(bucket: str = "hdap") -> Iterator[ObjectStore]:
     """SeaweedFS on a free port with its data and hdap's home in a temporary folder, the environment
-    pointing at it, and the bucket `hdap`; stopped and deleted afterwards."""
-    with tempfile.TemporaryDirectory(prefix="hdap-bench-") as root:
+    pointing at it, and `bucket`; stopped and deleted afterwards."""
+    with bench_store_parts(bucket) as (store, _, _):
+        yield store
+
+
+@contextmanager
+def bench_store_parts(bucket: str = "hdap", prefix: str = "hdap-bench-") -> Iterator[tuple[ObjectStore, EmbeddedStore, Path]]:
+    """The same, with the server (its pid, for memory figures) and the temporary folder."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
         embedded = EmbeddedStore(Path(root) / "store")
         config = embedded.up(s3_port=free_port())
         os.environ.update(config.as_environment())
         os.environ["HDAP_HOME"] = str(Path(root) / ".hdap")
         try:
             store = ObjectStore(config)
-            store.ensure_bucket("hdap")
-            yield store
+            store.ensure_bucket(bucket)
+            yield store, embedded, Path(root)
         finally:
             embedded.down()

@@ -31,14 +31,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from bench_store import free_port  # bench/bench_store.py (the scripts run from bench/)
+from bench_store import bench_store_parts  # bench/bench_store.py (the scripts run from bench/)
 from record import record
 
 BUCKET = "hdap-soak"
@@ -183,26 +182,6 @@ def write_loop(writer: Writer, config, sku_name: str, devices: int, rows: int, t
         writer.crashed = f"{type(err).__name__}: {err}"[:300]
 
 
-# -- the store -------------------------------------------------------------------------------
-@contextmanager
-def soak_store():
-    """SeaweedFS on a free loopback port, data and hdap's home in a temporary folder; deleted afterwards."""
-    from hdap.embedded_store import EmbeddedStore
-    from hdap.store import ObjectStore
-
-    with tempfile.TemporaryDirectory(prefix="hdap-soak-") as root:
-        embedded = EmbeddedStore(Path(root) / "store")
-        config = embedded.up(s3_port=free_port())
-        os.environ.update(config.as_environment())
-        os.environ["HDAP_HOME"] = str(Path(root) / ".hdap")
-        try:
-            store = ObjectStore(config)
-            store.ensure_bucket(BUCKET)
-            yield store, embedded, Path(root)
-        finally:
-            embedded.down()
-
-
 # -- figures ---------------------------------------------------------------------------------
 def percentile_ms(seconds: list[float], q: float) -> float | None:
     return round(float(np.percentile(seconds, q)) * 1000, 1) if seconds else None
@@ -263,7 +242,7 @@ def timeline(uploads: list[Upload], t0: float, t1: float, memory: list[tuple], b
 def soak(args: argparse.Namespace) -> dict:
     from hdap.store import S3Uri
 
-    with soak_store() as (store, embedded, root):
+    with bench_store_parts(BUCKET, prefix="hdap-soak-") as (store, embedded, root):
         weed_pid = embedded.status().pid
         stop_file = root / "writers-stopped"
         writers = [Writer(i) for i in range(args.writers)]

@@ -102,3 +102,20 @@ def test_hdap_registry_verify_says_valid_unsigned_or_invalid_with_its_exit_code(
     _raw_put(object_store, f"{signed}/manifest.json", b"{}")
     done = _verify(store_env, signed, "--public-key", str(public))
     assert done.returncode == 1 and "Traceback" not in done.stderr
+
+
+def test_hdap_registry_keygen_writes_an_owner_only_key_pair_and_never_overwrites_one(tmp_path) -> None:
+    from hdap.deploy.signing import private_key_from_pem, public_key_from_pem
+
+    output = tmp_path / "hdap-signing.pem"
+    done = subprocess.run([sys.executable, "-m", "hdap.cli", "registry", "keygen", "--output", str(output)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "create secret generic hdap-signing" in " ".join(done.stdout.split())
+    assert output.stat().st_mode & 0o777 == 0o600
+    key = private_key_from_pem(output.read_bytes(), str(output))
+    public = public_key_from_pem((tmp_path / "hdap-signing.pub.pem").read_bytes(), "public")
+    public.verify(key.sign(b"manifest"), b"manifest")  # the pair belongs together (raises otherwise)
+    again = subprocess.run([sys.executable, "-m", "hdap.cli", "registry", "keygen", "--output", str(output)], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 1 and "does not overwrite a key" in " ".join(again.stderr.split())
+    assert private_key_from_pem(output.read_bytes(), str(output)).public_key() == key.public_key()

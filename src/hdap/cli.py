@@ -200,6 +200,7 @@ def registry_keygen(
 ) -> None:
     """Make an Ed25519 key pair that signs the registry's manifests: the private key for the build step (a
     Kubernetes secret), the public key for devices (they verify, they cannot sign)."""
+    from hdap.config import write_private
     from hdap.deploy.signing import key_id, new_private_key_pem, private_key_from_pem, public_key_pem
 
     public = output.with_suffix(".pub.pem")
@@ -209,9 +210,7 @@ def registry_keygen(
     if not output.parent.is_dir():
         raise HdapError(f"--output {output}: the folder {output.parent} does not exist; create it or write elsewhere.")
     pem = new_private_key_pem()
-    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
+    write_private(output, pem, exclusive=True)
     key = private_key_from_pem(pem, str(output))
     public.write_bytes(public_key_pem(key))
     console.print(escape(f"signing key {key_id(key.public_key())}: private {output} (owner-only; keep it secret), public {public}."))

@@ -51,3 +51,13 @@ def file_section(name: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise HdapError(f"the config file {path} has '{name}' as a value, not a [{name}] table: fix it.")
     return section
+
+
+def write_private(path: Path, data: str | bytes, *, exclusive: bool = False) -> None:
+    """Write a file only its owner can read, from the first byte on (no window at the umask's mode).
+    `exclusive`: refuse to replace an existing file (FileExistsError), as a key must never be."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)

@@ -32,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from hdap.config import home_dir
+from hdap.config import home_dir, write_private
 from hdap.errors import HdapError
 from hdap.store import ObjectStore, StoreConfig
 
@@ -66,14 +66,6 @@ def _port_is_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def _write_private(path: Path, data: str | bytes) -> None:
-    """Write a file only its owner can read, from the first byte on (no window at the umask's mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data.encode() if isinstance(data, str) else data)
 
 
 def _restrict_tree(root: Path) -> None:
@@ -118,9 +110,9 @@ def _write_certificates(folder: Path) -> None:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     folder.mkdir(mode=0o700, exist_ok=True)
-    _write_private(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
-    _write_private(folder / "store.crt", cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(folder / "store.key", _pem_key(key))
+    write_private(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    write_private(folder / "store.crt", cert.public_bytes(serialization.Encoding.PEM))
+    write_private(folder / "store.key", _pem_key(key))
 
 
 def _free_port() -> int:
@@ -187,7 +179,7 @@ class EmbeddedStore:
             return json.loads(self.credentials_file.read_text())
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         creds = {"access_key": "hdap-" + secrets.token_hex(4), "secret_key": secrets.token_urlsafe(24)}
-        _write_private(self.credentials_file, json.dumps(creds))
+        write_private(self.credentials_file, json.dumps(creds))
         return creds
 
     def _state(self) -> dict | None:
@@ -266,7 +258,7 @@ class EmbeddedStore:
         _restrict_tree(self.root)
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         process = self._start(ports)
-        _write_private(self.state_file, json.dumps({"pid": process.pid, "s3_port": ports["s3"]}))
+        write_private(self.state_file, json.dumps({"pid": process.pid, "s3_port": ports["s3"]}))
         return self._wait_until_serving(process, ports, log_start, timeout_s)
 
     def _write_s3_identities(self) -> Path:
@@ -274,7 +266,7 @@ class EmbeddedStore:
         identity = {"name": "hdap", "credentials": [{"accessKey": creds["access_key"], "secretKey": creds["secret_key"]}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
         s3_config = self.root / "s3.json"  # no "anonymous" identity: unsigned requests are refused
-        _write_private(s3_config, json.dumps({"identities": [identity]}))
+        write_private(s3_config, json.dumps({"identities": [identity]}))
         return s3_config
 
     def _write_security(self) -> None:
@@ -292,7 +284,7 @@ class EmbeddedStore:
         lines += ["[grpc]", f"ca = {quoted(self.tls_dir / 'ca.crt')}"]
         for component in _GRPC_COMPONENTS:
             lines += [f"[grpc.{component}]", f"cert = {quoted(self.tls_dir / 'store.crt')}", f"key = {quoted(self.tls_dir / 'store.key')}"]
-        _write_private(self.security_file, "\n".join(lines) + "\n")
+        write_private(self.security_file, "\n".join(lines) + "\n")
 
     def _start(self, ports: dict[str, int]) -> subprocess.Popen:
         command = [
@@ -392,7 +384,7 @@ class EmbeddedStore:
             taken = {port for other, port in saved.items() if other != name}
             while name not in saved or saved[name] in taken or not _port_is_free(saved[name]):
                 saved[name] = _free_port()
-        _write_private(self.ports_file, json.dumps(saved))
+        write_private(self.ports_file, json.dumps(saved))
         return saved
 
     def _socket_paths(self, ports: dict[str, int]) -> list[Path]:

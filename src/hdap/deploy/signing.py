@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from hdap.config import home_dir, write_private
 from hdap.errors import HdapError
 
 SIGNATURE_FORMAT = "hdap.signature/1"
@@ -89,8 +90,6 @@ def signing_key_from_environment() -> Ed25519PrivateKey | None:
 
 
 def local_key_folder() -> Path:
-    from hdap.config import home_dir
-
     return home_dir() / "signing"
 
 
@@ -119,9 +118,7 @@ def local_signing_key_pem(folder: Path) -> str:
     path = folder / "ed25519.pem"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(new_private_key_pem())
+        write_private(path, new_private_key_pem(), exclusive=True)
     return path.read_text()
 
 
