@@ -151,6 +151,7 @@ def hdap_pipeline(
     search_objective: str = D["search_objective"],
     search_targets: str = D["search_targets"],
     search_strengths: str = D["search_strengths"],
+    search_quantized_point: str = D["search_quantized_point"],
     search_pretrain_epochs: int = D["search_pretrain_epochs"],
     search_epochs: int = D["search_epochs"],
     search_finetune_epochs: int = D["search_finetune_epochs"],
@@ -194,6 +195,7 @@ def hdap_pipeline(
                 dataset=dataset, dataset_uri=dataset_uri, weights_uri=search_weights_uri, mean=search_mean, std=search_std,
                 channel_order=search_channel_order, train_images=search_train_images, validation=search_validation,
                 mode=search_mode, objective=search_objective, targets=search_targets, strengths=search_strengths,
+                quantized_point=search_quantized_point,
                 pretrain_epochs=search_pretrain_epochs, epochs=search_epochs, finetune_epochs=search_finetune_epochs,
                 granule=search_granule, learning_rate=search_learning_rate, accuracy_tolerance=accuracy_tolerance,
                 truth_uri=truth_uri, seed=seed, device=device, output_uri=output_uri, run_name=RUN), "search")

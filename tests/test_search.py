@@ -19,6 +19,7 @@ from hdap.compress.spec import ArchitectureSpec, LayerSpec, apply_spec, export_s
 from hdap.compress.training import evaluate, train_epochs
 from hdap.data import DataConfig, load_dataset
 from hdap.errors import HdapError
+from hdap.fleet.sku import QdqPlacement
 from hdap.latency.backends.simulated import SimulatedDevice
 from hdap.latency.fleet_cost import CompiledFleetCost, FleetCost, stack_decisions
 from hdap.latency.fleet_profiling import nominal_device, simulated_surrogate
@@ -388,8 +389,13 @@ def test_the_search_returns_a_pareto_front_on_digits_with_removed_branches() -> 
     config = SearchConfig(targets=(0.8, 0.4), pretrain_epochs=3, epochs=4, finetune_epochs=1)
     result = run_search(config, dataset, fleet)
     assert result.baseline_accuracy > 80
-    assert len(result.points) == 2 and result.front
-    strong = result.points[1]
+    assert len(result.points) == 3 and result.front
+    strong, quantized = result.points[1], result.points[2]
+    assert quantized.setting.kind is SettingKind.QUANTIZED  # the front ends with quantisation alone:
+    assert not any(layer.removed for layer in quantized.spec.layers)  # nothing pruned,
+    precisions = [layer.weight_precision for layer in quantized.spec.layers]
+    assert precisions.count("int8") >= len(precisions) - 2  # one precision for all but the stem and the classifier
+    assert quantized.fleet_latency_ms < result.baseline_fleet_latency_ms  # the cheapest precision, cheaper
     assert strong.fleet_latency_ms < result.baseline_fleet_latency_ms
     assert strong.fleet_latency_ms <= result.points[0].fleet_latency_ms
     assert strong.fleet_latency_ms <= 0.4 * result.baseline_fleet_latency_ms + 1e-9  # the target is met
@@ -405,7 +411,7 @@ def test_the_nominal_device_is_the_fastest_power_mode_cool_and_idle() -> None:
 def test_per_cluster_mode_chooses_one_architecture_per_cluster_and_memory_mode_shrinks_weights() -> None:
     dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
     fleet = two_cluster_fleet("small-cnn", samples_per_layer=8)
-    quick = dict(model="small-cnn", targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1)
+    quick = dict(model="small-cnn", targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1, quantized_point=False)
     per_cluster = run_search(SearchConfig(mode="per-cluster", **quick), dataset, fleet)
     assert isinstance(per_cluster.chosen, list) and len(per_cluster.chosen) == 2
     assert [p.optimised_for for p in per_cluster.points] == ["cluster 0", "cluster 1"]
@@ -528,7 +534,8 @@ def test_given_weights_the_search_stage_trains_nothing_validates_on_half_the_tes
 def test_the_search_stage_writes_what_its_mode_chose_and_the_fine_tune_takes_only_one(mode: str, object_store, bucket, tmp_path) -> None:
     """The stage's own output for the modes the reference run does not take: per-cluster (one
     architecture per cluster, which the fine-tune refuses in one sentence) and nominal."""
-    config = SearchConfig(model="small-cnn", mode=mode, targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1)
+    config = SearchConfig(model="small-cnn", mode=mode, targets=(0.5,), pretrain_epochs=1, epochs=2, finetune_epochs=1,
+                          quantized_point=False)
     outputs, index, front = _run_search_stage(config, object_store, bucket, tmp_path)
     assert all((outputs.architecture / entry.spec).exists() and (outputs.architecture / entry.weights).exists()
                for entry in index.architectures)
@@ -579,3 +586,17 @@ def test_an_option_a_resnet_prunes_each_stage_on_its_own_and_the_rebuilt_model_c
         assert torch.allclose(rebuilt(x), expected, atol=1e-4)
     kept = {layer.name: len(layer.kept_out_channels) for layer in spec.layers if not layer.removed}
     assert kept["layer2.2.conv2"] < 32 and kept["layer3.2.conv2"] < 64
+
+
+@pytest.mark.parametrize("placement", list(QdqPlacement))
+def test_the_ends_are_searched_for_onnxruntime_and_held_at_the_default_precision_for_tensorrt(placement: QdqPlacement) -> None:
+    """An fp32 first or last layer costs ONNX Runtime a Q/DQ border and a float kernel; TensorRT practice keeps them wide."""
+    dataset = load_dataset(DataConfig("digits", input_shape=DIGITS))
+    fleet = two_cluster_fleet("small-cnn", samples_per_layer=8)
+    fleet.placement = placement
+    config = SearchConfig(model="small-cnn", targets=(0.9,), pretrain_epochs=1, epochs=1, finetune_epochs=1)
+    quantized = run_search(config, dataset, fleet).points[-1]
+    assert quantized.setting.kind is SettingKind.QUANTIZED
+    ends = [quantized.spec.layers[0].weight_precision, quantized.spec.layers[-1].weight_precision]
+    assert ends == (["int8", "int8"] if placement is QdqPlacement.ONNXRUNTIME else ["fp16", "fp16"])
+    assert {layer.weight_precision for layer in quantized.spec.layers[1:-1]} == {"int8"}

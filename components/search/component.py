@@ -22,6 +22,7 @@ def search(
     objective: str,
     targets: str,
     strengths: str,
+    quantized_point: str,
     pretrain_epochs: int,
     epochs: int,
     finetune_epochs: int,

@@ -37,7 +37,7 @@ def test_search_component_publishes_a_front_and_an_architecture_that_applies(sto
         return search(
             surrogates=s.output, features=f.output, dataset="digits", dataset_uri="", model="resnet20", input_shape="1,8,8",
             weights_uri="", mean="", std="", channel_order="rgb", train_images=0, validation="auto", device="cpu",
-            mode="fleet", objective="latency", targets="0.7,0.4", strengths="", pretrain_epochs=2, epochs=4, finetune_epochs=1,
+            mode="fleet", objective="latency", targets="0.7,0.4", strengths="", quantized_point="true", pretrain_epochs=2, epochs=4, finetune_epochs=1,
             granule=8, learning_rate=0.05, accuracy_tolerance=0.5, truth_uri="", seed=0, output_uri=f"s3://{bucket}/runs", run_name="r1",
         ).outputs["architecture"]
 
@@ -48,5 +48,6 @@ def test_search_component_publishes_a_front_and_an_architecture_that_applies(sto
     assert spec.model == "resnet20" and spec.metrics["fleet_latency_ms"] > 0
     assert apply_spec(spec)(torch.zeros(1, *SHAPE)).shape == (1, 10)
     front = Front.get(object_store, f"s3://{bucket}/runs/r1/search/front.json")
-    assert len(front.points) == 2 and front.baseline_accuracy > 50 and len(front.chosen) == 1
+    assert len(front.points) == 3 and front.points[-1].setting.label == "quantized only"
+    assert front.baseline_accuracy > 50 and len(front.chosen) == 1
     assert object_store.exists(f"s3://{bucket}/runs/r1/search/report.html")

@@ -254,7 +254,7 @@ def _print_search(front: Front, console: Console) -> None:
         table.add_column(column, justify="right")
     for p in front.points:
         true = [f"{p.true_fleet_latency_ms if p.true_fleet_latency_ms is not None else float('nan'):.4f}"] if truth else []
-        table.add_row(f"{p.setting.value:g}", f"{p.accuracy:.2f}%", f"{p.fleet_latency_ms:.4f}", f"{baseline / p.fleet_latency_ms:.2f}x",
+        table.add_row(p.setting.short, f"{p.accuracy:.2f}%", f"{p.fleet_latency_ms:.4f}", f"{baseline / p.fleet_latency_ms:.2f}x",
                       f"{p.size_bits / 8e3:.1f}", *true, "yes" if p.pareto else "", "<-" if p.chosen else "")
     console.print(table)
 

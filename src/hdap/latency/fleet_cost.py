@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hdap.errors import HdapError
+from hdap.fleet.sku import QdqPlacement
 from hdap.latency.layers import LayerConfig
 from hdap.latency.surrogate import GroupModel, LatencySurrogate, LayerDecision, layer_work, roofline_ms, transition_key
 
@@ -31,6 +32,7 @@ class FleetCost:
     surrogates: list[LatencySurrogate]
     weights: list[float]  # share of the fleet per cluster
     precisions: tuple[str, ...]
+    placement: QdqPlacement = QdqPlacement.TENSORRT  # how the fleet's engine is given int8 (the SKU's)
 
     def __post_init__(self) -> None:
         if len(self.surrogates) != len(self.weights) or not self.surrogates:
@@ -39,10 +41,10 @@ class FleetCost:
         self.weights = [w / total for w in self.weights]
 
     @classmethod
-    def from_index(cls, index: SurrogateIndex, directory: Path) -> FleetCost:
+    def from_index(cls, index: SurrogateIndex, directory: Path, placement: QdqPlacement = QdqPlacement.TENSORRT) -> FleetCost:
         """The clusters' surrogates and weights as the surrogate stage wrote them into `directory`."""
         surrogates = [LatencySurrogate.load(directory / c.surrogate) for c in index.clusters]
-        return cls(surrogates, [c.weight for c in index.clusters], tuple(index.precisions))
+        return cls(surrogates, [c.weight for c in index.clusters], tuple(index.precisions), placement)
 
     def per_cluster_latency(self, decisions: list[LayerDecision]) -> torch.Tensor:
         return torch.stack([s.model_cost(decisions, self.precisions) for s in self.surrogates])

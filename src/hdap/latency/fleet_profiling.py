@@ -298,7 +298,7 @@ def fastest_state_cost(fleet: FleetCost, layers: list[LayerShape]) -> FleetCost:
     precision = "fp32" if "fp32" in fleet.precisions else fleet.precisions[0]
     full = [layer.config(precision=precision) for layer in layers]
     fastest = min(fleet.surrogates, key=lambda s: s.predict_model(full))
-    return FleetCost([fastest], [1.0], fleet.precisions)
+    return FleetCost([fastest], [1.0], fleet.precisions, fleet.placement)
 
 
 def nominal_fleet_cost(sku_name: str, layers: list[LayerShape], precisions: tuple[str, ...], seed: int = 0) -> FleetCost:

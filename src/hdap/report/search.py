@@ -37,7 +37,7 @@ def pareto_plot(front: Front) -> str:
     ax.scatter([p.fleet_latency_ms for p in front.chosen], [p.accuracy for p in front.chosen], marker="*", s=300,
                color=PALETTE[3], edgecolor="#333", zorder=5, label="chosen")
     for p in points:
-        ax.annotate(f"{p.setting.value:g}", (p.fleet_latency_ms, p.accuracy), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.annotate(p.setting.short, (p.fleet_latency_ms, p.accuracy), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xlabel("fleet-weighted latency predicted by the surrogates (ms)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Search ({front.mode.value}): accuracy against fleet latency\nlabel: {points[0].setting.kind.value}; "

@@ -346,10 +346,9 @@ def _qdq_placement(inputs: BuildInputs) -> QdqPlacement:
     """How the fleet's engine wants int8 written: its SKU's (a CPU fleet: ONNX Runtime's)."""
     import pyarrow.parquet as pq
 
-    from hdap.fleet.sku import get_sku
+    from hdap.fleet.sku import fleet_qdq_placement
 
-    skus = pq.read_table(inputs.features, columns=["sku"]).column("sku")
-    return get_sku(skus[0].as_py()).qdq_placement if len(skus) else QdqPlacement.TENSORRT
+    return fleet_qdq_placement(pq.read_table(inputs.features, columns=["sku"]))
 
 
 def _calibration_images(train, seed: int, count: int = CALIBRATION_IMAGES) -> np.ndarray:

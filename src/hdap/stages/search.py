@@ -43,6 +43,7 @@ class BranchOrder(Choice):
 class SettingKind(Choice):
     TARGET = "target"  # a fraction of the uncompressed model's cost
     STRENGTH = "strength"  # a penalty weight
+    QUANTIZED = "quantized"  # nothing pruned, every searched layer at the precision that makes the model cheapest
 
 
 def _fractions(targets: tuple[float, ...]) -> str | None:
@@ -82,6 +83,10 @@ class SearchConfig(Settings):
                                          "model's, one search each: the points of the Pareto front.", check=_fractions)
     strengths: tuple[float, ...] = setting((), "Penalty strengths instead of cost targets (given, they replace "
                                            "search_targets), e.g. 0.5,1,2.", check=_non_negative)
+    quantized_point: bool = setting(True, "Add to the front the model quantised and nothing pruned (every searched layer at "
+                                    "the precision that makes it cheapest), fine-tuned like the searched points: what "
+                                    "quantisation alone gives, so a pruned point is chosen only where it is faster at the "
+                                    "accuracy asked for.")
     pretrain_epochs: int = setting(15, "Epochs of plain training of the uncompressed model.", check=at_least(0))
     # 20, not 10: with 10 the branch logits had not separated, and on digits 4 of 6 seeds removed the
     # branch of the first 64-channel block at target 0.4 (88-90% accuracy); with 20, none (97.2-99.7%).
@@ -119,10 +124,12 @@ class SearchConfig(Settings):
                             "number per input channel.")
 
     def settings(self) -> list[SearchSetting]:
-        """One search per target, or per strength (strengths, when given, replace the targets)."""
+        """One search per target, or per strength (strengths, when given, replace the targets), and the
+        quantised-only point where asked for."""
+        quantized = [SearchSetting(SettingKind.QUANTIZED, 0.0)] if self.quantized_point else []
         if self.strengths:
-            return [SearchSetting(SettingKind.STRENGTH, s) for s in self.strengths]
-        return [SearchSetting(SettingKind.TARGET, t) for t in self.targets]
+            return [SearchSetting(SettingKind.STRENGTH, s) for s in self.strengths] + quantized
+        return [SearchSetting(SettingKind.TARGET, t) for t in self.targets] + quantized
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,12 @@ class SearchSetting:
 
     @property
     def label(self) -> str:
-        return f"{self.kind.value} {self.value:g}"
+        return "quantized only" if self.kind is SettingKind.QUANTIZED else f"{self.kind.value} {self.value:g}"
+
+    @property
+    def short(self) -> str:
+        """The setting in a table's column or beside a plotted point."""
+        return "quantized" if self.kind is SettingKind.QUANTIZED else f"{self.value:g}"
 
 
 @dataclass
@@ -219,7 +231,7 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
     from hdap.compress.search import run_search
     from hdap.data import DataConfig, load_dataset
     from hdap.latency.fleet_cost import FleetCost
-    from hdap.fleet.sku import get_sku
+    from hdap.fleet.sku import fleet_qdq_placement, get_sku
     from hdap.latency.fleet_profiling import fastest_state_cost, nominal_fleet_cost
     from hdap.models import build_model, prunable_layers
     from hdap.report.search import search_report_html
@@ -229,7 +241,8 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
     if tuple(index.input_shape) != config.input_shape or index.model != config.model:
         raise HdapError(f"the surrogates were profiled for {index.model} on {list(index.input_shape)} inputs, not {config.model} "
                         f"on {list(config.input_shape)}: run the surrogate and search steps with the same model and input_shape.")
-    fleet = FleetCost.from_index(index, inputs.surrogates)
+    features = pq.read_table(inputs.features)
+    fleet = FleetCost.from_index(index, inputs.surrogates, fleet_qdq_placement(features))
     weights, beside = _trained_weights(config, context)
     mean, std = (config.mean, config.std) if config.mean else (tuple(beside.get("mean", ())), tuple(beside.get("std", ())))
     order = beside.get("channel_order", config.channel_order)
@@ -241,7 +254,6 @@ def run(config: SearchConfig, inputs: SearchInputs, outputs: SearchOutputs, cont
                         context.store)
     log.info("dataset %s: %s", config.dataset.value, data.describe())
     log.info("preprocessing: %s", data.recipe.preprocessing.describe())
-    features = pq.read_table(inputs.features)
     layers = prunable_layers(build_model(config.model, config.input_shape, classes=data.classes), config.input_shape)
     nominal = None
     if config.mode is SearchMode.NOMINAL:
