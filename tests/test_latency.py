@@ -240,7 +240,8 @@ def test_whole_models_of_varied_depth_and_mixed_precision_teach_the_surrogate_wh
     layers = prunable_layers(build_model("resnet20", (1, 8, 8)), (1, 8, 8))
     surrogate = simulated_surrogate(SimulatedDevice("jetson-xavier-nx", "15W", 50, 0.05), layers, ("fp16", "int8"), 6)
     variants = [configs for _, configs in model_variants("resnet20", (1, 8, 8), ("fp16", "int8"), 18, seed=1)]
-    assert len(variants[0]) == len(layers) and len({len(v) for v in variants}) > 2  # the whole model first, then pruned ones
+    assert len(variants[0]) == len(variants[1]) == len(layers)  # the whole model at each precision first,
+    assert len({len(v) for v in variants}) > 2  # then pruned ones
     assert {c.precision for c in variants[1]} == {"int8"} and {c.precision for c in variants[3]} == {"fp16"}
     assert {c.precision for c in variants[2]} == {"fp16", "int8"}  # every third one mixes them
 

@@ -248,7 +248,7 @@ def test_hdap_profile_measures_each_cpu_state_as_a_device_whose_telemetry_passes
         assert set(profile.column("status").to_pylist()) == {"ok"}
         models = timed_models(object_store.get_table(f"s3://{bucket}/profiles/{device}/models.parquet"))
         assert len(models) >= 10 and all(latency > 0 for _, latency in models)  # the model's own variants, timed whole
-        assert len({tuple(c.out_channels for c in chain) for chain, _ in models}) == len(models)  # each pruned its own way
+        assert len({tuple((c.out_channels, c.precision) for c in chain) for chain, _ in models}) == len(models)  # each its own
         described = object_store.get_json(f"s3://{bucket}/profiles/{device}/device.json")
         assert described["backend"] == "onnxruntime" and described["cpu_state"] == state
     ingested = ingest_telemetry(object_store, IngestConfig(telemetry_uri=f"s3://{bucket}/telemetry", sku="cpu-onnxruntime"))
