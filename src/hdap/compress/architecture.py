@@ -43,11 +43,12 @@ class ArchitectureLogits(nn.Module):
         for index, group in enumerate(space.groups):
             self.register_buffer(f"granule_of_channel_{index}", group.granule_of_channel(), persistent=False)
 
-    def start_at_precision(self, index: int) -> None:
-        """Start every searched layer leaning to precision `index` of the menu as firmly as every channel
-        starts kept: the search then begins at the model quantised (int8 costs a pre-trained CNN little
-        accuracy) and moves a layer back to a wider precision where the task loss asks for it, instead
-        of beginning halfway and settling precisions by the noise of the first steps."""
+    def lean_to_precision(self, index: int) -> None:
+        """Every searched layer leaning to precision `index` of the menu as firmly as every channel
+        starts kept (once frozen: at that precision). A search that starts so begins at the model
+        quantised (int8 costs a pre-trained CNN little accuracy) and moves a layer back to a wider
+        precision where the task loss asks for it, instead of beginning halfway and settling
+        precisions by the noise of the first steps."""
         with torch.no_grad():
             for logits in self.precision_logits.values():
                 logits.copy_(KEEP_LOGIT_INIT * nn.functional.one_hot(torch.tensor(index), len(logits)).float())

@@ -31,9 +31,10 @@ class QdqPlacement(str, Enum):
     def protects_ends(self) -> bool:
         """Whether the search holds a model's first and last layers at the default precision. TensorRT
         practice, kept for it; for ONNX Runtime an fp32 end costs a Q/DQ border and a float kernel
-        that an int8 chain does not (ResNet-20 all int8 but its ends, measured: 1.54x / 1.26x / 1.35x
-        the fp32 model's speed; ends int8 too: 1.94x / 1.56x / 1.51x), and int8 ends cost
-        a pre-trained CIFAR ResNet-20 nothing (91.64% validation, 91.72% fp32)."""
+        that an int8 chain does not. The CIFAR ResNet-20 quantised, on this machine's three CPU states:
+        1.54x / 1.26x / 1.35x the fp32 model's speed with fp32 ends
+        (bench/results/cifar_resnet20-a_cpu_fleet_ends_fp32.log), 1.94x / 1.56x / 1.42x with int8 ends,
+        published at 91.78% validation against 91.72% (bench/results/cifar_resnet20-a_cpu_fleet.json)."""
         return self is QdqPlacement.TENSORRT
 
 
