@@ -256,32 +256,6 @@ def test_whole_models_of_varied_depth_and_mixed_precision_teach_the_surrogate_wh
     assert LatencySurrogate.from_json(surrogate.to_json()).to_json() == surrogate.to_json()
 
 
-def test_a_chain_of_int8_layers_saves_the_conversions_its_layers_paid_alone_but_never_more() -> None:
-    """Each int8 layer timed alone quantised its input and dequantised its output; a chain of them
-    does not: the fit finds that saving per activation element, and never more than what the
-    fp32/int8 boundaries it skips were fitted to cost."""
-    from hdap.latency.fleet_profiling import simulated_surrogate
-    from hdap.latency.model_variants import model_variants
-    from hdap.latency.surrogate import chain_saving_cap, fit_model_overhead
-
-    layers = prunable_layers(build_model("resnet20", (1, 8, 8)), (1, 8, 8))
-    surrogate = simulated_surrogate(SimulatedDevice("jetson-xavier-nx", "15W", 50, 0.05), layers, ("fp32", "int8"), 6)
-    variants = [configs for _, configs in model_variants("resnet20", (1, 8, 8), ("fp32", "int8"), 18, seed=1)]
-    truth = LatencySurrogate.from_json(surrogate.to_json())
-    truth.layer_floor_ms = min(truth.predict(c) for v in variants for c in v)
-    truth.precision_scale, truth.model_offset_ms = {"fp32": 0.9, "int8": 0.8}, 0.05
-    truth.transition_ms_per_melement = {"fp32>int8": 3.0, "int8>fp32": 2.0, "int8>int8": -4.0}
-    fit_model_overhead(surrogate, [(v, truth.predict_model(v)) for v in variants])
-    assert surrogate.transition_ms_per_melement == pytest.approx(truth.transition_ms_per_melement, abs=1e-6)
-    assert surrogate.predict_model(variants[1]) == pytest.approx(truth.predict_model(variants[1]), rel=1e-6)
-
-    truth.transition_ms_per_melement["int8>int8"] = -9.0  # more than a quantize and a dequantize cost: capped at them
-    fit_model_overhead(surrogate, [(v, truth.predict_model(v)) for v in variants])
-    saving = -surrogate.transition_ms_per_melement["int8>int8"]
-    assert saving < 9.0 and saving <= chain_saving_cap(surrogate.transition_ms_per_melement, "int8") + 1e-9
-    assert chain_saving_cap({"fp16>int8": 3.0}, "int8") == 0.0  # no boundary with the models' own fp32 timed: no saving
-
-
 def test_the_nominal_device_of_a_measured_fleet_is_its_fastest_state_alone() -> None:
     from hdap.latency.fleet_profiling import fastest_state_cost, simulated_surrogate
 

@@ -28,18 +28,11 @@ precisions:
 with `floor` the cheapest layer timed alone (so `per_layer` >= 0 is what the cheapest layer adds
 inside a model: removing a layer never makes the model slower), a scale per precision, and, at
 each change of precision between layers, a non-negative cost per activation element (a dequantize
-and a quantize). Between two int8 layers the cost per element is a saving instead (<= 0): each
-int8 layer timed alone paid a quantize in and a dequantize out, which a chain of them skips.
-Without it the quantised ResNet-20 was predicted 15-20% too slow on this machine's CPU (its
-layers alone summed to 1.5x the model, the fp32 model's to 1.1x). It is capped at what the
-boundaries were fitted to cost (the quantize and dequantize skipped). Each layer stays monotone in
-channels; a model's cost can then fall with a channel of an int8 chain only where that layer's
-fitted slope is below the saving (the surrogates' layers of ResNet-20 fit near zero slope in output
-channels for some int8 shapes, whose cost moves in tiles). Boundaries between fp32 layers are left to
-the scales: fitted as well, on 18 models of a CPU's states, they took one state's whole cost from
-the layers, and the search then saw nothing it could make faster. (A fixed cost for using int8 at
-all fits a small CPU model better still, but a search cannot follow it: a soft "any layer is int8"
-stays near 1 until every layer leaves int8 together, so no one layer's gradient sees it.)
+and a quantize). Boundaries between layers of one precision are left to the scales: fitted as
+well, on 18 models of a CPU's states, they took one state's whole cost from the layers, and the
+search then saw nothing it could make faster. (A fixed cost for using int8 at all fits a small
+CPU model better still, but a search cannot follow it: a soft "any layer is int8" stays near 1
+until every layer leaves int8 together, so no one layer's gradient sees it.)
 
 Fitting is two steps: non-negative least squares of relative error with p = 1 (convex, so it
 cannot land in a bad local optimum) for every tile candidate, then a gradient refinement of all
@@ -361,7 +354,7 @@ def fit_surrogate(configs: list[LayerConfig], latencies: np.ndarray, device: dic
 def model_terms(surrogate: LatencySurrogate, configs: list[LayerConfig]) -> dict[str, float]:
     """A chain's terms: per precision, its layers' predicted time above the floor (`above_floor:<p>`); its
     layer count; per pair of precisions, the activation elements (1e6) crossing between layers (fitted
-    where they differ and between layers of one converted precision; /3 surrogates priced all)."""
+    only where they differ; /3 surrogates priced all)."""
     terms: dict[str, float] = {"count": float(len(configs))}
     for c in configs:
         terms[f"above_floor:{c.precision}"] = terms.get(f"above_floor:{c.precision}", 0.0) + surrogate.predict(c) - surrogate.layer_floor_ms
@@ -377,60 +370,34 @@ def _precisions(terms: dict[str, float]) -> list[str]:
 
 def fit_model_overhead(surrogate: LatencySurrogate, models: list[tuple[list[LayerConfig], float]]) -> LatencySurrogate:
     """Fit the per-model terms on measured whole models (relative error): a scale (>= 0) per
-    precision, an offset, a per-layer cost (>= 0, where the models' depths vary), a cost (>= 0)
-    per change of precision and a saving (<= 0, at most `chain_saving_cap`) per activation passed
-    between two layers of one converted precision. Fewer than two models per term: one scale, the
-    offset and the per-layer cost only."""
+    precision, an offset, a per-layer cost (>= 0, where the models' depths vary) and a cost (>= 0)
+    per change of precision. Fewer than two models per term: one scale, the offset and the per-layer cost only."""
+    from scipy.optimize import lsq_linear
+
     surrogate.layer_floor_ms = min(surrogate.predict(c) for configs, _ in models for c in configs)
     terms = [model_terms(surrogate, configs) for configs, _ in models]
     keys = sorted({k for t in terms for k in t})
     scales = [k for k in keys if k.startswith("above_floor:")]
     depth = ["count"] if len({t["count"] for t in terms}) > 1 else []
     transitions = [k for k in keys if ">" in k and len(set(k.split(">"))) == 2]
-    chains = [k for k in keys if ">" in k and len(set(k.split(">"))) == 1 and k.split(">")[0] not in UNCONVERTED]
-    columns = [*scales, "offset", *depth, *transitions, *chains]
+    columns = [*scales, "offset", *depth, *transitions]
     if len(models) < 2 * len(columns):
         for t in terms:  # one shared scale
             t["above_floor"] = sum(v for k, v in t.items() if k.startswith("above_floor:"))
-        columns, chains = ["above_floor", "offset", *depth], []
+        columns = ["above_floor", "offset", *depth]
+    design = np.array([[1.0 if c == "offset" else t.get(c, 0.0) for c in columns] for t in terms])
     measured = np.array([m for _, m in models])
-    fitted = _fit_columns(terms, columns, chains, measured)
-    for chain in chains:  # a chain cannot skip more than the quantize and dequantize its boundaries pay: cap it, refit the rest
-        cap = chain_saving_cap(fitted, chain.split(">")[0])
-        if -fitted[chain] > cap:
-            fixed = -cap * np.array([t.get(chain, 0.0) for t in terms])
-            fitted = {**_fit_columns(terms, [c for c in columns if c != chain], [], measured - fixed), chain: -cap}
-            columns.remove(chain)
+    weights = 1.0 / measured
+    lower = [-np.inf if c == "offset" else 0.0 for c in columns]
+    solution = lsq_linear(design * weights[:, None], measured * weights, bounds=(lower, [np.inf] * len(columns))).x
+    fitted = dict(zip(columns, (float(v) for v in solution)))
     shared = fitted.get("above_floor")
     surrogate.precision_scale = {k.split(":", 1)[1]: v for k, v in fitted.items() if k.startswith("above_floor:")}
     surrogate.model_scale = shared if shared is not None else float(np.mean(list(surrogate.precision_scale.values())))
     surrogate.model_offset_ms = fitted["offset"]
     surrogate.layer_offset_ms = fitted.get("count", 0.0)
-    surrogate.transition_ms_per_melement = {k: v for k, v in fitted.items() if k in transitions or (k in chains and v < 0)}
+    surrogate.transition_ms_per_melement = {k: v for k, v in fitted.items() if ">" in k}
     return surrogate
-
-
-# Precisions a layer timed alone runs in without converting its input and output (the models' own).
-UNCONVERTED = ("fp32",)
-
-
-def _fit_columns(terms: list[dict[str, float]], columns: list[str], savings: list[str], measured: np.ndarray) -> dict[str, float]:
-    """Least squares of relative error: the offset free, `savings` <= 0, every other column >= 0."""
-    from scipy.optimize import lsq_linear
-
-    design = np.array([[1.0 if c == "offset" else t.get(c, 0.0) for c in columns] for t in terms])
-    weights = 1.0 / np.abs(measured)
-    lower = [-np.inf if c == "offset" or c in savings else 0.0 for c in columns]
-    upper = [0.0 if c in savings else np.inf for c in columns]
-    solution = lsq_linear(design * weights[:, None], measured * weights, bounds=(lower, upper)).x
-    return dict(zip(columns, (float(v) for v in solution)))
-
-
-def chain_saving_cap(fitted: dict[str, float], precision: str) -> float:
-    """The most a chain of `precision` layers can save per activation element: the conversions it
-    skips, a quantize into `precision` and a dequantize out of it, as its boundaries with the
-    models' own precision were fitted to cost (0 where none were timed)."""
-    return sum(fitted.get(transition_key(outer, precision), 0.0) + fitted.get(transition_key(precision, outer), 0.0) for outer in UNCONVERTED)
 
 
 def within(predicted: np.ndarray, measured: np.ndarray, tolerance: float = 0.10) -> float:
