@@ -245,13 +245,19 @@ def _logit_values(searchable: SearchableModel) -> list[float]:
     return [float(v) for group in [*searchable.keep_logits, *searchable.branch_logits.values()] for v in group.detach().flatten()]
 
 
-def _uniform_costs(searchable: SearchableModel, cost: ArchitectureCost) -> list[float]:
-    """The (frozen) architecture's cost with every searched layer at each precision of the menu in turn."""
+def _uniform_costs(pretrained: nn.Module, space_of, cost: ArchitectureCost, keep_all: bool) -> list[float]:
+    """The cost of the model's architecture with every granule and branch kept (`keep_all`) or every
+    one the search may drop dropped, and every searched layer at each precision of the menu in turn."""
+    searchable = SearchableModel(copy.deepcopy(pretrained), space_of(pretrained))
+    searchable.freeze()
+    logits = _logit_values(searchable)
+    searchable.keep_threshold = min(logits) - 1.0 if keep_all else max(logits) + 1.0
     costs = []
     with torch.no_grad():
         for index in range(len(searchable.space.precisions)):
             searchable.architecture.lean_to_precision(index)
             costs.append(float(cost(searchable)))
+    searchable.remove()
     return costs
 
 
@@ -267,22 +273,14 @@ def cheapest_precision(pretrained: nn.Module, space_of, cost: ArchitectureCost) 
     """The precision (its index in the menu) at which the uncompressed architecture, every searched layer
     at that one precision, costs least: what quantisation alone makes of it. One precision for all,
     not a per-layer mix, which would pay for the borders between them."""
-    searchable = SearchableModel(copy.deepcopy(pretrained), space_of(pretrained))
-    quantize_only(searchable, 0)
-    costs = _uniform_costs(searchable, cost)
-    searchable.remove()
+    costs = _uniform_costs(pretrained, space_of, cost, keep_all=True)
     return costs.index(min(costs))
 
 
 def smallest_cost(pretrained: nn.Module, space_of, cost: ArchitectureCost) -> float:
     """What the cheapest architecture the search can reach costs, relative to the uncompressed model: every
     granule and branch it may drop dropped, every searched layer at each precision in turn (the cheapest)."""
-    searchable = SearchableModel(copy.deepcopy(pretrained), space_of(pretrained))
-    searchable.freeze()
-    searchable.keep_threshold = max(_logit_values(searchable)) + 1.0
-    costs = _uniform_costs(searchable, cost)
-    searchable.remove()
-    return min(costs)
+    return min(_uniform_costs(pretrained, space_of, cost, keep_all=False))
 
 
 def reachable_settings(settings: list[SearchSetting], floor: float) -> list[SearchSetting]:

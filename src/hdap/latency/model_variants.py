@@ -9,8 +9,8 @@ terms on them (`fit_model_overhead`: scale, offset, a per-layer offset and a cos
 boundary). Variants take each precision of the menu in turn, all layers alike, then a random mix of
 them: without mixed variants no boundary is ever timed, and a search that alternates precisions
 layer by layer looks free of the conversions it pays for. The whole model quantised is timed too:
-it is the front's quantised-only point, often the one published, and fitted only from pruned
-variants the surrogates over-predicted it by 7-27% (ResNet-20 on this machine's CPU states).
+it is the front's quantised-only point, often the one published. Fitted on pruned variants
+only, the surrogates over-predicted it by 7-27% (ResNet-20 on this machine's CPU states).
 """
 
 from __future__ import annotations
