@@ -82,38 +82,65 @@ class StepTimes(logging.Filter):
         return True
 
 
-def finished_run(store: ObjectStore, error: HdapError):
-    """A run whose build the quality gate refused still wrote every figure: read them back."""
+def finished_run(store: ObjectStore, error: HdapError, earlier: set[str] = frozenset()):
+    """A run whose build the quality gate refused still wrote every figure: read them back (the one run
+    in the store besides the `earlier` run URIs)."""
     from hdap.local_run import collect_run
 
-    runs = sorted({obj.uri.removeprefix("s3://hdap/runs/").split("/")[0] for obj in store.list("s3://hdap/runs/")})
+    runs = sorted({obj.uri.removeprefix("s3://hdap/runs/").split("/")[0] for obj in store.list("s3://hdap/runs/")}
+                  - {uri.removeprefix("s3://hdap/runs/").strip("/") for uri in earlier})
     if "quality gate refused" not in str(error) or len(runs) != 1:
         raise error
     run_uri = f"s3://hdap/runs/{runs[0]}/"
     return collect_run(store, run_uri, runs[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def check_data(data: Path, model: str) -> tuple[Path, Path]:
+    """The CIFAR-10 tarball and the model's checkpoint under `data`, or exit saying what is missing."""
+    checkpoint, _ = CHECKPOINTS[model]
+    tarball, weights = data / "cifar10-png.tar", data / "pretrained" / checkpoint
+    for path in (tarball, weights):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: pass --data <folder holding cifar10-png.tar and pretrained/{checkpoint}>.")
+    return tarball, weights
+
+
+def upload_cifar(store: ObjectStore, data: Path, model: str) -> dict:
+    """Upload CIFAR-10 and the checkpoint as a user would; the run's model, data and weights parameters."""
+    tarball, weights = check_data(data, model)
+    checkpoint, _ = CHECKPOINTS[model]
+    store.put_file("s3://hdap/datasets/cifar10/cifar10-png.tar", tarball)
+    store.put_file(f"s3://hdap/models/{checkpoint}", weights)
+    return dict(model=model, input_shape="3,32,32", dataset="imagefolder", dataset_uri="s3://hdap/datasets/cifar10",
+                search_weights_uri=f"s3://hdap/models/{checkpoint}", search_mean=MEAN, search_std=STD)
+
+
+def cpu_configuration(quick: bool, cpu_fleet: bool) -> dict:
+    """The search and fine-tune settings: the CPU configuration, with the CPU fleet's changes."""
+    if quick:
+        return QUICK
+    return dict(CPU, **CPU_FLEET) if cpu_fleet else CPU
+
+
+def data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
                         help="folder with cifar10-png.tar and pretrained/<checkpoint> (default ../shared/data)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_option(parser)
     parser.add_argument("--model", choices=list(CHECKPOINTS), default="resnet56-a")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (a smoke run, not the quoted figures)")
     parser.add_argument("--fleet", choices=["simulated", "cpu"], default="simulated",
                         help="a simulated Jetson Xavier NX fleet, or this machine's CPU states (measured)")
     args = parser.parse_args()
     checkpoint, published = CHECKPOINTS[args.model]
-    tarball, weights = args.data / "cifar10-png.tar", args.data / "pretrained" / checkpoint
-    for path in (tarball, weights):
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: pass --data <folder holding cifar10-png.tar and pretrained/{checkpoint}>.")
+    check_data(args.data, args.model)
     started = time.perf_counter()
-    configuration = QUICK if args.quick else CPU
-    if args.fleet == "cpu" and not args.quick:
-        configuration = dict(configuration, **CPU_FLEET)
+    configuration = cpu_configuration(args.quick, args.fleet == "cpu")
     with bench_store() as store:
-        store.put_file("s3://hdap/datasets/cifar10/cifar10-png.tar", tarball)
-        store.put_file(f"s3://hdap/models/{checkpoint}", weights)
+        model_parameters = upload_cifar(store, args.data, args.model)
         from hdap.local_run import profile_cpu_fleet, run_pipeline_locally
         from hdap.stages import RunSettings
 
@@ -128,9 +155,7 @@ def main() -> None:
             fleet_parameters = dict(telemetry_uri=simulation.telemetry_uri, sku=simulation.sku, truth_uri=simulation.truth_uri,
                                     seed=0)
         fleet_seconds = time.perf_counter() - fleet_started
-        parameters = dict(**fleet_parameters, model=args.model, input_shape="3,32,32", dataset="imagefolder",
-                          dataset_uri="s3://hdap/datasets/cifar10", search_weights_uri=f"s3://hdap/models/{checkpoint}",
-                          search_mean=MEAN, search_std=STD, **configuration)
+        parameters = dict(**fleet_parameters, **model_parameters, **configuration)
         pipeline_started = time.perf_counter()
         times = StepTimes()
         logging.getLogger().addFilter(times)
