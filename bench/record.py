@@ -12,21 +12,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-# The instruction sets ONNX Runtime's int8 kernels run fastest with: int8 against fp32 speed-ups differ
-# by several times between two x86 hosts with and without them (2026-12-01, bench/README.md).
-INT8_INSTRUCTION_SETS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "amx_int8")
 
 
 def machine() -> str:
-    """The architecture, core count, CPU model and the int8-relevant instruction sets it has."""
-    described = f"{platform.machine()}, {os.cpu_count()} cores"
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: the platform's own name is what there is
-        return f"{described}, {platform.processor() or 'CPU unknown'}"
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "CPU unknown")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return f"{described}, {model}, " + (" ".join(f for f in INT8_INSTRUCTION_SETS if f in flags) or "none of " + "/".join(INT8_INSTRUCTION_SETS))
+    """The architecture, core count, CPU model and the instruction sets that decide its kernels."""
+    from hdap.latency.cpu_telemetry import X86_INSTRUCTION_SETS, cpu_info, instruction_sets
+
+    model = next(iter(cpu_info("model name")), platform.processor() or "CPU unknown")
+    found = instruction_sets()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {model}, " + (" ".join(found) or "none of " + "/".join(X86_INSTRUCTION_SETS))
 
 
 def record(name: str, results: dict, quick: bool, started: float, saved_as: str = "") -> dict:

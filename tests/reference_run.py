@@ -2,10 +2,11 @@
 
 `digest` reduces a finished run to the facts it decided (clusters, surrogate accuracy, the front,
 the chosen architecture, accuracies, predicted and true fleet latencies), leaving out timings.
-`tests/data/reference_run_<instruction set>.json` holds the digest of the run, one per instruction set
-(`numerics`): torch and ONNX Runtime pick their kernels by it, and their float results, hence the
-training and every decision after it, differ between an AVX2 and an AVX-512 VNNI host.
-`test_reference_run.py` runs the same pipeline and compares. Written before the typed spine (issue 15), which reproduced it; rewritten
+`tests/data/reference_run_<instruction set>.json` holds the digest of the run, one per instruction
+set (`numerics`): torch and ONNX Runtime pick their kernels by it, and their float results, hence
+the training and every decision after it, differ between an AVX2 and an AVX-512 VNNI host.
+`test_reference_run.py` runs the same pipeline and compares. Written before the typed spine (issue
+15), which reproduced it; rewritten
 for issue 16, whose validation split changes what the search chooses and the gate reads (the
 training images lose a tenth to it) and whose branch-removal order tries fewer candidates; and for issue 19, whose
 robust scaling of the clustering moves one of 400 devices to another cluster and picks another representative
@@ -23,20 +24,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-# The instruction sets that change which kernels run, most capable first; a host has the first it supports.
-INSTRUCTION_SETS = ("avx512_vnni", "avx512f", "avx_vnni", "avx2")
-
-
 def numerics() -> str:
-    """The instruction set this host's float results follow (from /proc/cpuinfo; elsewhere, the architecture)."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    except (OSError, StopIteration):
-        import platform
+    """The instruction set this host's float results follow: its most capable of `X86_INSTRUCTION_SETS`."""
+    import platform
 
+    from hdap.latency.cpu_telemetry import cpu_info, instruction_sets
+
+    if not cpu_info("flags"):  # not x86 Linux: the architecture is what there is
         return platform.machine().lower()
-    return next((name for name in INSTRUCTION_SETS if name in flags), "baseline")
+    return next(iter(instruction_sets()), "baseline")
 
 
 REFERENCE = Path(__file__).parent / "data" / f"reference_run_{numerics()}.json"

@@ -34,11 +34,31 @@ def memory_bandwidth_gbps(megabytes: int = 64, repeats: int = 5) -> float:
     return 2 * source.nbytes / best / 1e9
 
 
+# x86 instruction sets that decide which kernels torch and ONNX Runtime run, most capable first: int8
+# against fp32 speed-ups, and float results, differ between hosts with and without them.
+X86_INSTRUCTION_SETS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+
+
+def cpu_info(field: str) -> list[str]:
+    """Every value of `field` in /proc/cpuinfo (one per core); empty where it is not exposed (not Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split(":", 1)[1].strip() for line in lines if ":" in line and line.split(":", 1)[0].strip() == field]
+
+
+def instruction_sets() -> list[str]:
+    """Which of `X86_INSTRUCTION_SETS` this CPU has, most capable first."""
+    flags = set(next(iter(cpu_info("flags")), "").split())
+    return [name for name in X86_INSTRUCTION_SETS if name in flags]
+
+
 def cpu_clock_mhz() -> float | None:
     """The median current clock of the cores, from /proc/cpuinfo (x86 Linux); None where not exposed."""
     try:
-        speeds = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz")]
-    except (OSError, ValueError, IndexError):
+        speeds = [float(value) for value in cpu_info("cpu MHz")]
+    except ValueError:
         return None
     return statistics.median(speeds) if speeds else None
 
