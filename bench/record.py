@@ -16,11 +16,12 @@ RESULTS = Path(__file__).parent / "results"
 
 def machine() -> str:
     """The architecture, core count, CPU model and the instruction sets that decide its kernels."""
-    from hdap.latency.cpu_telemetry import X86_INSTRUCTION_SETS, cpu_info, instruction_sets
+    from hdap.latency.cpu_telemetry import X86_INSTRUCTION_SETS, cpu_info, instruction_sets, processor
 
     model = next(iter(cpu_info("model name")), platform.processor() or "CPU unknown")
     found = instruction_sets()
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}, " + (" ".join(found) or "none of " + "/".join(X86_INSTRUCTION_SETS))
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {model} ({processor()}), "
+            + (" ".join(found) or "none of " + "/".join(X86_INSTRUCTION_SETS)))
 
 
 def record(name: str, results: dict, quick: bool, started: float, saved_as: str = "") -> dict:

@@ -2,9 +2,12 @@
 
 `digest` reduces a finished run to the facts it decided (clusters, surrogate accuracy, the front,
 the chosen architecture, accuracies, predicted and true fleet latencies), leaving out timings.
-`tests/data/reference_run_<instruction set>.json` holds the digest of the run, one per instruction
-set (`numerics`): torch and ONNX Runtime pick their kernels by it, and their float results, hence
-the training and every decision after it, differ between an AVX2 and an AVX-512 VNNI host.
+`tests/data/reference_run_<processor>.json` holds the digest of the run, one per processor
+(`numerics`: vendor, family, model and its most capable int8 instruction set). torch and ONNX
+Runtime pick their kernels, and oneDNN its blocking, by the processor, so their float results,
+hence the training and every decision after it, differ between hosts: the same code trained the
+baseline to 98.33% on one AVX-512 VNNI host, 98.61% on an AVX2 EPYC and 98.89% on an AVX-512 VNNI
+EPYC (family 25, model 17). A host with no digest of its own skips the comparison.
 `test_reference_run.py` runs the same pipeline and compares. Written before the typed spine (issue
 15), which reproduced it; rewritten
 for issue 16, whose validation split changes what the search chooses and the gate reads (the
@@ -25,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 def numerics() -> str:
-    """The instruction set this host's float results follow: its most capable of `X86_INSTRUCTION_SETS`."""
+    """The processor this host's float results follow, e.g. `AuthenticAMD-25-17-avx512_vnni`
+    (vendor-family-model-instruction set); the architecture's name where /proc/cpuinfo has no flags."""
     import platform
 
-    from hdap.latency.cpu_telemetry import cpu_info, instruction_sets
+    from hdap.latency.cpu_telemetry import cpu_info, instruction_sets, processor
 
     if not cpu_info("flags"):  # not x86 Linux: the architecture is what there is
         return platform.machine().lower()
-    return next(iter(instruction_sets()), "baseline")
+    return f"{processor()}-{next(iter(instruction_sets()), 'baseline')}"
 
 
 REFERENCE = Path(__file__).parent / "data" / f"reference_run_{numerics()}.json"

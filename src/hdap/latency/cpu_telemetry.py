@@ -54,6 +54,12 @@ def instruction_sets() -> list[str]:
     return [name for name in X86_INSTRUCTION_SETS if name in flags]
 
 
+def processor() -> str:
+    """Vendor, family and model from /proc/cpuinfo, e.g. `AuthenticAMD-25-17` (a virtual machine's
+    model name may say only "AMD EPYC"); 'unknown' for each part it does not expose."""
+    return "-".join(next(iter(cpu_info(field)), "unknown") for field in ("vendor_id", "cpu family", "model"))
+
+
 def cpu_clock_mhz() -> float | None:
     """The median current clock of the cores, from /proc/cpuinfo (x86 Linux); None where not exposed."""
     try:
