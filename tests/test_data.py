@@ -220,3 +220,63 @@ def test_a_training_subset_is_stratified_seeded_and_repeated_by_the_recipe() -> 
     assert torch.equal(subset.validation.tensors[1], full.validation.tensors[1])  # the other splits are untouched
     again = load_dataset(recipe_config(subset.recipe, "digits", "", 1))
     assert torch.equal(again.train.tensors[0], subset.train.tensors[0])
+
+
+def noise_png(rng: np.random.Generator, size=(12, 10)) -> bytes:
+    image = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(image, format="PNG")
+    return image.getvalue()
+
+
+def test_image_folder_splits_are_indices_into_its_memory_mapped_cache_which_a_worker_reopens(object_store, bucket) -> None:
+    rng = np.random.default_rng(0)
+    for label in ("ant", "bee"):
+        for index in range(10):
+            object_store.put_bytes(f"s3://{bucket}/mapped/{label}/{index}.png", noise_png(rng))
+    data = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/mapped", (3, 32, 32)), object_store)
+    images = data.train.images
+    assert isinstance(images, np.memmap) and images.dtype == np.uint8 and images.shape == (20, 32, 32, 3)
+    assert data.validation.images is images and data.test.images is images  # one tree: every split indexes the same file
+    indices = np.concatenate([data.train.index, data.validation.index, data.test.index])
+    assert len(data.train.index) == len(data.train) and sorted(indices.tolist()) == list(range(20))
+    sent = pickle.dumps(data.train)  # what a worker process started by spawn receives
+    assert len(sent) < images.nbytes
+    received = pickle.loads(sent)
+    assert isinstance(received.images, np.memmap) and torch.equal(received.tensors[0], data.train.tensors[0])
+
+
+def test_a_data_loader_over_a_split_yields_the_batches_of_its_materialised_tensors(object_store, bucket) -> None:
+    from torch.utils.data import DataLoader
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for label in ("a", "b", "c"):
+            for index in range(6):
+                object_store.put_bytes(f"s3://{bucket}/batches/{split}/{label}/{index}.png", noise_png(rng))
+    folder = load_dataset(DataConfig("imagefolder", f"s3://{bucket}/batches", (3, 8, 8), channel_order=ChannelOrder.BGR),
+                          object_store)
+    digits = load_dataset(DataConfig("digits", input_shape=(1, 12, 12), seed=2, train_images=100))
+    for split in (folder.train, folder.test, digits.train, digits.validation):
+        x, y = split.tensors
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).tolist()
+        for loader, expected in ((DataLoader(split, batch_size=7), list(range(len(split)))),
+                                 (DataLoader(split, batch_size=7, sampler=order), order),
+                                 (DataLoader(split, batch_size=7, sampler=order, num_workers=1), order)):
+            batches = list(loader)
+            assert torch.equal(torch.cat([b[0] for b in batches]), x[expected])
+            assert torch.equal(torch.cat([b[1] for b in batches]), y[expected])
+        assert torch.equal(split[3][0], x[3]) and torch.equal(split[3][1], y[3])
+
+
+def test_decoded_images_of_another_size_are_resized_as_float_images_are() -> None:
+    from hdap.data.datasets import prepare_dataset
+
+    rng = np.random.default_rng(2)
+    pixels = [rng.integers(0, 256, (n, 10, 12, 3), dtype=np.uint8) for n in (30, 12)]
+    labels = [torch.arange(n) % 3 for n in (30, 12)]
+    config = DataConfig("imagefolder", "", (3, 8, 8), seed=1)
+    decoded = prepare_dataset(config, pixels[0], labels[0], pixels[1], labels[1])
+    floats = [torch.from_numpy(p).permute(0, 3, 1, 2).float() / 255 for p in pixels]
+    resized = prepare_dataset(config, floats[0], labels[0], floats[1], labels[1])
+    for ours, theirs in ((decoded.train, resized.train), (decoded.validation, resized.validation), (decoded.test, resized.test)):
+        assert torch.equal(ours.tensors[0], theirs.tensors[0]) and ours.tensors[0].shape[1:] == (3, 8, 8)

@@ -4,6 +4,7 @@ distillation from a teacher, evaluation, and resuming from a checkpoint."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Protocol
 
 import torch
@@ -21,9 +22,20 @@ class TrainingSettings(Protocol):
     seed: int
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False) -> DataLoader:
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, cuda: bool = False) -> DataLoader:
+    """Batches in a seeded order. Re-seeding `loader.generator` before each epoch repeats the order of a fresh
+    loader with that seed: exactly on the CPU; a GPU's persistent workers skip the seed a fresh loader draws
+    for its workers, so there the order from the second epoch on is its own (still seeded)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin_memory)
+    options = _workers(cuda)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      persistent_workers=options["num_workers"] > 0, **options)
+
+
+def _workers(cuda: bool) -> dict[str, Any]:
+    """For batches going to a GPU, worker processes read and normalise the next batches while it computes (into
+    pinned memory, for asynchronous copies); on the CPU they would only take cores from the training itself."""
+    return {"num_workers": min(4, (os.cpu_count() or 1) - 1) if cuda else 0, "pin_memory": cuda}
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -50,7 +62,7 @@ def predictions(model: nn.Module, dataset, batch_size: int = 256) -> torch.Tenso
     device = model_device(model)
     with torch.no_grad():
         predicted = torch.cat([model(x.to(device, non_blocking=True)).argmax(1).cpu()
-                               for x, _ in DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")])
+                               for x, _ in DataLoader(dataset, batch_size=batch_size, **_workers(device.type == "cuda"))])
     model.train(was_training)
     return predicted
 
@@ -112,11 +124,13 @@ def train_epochs(model: nn.Module, dataset, epochs: int, config: TrainingSetting
         teacher.eval()
     model.train()
     device = model_device(model)
+    loader = _loader(dataset, config.batch_size, True, config.seed, device.type == "cuda")  # one for every epoch: its workers persist
     for epoch in progress(range(start_epoch, epochs), description):
         if on_epoch:
             on_epoch(epoch)
         shifts = torch.Generator().manual_seed(config.seed + epoch + 7919)
-        for x, y in _loader(dataset, config.batch_size, True, config.seed + epoch, device.type == "cuda"):
+        loader.generator.manual_seed(config.seed + epoch)
+        for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if augment:
                 x = augment_batch(x, shifts)

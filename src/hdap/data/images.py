@@ -7,13 +7,15 @@ Two layouts are read, both parsed (never unpickled):
   number), the split then taken from the shard's name (`train-000.tar`, `test-000.tar`).
 
 Images are decoded with Pillow, converted to the model's channels and resized to its input,
-and kept as uint8 arrays (CIFAR-10's 60,000 images: 184 MB), saved under the cache folder
-keyed by the objects' names and sizes, so a second run (a retried step, the fine-tune after the
-search) reads them in a second instead of decoding them again.
+straight into uint8 .npy files (CIFAR-10's 60,000 images: 184 MB) under the cache folder keyed
+by the objects' names and sizes, which are then read as memory maps: no step holds every
+decoded image in memory, and a second run (a retried step, the fine-tune after the search)
+opens them at once instead of decoding them again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -22,6 +24,8 @@ import os
 import tarfile
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -46,7 +50,8 @@ def cache_root() -> Path:
 
 @dataclass
 class ImageSplits:
-    """Decoded images (N, H, W, C uint8) and labels per split name (train, val, test, or all)."""
+    """Decoded images (N, H, W, C uint8; read-only memory maps when they come from the cache) and labels
+    per split name (train, val, test, or all)."""
 
     images: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -57,7 +62,7 @@ class ImageSplits:
 class _Sample:
     split: str
     label: str  # a class folder's name, or a WebDataset label number
-    data: bytes
+    read: Callable[[], bytes]  # the encoded image, read from local disk when it is decoded
 
 
 def read_image_dataset(store, uri: str, input_shape: tuple[int, int, int]) -> ImageSplits:
@@ -70,56 +75,62 @@ def read_image_dataset(store, uri: str, input_shape: tuple[int, int, int]) -> Im
     if (folder / "classes.json").exists():
         log.info("images of %s from the cache %s", uri, folder)
         return _load_cache(folder)
-    samples = _samples(store, uri, objects)
-    splits = _decode(samples, input_shape, uri)
-    _save_cache(folder, splits)
-    return splits
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    # the downloads wait on the cache's disk, not in memory, until they are decoded
+    with tempfile.TemporaryDirectory(prefix="hdap-downloads-", dir=partial.parent) as scratch, ExitStack() as archives:
+        samples = _samples(store, uri, objects, Path(scratch), archives)
+        splits = _decode(samples, input_shape, uri, functools.partial(_cache_file, partial))
+    _save_cache(folder, partial, splits)
+    return _load_cache(folder)
 
 
 def read_local_shard(path: Path, input_shape: tuple[int, int, int]) -> ImageSplits:
-    """One tar shard on this machine, decoded (what a benchmark uses to make a compact subset)."""
-    return _decode(_tar_samples(path, path.name), input_shape, str(path))
+    """One tar shard on this machine, decoded in memory (what a benchmark uses to make a compact subset)."""
+    with ExitStack() as archives:
+        samples = _tar_samples(path, path.name, archives)
+        return _decode(samples, input_shape, str(path), lambda _, shape: np.empty(shape, dtype=np.uint8))
 
 
-def _samples(store, uri: str, objects) -> list[_Sample]:
+def _samples(store, uri: str, objects, scratch: Path, archives: ExitStack) -> list[_Sample]:
+    """Every image under `uri`, downloaded into `scratch`; a tar shard's stay open in `archives`."""
     prefix = uri.rstrip("/") + "/"
     samples: list[_Sample] = []
-    with tempfile.TemporaryDirectory(prefix="hdap-shards-") as scratch:
-        for obj in progress(objects, f"reading {uri}"):
-            relative = PurePosixPath(obj.uri[len(prefix):])
-            if relative.suffix == ".tar":
-                path = store.get_file(obj.uri, Path(scratch) / "shard.tar")
-                samples += _tar_samples(path, relative.name)
-                path.unlink()
-            elif relative.suffix.lower() in IMAGE_SUFFIXES:
-                samples.append(_tree_sample(relative.parts, store.get_bytes(obj.uri), obj.uri))
+    for number, obj in enumerate(progress(objects, f"reading {uri}")):
+        relative = PurePosixPath(obj.uri[len(prefix):])
+        if relative.suffix == ".tar":
+            samples += _tar_samples(store.get_file(obj.uri, scratch / f"{number}.tar"), relative.name, archives)
+        elif relative.suffix.lower() in IMAGE_SUFFIXES:
+            path = store.get_file(obj.uri, scratch / f"{number}{relative.suffix}")
+            samples.append(_tree_sample(relative.parts, path.read_bytes, obj.uri))
     return samples
 
 
-def _tree_sample(parts: tuple[str, ...], data: bytes, shown_as: str) -> _Sample:
+def _tree_sample(parts: tuple[str, ...], read: Callable[[], bytes], shown_as: str) -> _Sample:
     if len(parts) >= 3 and parts[-3].lower() in SPLITS:
-        return _Sample(SPLITS[parts[-3].lower()], parts[-2], data)
+        return _Sample(SPLITS[parts[-3].lower()], parts[-2], read)
     if len(parts) >= 2:
-        return _Sample("all", parts[-2], data)
+        return _Sample("all", parts[-2], read)
     raise HdapError(f"{shown_as} is not in a class folder: {TREE_HINT}.")
 
 
-def _tar_samples(path: Path, shard: str) -> list[_Sample]:
+def _tar_samples(path: Path, shard: str, archives: ExitStack) -> list[_Sample]:
+    """The images of one shard, read from it when decoded (it stays open in `archives`); labels are read now."""
     samples, webdataset = [], defaultdict(dict)
     try:
-        with tarfile.open(path) as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                name = PurePosixPath(member.name)
-                suffix = name.suffix.lower()
-                if suffix not in IMAGE_SUFFIXES and suffix != ".cls":
-                    continue
-                data = archive.extractfile(member).read()
-                if suffix == ".cls" or (len(name.parts) == 1 and suffix in IMAGE_SUFFIXES):
-                    webdataset[str(name.with_suffix(""))][suffix] = data
-                else:
-                    samples.append(_tree_sample(name.parts, data, f"{shard}:{member.name}"))
+        archive = archives.enter_context(tarfile.open(path))
+        for member in archive:
+            if not member.isfile():
+                continue
+            name = PurePosixPath(member.name)
+            suffix = name.suffix.lower()
+            if suffix not in IMAGE_SUFFIXES and suffix != ".cls":
+                continue
+            read = functools.partial(_member_bytes, archive, member)
+            if suffix == ".cls" or (len(name.parts) == 1 and suffix in IMAGE_SUFFIXES):
+                webdataset[str(name.with_suffix(""))][suffix] = read() if suffix == ".cls" else read
+            else:
+                samples.append(_tree_sample(name.parts, read, f"{shard}:{member.name}"))
     except (tarfile.TarError, OSError) as err:
         raise HdapError(f"{shard} is not a readable tar shard ({err}): {TREE_HINT}.") from None
     split = next((SPLITS[s] for s in SPLITS if shard.lower().startswith(s)), "all")
@@ -132,7 +143,13 @@ def _tar_samples(path: Path, shard: str) -> list[_Sample]:
     return samples
 
 
-def _decode(samples: list[_Sample], input_shape: tuple[int, int, int], uri: str) -> ImageSplits:
+def _member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    return archive.extractfile(member).read()
+
+
+def _decode(samples: list[_Sample], input_shape: tuple[int, int, int], uri: str,
+            allocate: Callable[[str, tuple[int, ...]], np.ndarray]) -> ImageSplits:
+    """Every sample decoded into the uint8 array `allocate(split, shape)` gives for its split."""
     from PIL import Image, UnidentifiedImageError
 
     channels, height, width = input_shape
@@ -150,26 +167,31 @@ def _decode(samples: list[_Sample], input_shape: tuple[int, int, int], uri: str)
         grouped[sample.split].append(sample)
     splits = ImageSplits(classes=[str(n) for n in index])
     for split, members in grouped.items():
-        images = np.empty((len(members), height, width, channels), dtype=np.uint8)
+        images = allocate(split, (len(members), height, width, channels))
         for i, sample in enumerate(progress(members, f"decoding {split} images")):
             try:
-                with Image.open(io.BytesIO(sample.data)) as image:
+                with Image.open(io.BytesIO(sample.read())) as image:
                     image = image.convert(mode)
                     if image.size != (width, height):
                         image = image.resize((width, height), Image.Resampling.BILINEAR)
                     images[i] = np.asarray(image).reshape(height, width, channels)
-            except (UnidentifiedImageError, OSError) as err:
+            except (UnidentifiedImageError, OSError, tarfile.TarError) as err:
                 raise HdapError(f"an image of class {sample.label} in {uri} cannot be decoded ({err}).") from None
         splits.images[split] = images
         splits.labels[split] = np.array([index[s.label] for s in members], dtype=np.int64)
     return splits
 
 
-def _save_cache(folder: Path, splits: ImageSplits) -> None:
-    partial = folder.with_name(folder.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+def _cache_file(partial: Path, split: str, shape: tuple[int, ...]) -> np.memmap:
+    """A split's images as a .npy file being written: decoded images go to disk, not memory."""
+    return np.lib.format.open_memmap(partial / f"{split}.images.npy", mode="w+", dtype=np.uint8, shape=shape)
+
+
+def _save_cache(folder: Path, partial: Path, splits: ImageSplits) -> None:
+    """Writes the labels and the split names next to the images decoded into `partial`, then moves it into place
+    (one rename: a reader never sees half a cache)."""
     for split in splits.images:
-        np.save(partial / f"{split}.images.npy", splits.images[split])
+        splits.images[split].flush()
         np.save(partial / f"{split}.labels.npy", splits.labels[split])
     (partial / "classes.json").write_text(json.dumps({"classes": splits.classes, "splits": sorted(splits.images)}))
     if not folder.exists():
@@ -178,5 +200,5 @@ def _save_cache(folder: Path, splits: ImageSplits) -> None:
 
 def _load_cache(folder: Path) -> ImageSplits:
     meta = json.loads((folder / "classes.json").read_text())
-    return ImageSplits({s: np.load(folder / f"{s}.images.npy", allow_pickle=False) for s in meta["splits"]},
+    return ImageSplits({s: np.load(folder / f"{s}.images.npy", mmap_mode="r", allow_pickle=False) for s in meta["splits"]},
                        {s: np.load(folder / f"{s}.labels.npy", allow_pickle=False) for s in meta["splits"]}, meta["classes"])
